@@ -1,0 +1,5 @@
+"""The one exception type the CLI turns into a single clear error line and a non-zero exit."""
+
+
+class GptjaxError(Exception):
+    """A user-facing error: the message says what went wrong, where, and what to do."""

@@ -1,0 +1,49 @@
+"""`gptjax export` and `gptjax import`: moving models between gptjax and other formats.
+
+  export --format safetensors   a self-contained gptjax export directory (gptjax.interop.native)
+  export --format hf            a transformers GPT-2 / Llama directory (gptjax.interop.hf)
+  import --format hf            a transformers directory -> a new gptjax workdir at step 0 (gptjax.interop.hf)
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gptjax.errors import GptjaxError
+
+
+def export_cli(args: argparse.Namespace) -> int:
+    """`gptjax export --workdir DIR --format hf|safetensors --out OUT [--dtype float32|bfloat16]`."""
+    import gptjax
+    from gptjax.interop import hf, native
+    from gptjax.model.transformer import count_params
+
+    if args.format not in ("hf", "safetensors"):
+        raise GptjaxError(f"unknown export format '{args.format}' (hf or safetensors)")
+    out = Path(args.out)
+    native.require_empty_destination(out, "--out directory")
+    lm = gptjax.load(args.workdir)
+    if args.format == "safetensors":
+        native.export_native(lm, out, args.dtype)
+        what, notes = "a gptjax export (load it with gptjax.load)", []
+    else:
+        notes = hf.export_hf(lm.cfg, lm.params, lm.tokenizer, out, args.dtype)
+        what = f"a transformers {hf.ARCHITECTURES[hf.hf_family(lm.config)]}"
+    print(f"exported {args.workdir} (step {lm.step}, {count_params(lm.params) / 1e6:.2f}M params) to {out} as "
+          f"{what} in {args.dtype}" + "".join(f"; {note}" for note in notes))
+    return 0
+
+
+def import_cli(args: argparse.Namespace) -> int:
+    """`gptjax import --format hf --src HF_DIR --workdir DIR`: a new workdir with a step-0 checkpoint."""
+    from gptjax.interop import hf, native
+
+    if args.format != "hf":
+        raise GptjaxError(f"unknown import format '{args.format}' (hf)")
+    cfg, model = hf.import_hf(args.src, args.workdir)
+    workdir = Path(args.workdir).absolute()
+    print(f"imported {hf.ARCHITECTURES[model.family]} from {args.src} into {workdir} (step 0, "
+          f"{model.tokenizer.kind} tokenizer, vocab {cfg.model.vocab_size}, block_size {cfg.model.block_size}); "
+          f"to continue training prepare data into {workdir / 'data'} and run "
+          f"`gptjax train --config {workdir / native.EXPERIMENT_FILE} --workdir {workdir}`")
+    return 0

@@ -1,0 +1,729 @@
+"""gptjax <-> Hugging Face transformers for the GPT-2 and Llama families: pure functions over param trees + file I/O.
+
+Export writes a `save_pretrained`-style directory (config.json, model.safetensors, generation_config.json and
+tokenizer files) that `AutoModelForCausalLM.from_pretrained` loads with no missing or unexpected weights. Import
+reads such a directory (safetensors only, single file or sharded) into a gptjax Config, params and tokenizer.
+Neither direction needs torch or transformers.
+
+Which gptjax configs have an HF twin:
+  * GPT2LMHeadModel: layernorm, pre-norm, learned positions, gelu (tanh), MHA, dense attention; tied or untied.
+    HF GPT-2 always has biases: a `use_bias=False` model is written with zero biases (identical outputs).
+  * LlamaForCausalLM: rmsnorm, pre-norm, rope (any theta), swiglu, MHA/GQA/MQA, dense attention; tied or untied;
+    `use_bias=True` maps to `attention_bias=True, mlp_bias=True`.
+Anything else (alibi, sinusoidal or no positions, local/strided attention, post-norm, mixes such as rmsnorm with
+learned positions) is refused with an error naming the switch; `gptjax export --format safetensors` keeps it all.
+
+Vocabulary: HF files hold the real `vocab_size` rows; gptjax pads to `padded_vocab` on import with zero rows
+(padded ids are never fed and their logits are masked, so the zeros are never used).
+
+Tokenizers:
+  * gpt2_bpe <-> vocab.json + merges.txt (GPT2Tokenizer, bos = eos = unk = `<|endoftext|>`).
+  * sentencepiece <-> tokenizer.model (LlamaTokenizer, eos `<|endoftext|>`, no BOS added). gptjax marks
+    document ends with the piece `<|endoftext|>`; a Llama-style model without that piece has its EOS control
+    piece (e.g. `</s>`) renamed `<|endoftext|>` on import, so gptjax's end-of-text id is HF's eos id and every
+    id and encoding is unchanged.
+  * char: HF has no character tokenizer class, so it is written as a `tokenizers` tokenizer.json (a WordLevel
+    vocabulary of the characters, split per character, fused on decode) loadable with AutoTokenizer; that exact
+    shape is recognised on import and becomes a char tokenizer again.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from gptjax import config as config_lib
+from gptjax.config import Config, DataConfig, ModelConfig
+from gptjax.data import tokenizer as tokenizers
+from gptjax.data.tokenizer import EOT
+from gptjax.errors import GptjaxError
+from gptjax.interop import native
+
+GPT2 = "gpt2"
+LLAMA = "llama"
+ARCHITECTURES = {GPT2: "GPT2LMHeadModel", LLAMA: "LlamaForCausalLM"}
+FAMILY_SWITCHES = {
+    GPT2: {"norm": "layernorm", "norm_placement": "pre", "mlp": "gelu", "attention": "dense"},
+    LLAMA: {"norm": "rmsnorm", "norm_placement": "pre", "mlp": "swiglu", "attention": "dense"},
+}
+FAMILY_POSITIONS = {"learned": GPT2, "rope": LLAMA}
+GPT2_TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
+BLOCK_SIZE_CAP = 2048
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+PICKLE_WEIGHTS_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+IGNORED_TENSOR_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
+QKV = ("query", "key", "value")
+LLAMA_PROJECTIONS = {"query": "q_proj", "key": "k_proj", "value": "v_proj"}
+
+
+# ---------------------------------------------------------------- gptjax config -> HF config
+
+
+def hf_family(m: ModelConfig) -> str:
+    """'gpt2' or 'llama': the HF architecture that computes exactly what `m` computes; else a GptjaxError naming
+    the first switch HF cannot represent."""
+    family = FAMILY_POSITIONS.get(m.position)
+    if family is None:
+        raise GptjaxError(f"model.position='{m.position}' has no Hugging Face equivalent: --format hf exports GPT-2 "
+                          f"(position='learned') and Llama (position='rope') models; use --format safetensors")
+    for field, wanted in FAMILY_SWITCHES[family].items():
+        value = getattr(m, field)
+        if value != wanted:
+            raise GptjaxError(f"model.{field}='{value}' cannot be exported to Hugging Face: with "
+                              f"position='{m.position}' the model is a {ARCHITECTURES[family]}, which needs "
+                              f"model.{field}='{wanted}'; use --format safetensors")
+    if family == GPT2 and m.kv_heads != m.n_head:
+        raise GptjaxError(f"model.n_kv_head={m.n_kv_head} cannot be exported to Hugging Face: GPT2LMHeadModel has "
+                          f"no grouped-query attention (use position='rope' for a Llama model, or --format safetensors)")
+    return family
+
+
+def hf_config(m: ModelConfig, eot_id: int, dtype: str) -> dict:
+    """The config.json of the HF twin of `m` (see `hf_family`)."""
+    family = hf_family(m)
+    common = {"architectures": [ARCHITECTURES[family]], "model_type": family, "vocab_size": m.vocab_size,
+              "tie_word_embeddings": m.tie_embeddings, "bos_token_id": eot_id, "eos_token_id": eot_id,
+              "initializer_range": m.init_std, "use_cache": True, "dtype": dtype, "torch_dtype": dtype}
+    if family == GPT2:
+        return {**common, "n_positions": m.position_limit, "n_embd": m.d_model, "n_layer": m.n_layer,
+                "n_head": m.n_head, "n_inner": m.ff_dim, "activation_function": "gelu_new",
+                "layer_norm_epsilon": m.norm_eps, "resid_pdrop": m.dropout, "embd_pdrop": m.dropout,
+                "attn_pdrop": m.dropout, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+                "reorder_and_upcast_attn": False, "add_cross_attention": False}
+    return {**common, "hidden_size": m.d_model, "intermediate_size": m.ff_dim, "num_hidden_layers": m.n_layer,
+            "num_attention_heads": m.n_head, "num_key_value_heads": m.kv_heads, "head_dim": m.head_dim,
+            "hidden_act": "silu", "max_position_embeddings": m.block_size, "rms_norm_eps": m.norm_eps,
+            "rope_theta": m.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_theta},
+            "attention_bias": m.use_bias, "mlp_bias": m.use_bias, "attention_dropout": 0.0, "pretraining_tp": 1}
+
+
+def generation_config(eot_id: int) -> dict:
+    """generation_config.json: generation stops at `<|endoftext|>`, as gptjax's does."""
+    return {"_from_model_config": True, "bos_token_id": eot_id, "eos_token_id": eot_id}
+
+
+def hf_tensor_shapes(m: ModelConfig, family: str) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor the HF model of `m` stores (what from_pretrained expects, nothing more)."""
+    d, f, v = m.d_model, m.ff_dim, m.vocab_size
+    q_width, kv_width = m.n_head * m.head_dim, m.kv_heads * m.head_dim
+    shapes: dict[str, tuple[int, ...]] = {}
+    if family == GPT2:
+        shapes.update({"transformer.wte.weight": (v, d), "transformer.wpe.weight": (m.position_limit, d),
+                       "transformer.ln_f.weight": (d,), "transformer.ln_f.bias": (d,)})
+        for i in range(m.n_layer):
+            p = f"transformer.h.{i}."
+            shapes.update({p + "ln_1.weight": (d,), p + "ln_1.bias": (d,), p + "ln_2.weight": (d,),
+                           p + "ln_2.bias": (d,), p + "attn.c_attn.weight": (d, 3 * q_width),
+                           p + "attn.c_attn.bias": (3 * q_width,), p + "attn.c_proj.weight": (q_width, d),
+                           p + "attn.c_proj.bias": (d,), p + "mlp.c_fc.weight": (d, f), p + "mlp.c_fc.bias": (f,),
+                           p + "mlp.c_proj.weight": (f, d), p + "mlp.c_proj.bias": (d,)})
+    else:
+        shapes.update({"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,)})
+        for i in range(m.n_layer):
+            p = f"model.layers.{i}."
+            shapes.update({p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
+                           p + "self_attn.q_proj.weight": (q_width, d), p + "self_attn.k_proj.weight": (kv_width, d),
+                           p + "self_attn.v_proj.weight": (kv_width, d), p + "self_attn.o_proj.weight": (d, q_width),
+                           p + "mlp.gate_proj.weight": (f, d), p + "mlp.up_proj.weight": (f, d),
+                           p + "mlp.down_proj.weight": (d, f)})
+            if m.use_bias:
+                shapes.update({p + "self_attn.q_proj.bias": (q_width,), p + "self_attn.k_proj.bias": (kv_width,),
+                               p + "self_attn.v_proj.bias": (kv_width,), p + "self_attn.o_proj.bias": (d,),
+                               p + "mlp.gate_proj.bias": (f,), p + "mlp.up_proj.bias": (f,),
+                               p + "mlp.down_proj.bias": (d,)})
+    if not m.tie_embeddings:
+        shapes["lm_head.weight"] = (v, d)
+    return shapes
+
+
+# ---------------------------------------------------------------- gptjax params -> HF tensors
+
+
+def layer_params(params: Mapping[str, Any], m: ModelConfig, index: int) -> Mapping[str, Any]:
+    """Layer `index`'s param subtree as host arrays, whether the layers are scanned (stacked) or separate."""
+    if m.scan_layers:
+        return jax.tree_util.tree_map(lambda stacked: np.asarray(stacked)[index], params["layers"])
+    return jax.tree_util.tree_map(np.asarray, params[f"layer_{index}"])
+
+
+def _bias(module: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:
+    """The module's bias, or zeros of `shape` where the gptjax model has none."""
+    return np.asarray(module["bias"]) if "bias" in module else np.zeros(shape, np.float32)
+
+
+def _gpt2_layer_tensors(layer: Mapping[str, Any], m: ModelConfig) -> dict[str, np.ndarray]:
+    d, width = m.d_model, m.n_head * m.head_dim
+    attn, mlp = layer["attn"], layer["mlp"]
+    return {
+        "ln_1.weight": layer["norm1"]["scale"], "ln_1.bias": _bias(layer["norm1"], (d,)),
+        "attn.c_attn.weight": np.concatenate([attn[p]["kernel"].reshape(d, width) for p in QKV], axis=1),
+        "attn.c_attn.bias": np.concatenate([_bias(attn[p], (width,)).reshape(width) for p in QKV]),
+        "attn.c_proj.weight": attn["out"]["kernel"].reshape(width, d), "attn.c_proj.bias": _bias(attn["out"], (d,)),
+        "ln_2.weight": layer["norm2"]["scale"], "ln_2.bias": _bias(layer["norm2"], (d,)),
+        "mlp.c_fc.weight": mlp["fc"]["kernel"], "mlp.c_fc.bias": _bias(mlp["fc"], (m.ff_dim,)),
+        "mlp.c_proj.weight": mlp["proj"]["kernel"], "mlp.c_proj.bias": _bias(mlp["proj"], (d,)),
+    }
+
+
+def _llama_layer_tensors(layer: Mapping[str, Any], m: ModelConfig) -> dict[str, np.ndarray]:
+    d = m.d_model
+    attn, mlp = layer["attn"], layer["mlp"]
+    tensors = {"input_layernorm.weight": layer["norm1"]["scale"],
+               "post_attention_layernorm.weight": layer["norm2"]["scale"],
+               "self_attn.o_proj.weight": attn["out"]["kernel"].reshape(-1, d).T,
+               "mlp.gate_proj.weight": mlp["gate"]["kernel"].T, "mlp.up_proj.weight": mlp["up"]["kernel"].T,
+               "mlp.down_proj.weight": mlp["proj"]["kernel"].T}
+    for ours, theirs in LLAMA_PROJECTIONS.items():
+        tensors[f"self_attn.{theirs}.weight"] = attn[ours]["kernel"].reshape(d, -1).T
+    if m.use_bias:
+        for ours, theirs in LLAMA_PROJECTIONS.items():
+            tensors[f"self_attn.{theirs}.bias"] = attn[ours]["bias"].reshape(-1)
+        tensors.update({"self_attn.o_proj.bias": attn["out"]["bias"], "mlp.gate_proj.bias": mlp["gate"]["bias"],
+                        "mlp.up_proj.bias": mlp["up"]["bias"], "mlp.down_proj.bias": mlp["proj"]["bias"]})
+    return tensors
+
+
+def to_hf_tensors(m: ModelConfig, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The HF state dict (numpy, float32, HF layouts and names) of gptjax `params`, at the real vocab size."""
+    family = hf_family(m)
+    v = m.vocab_size
+    embedding = np.asarray(params["embedding"])[:v]
+    if family == GPT2:
+        prefix, layer_fn = "transformer.h", _gpt2_layer_tensors
+        norm_f = params["norm_f"]
+        tensors = {"transformer.wte.weight": embedding, "transformer.wpe.weight": np.asarray(params["pos_embedding"]),
+                   "transformer.ln_f.weight": np.asarray(norm_f["scale"]),
+                   "transformer.ln_f.bias": _bias(norm_f, (m.d_model,))}
+    else:
+        prefix, layer_fn = "model.layers", _llama_layer_tensors
+        tensors = {"model.embed_tokens.weight": embedding, "model.norm.weight": np.asarray(params["norm_f"]["scale"])}
+    for i in tqdm(range(m.n_layer), desc=f"to {ARCHITECTURES[family]}", unit="layer", leave=False):
+        for name, tensor in layer_fn(layer_params(params, m, i), m).items():
+            tensors[f"{prefix}.{i}.{name}"] = np.asarray(tensor, np.float32)
+    if not m.tie_embeddings:
+        tensors["lm_head.weight"] = np.asarray(params["lm_head"])[:, :v].T
+    return tensors
+
+
+# ---------------------------------------------------------------- HF config -> gptjax config
+
+
+def _field(hf: Mapping[str, Any], key: str, kind: type, where: str, default: Any = None) -> Any:
+    """hf[key] checked to be of `kind` (ints > 0, floats >= 0); `default` when absent and a default is given."""
+    if key not in hf or hf[key] is None:
+        if default is not None:
+            return default
+        raise GptjaxError(f"{where} lacks the required field '{key}'")
+    value = hf[key]
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise GptjaxError(f"{where}: field '{key}' = {value!r} is not a valid {kind.__name__}"
+                          f"{' > 0' if kind is int else ''}")
+    return float(value) if kind is float else value
+
+
+def _block_size(hf_limit: int, limit_name: str, block_size: int | None, where: str) -> int:
+    """The gptjax block_size: as asked (never above the HF model's context), else that context capped."""
+    if block_size is None:
+        return min(hf_limit, BLOCK_SIZE_CAP)
+    if block_size > hf_limit:
+        raise GptjaxError(f"{where}: {limit_name}={hf_limit} is smaller than the block size {block_size}; the HF model "
+                          f"has no positions past {hf_limit} (use a block size <= {hf_limit})")
+    if block_size < 1:
+        raise GptjaxError(f"block size must be >= 1, got {block_size}")
+    return block_size
+
+
+def _gpt2_model_config(hf: Mapping[str, Any], block_size: int | None, where: str) -> ModelConfig:
+    d_model = _field(hf, "n_embd", int, where)
+    n_head = _field(hf, "n_head", int, where)
+    n_positions = _field(hf, "n_ctx" if "n_ctx" in hf and "n_positions" not in hf else "n_positions", int, where)
+    activation = _field(hf, "activation_function", str, where, "gelu_new")
+    if activation not in GPT2_TANH_GELUS:
+        raise GptjaxError(f"{where}: activation_function='{activation}' is not supported; gptjax's GPT-2 MLP is the "
+                          f"tanh-approximated GELU ({' or '.join(GPT2_TANH_GELUS)})")
+    for key, wanted in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                        ("add_cross_attention", False)):
+        if hf.get(key, wanted) != wanted:
+            raise GptjaxError(f"{where}: {key}={hf[key]!r} is not supported (gptjax computes {key}={wanted})")
+    if d_model % n_head:
+        raise GptjaxError(f"{where}: n_embd={d_model} is not divisible by n_head={n_head}")
+    blocks = _block_size(n_positions, "n_positions", block_size, where)
+    n_inner = hf.get("n_inner")
+    return ModelConfig(
+        vocab_size=_field(hf, "vocab_size", int, where), block_size=blocks,
+        n_layer=_field(hf, "n_layer", int, where), n_head=n_head, d_model=d_model,
+        d_ff=0 if n_inner in (None, 4 * d_model) else _field(hf, "n_inner", int, where),
+        norm="layernorm", norm_placement="pre", norm_eps=_field(hf, "layer_norm_epsilon", float, where, 1e-5),
+        position="learned", max_positions=0 if n_positions == blocks else n_positions, mlp="gelu",
+        attention="dense", use_bias=True, tie_embeddings=_field(hf, "tie_word_embeddings", bool, where, True),
+        dropout=_field(hf, "resid_pdrop", float, where, 0.1), init_std=_field(hf, "initializer_range", float, where, 0.02),
+    )
+
+
+def _rope_theta(hf: Mapping[str, Any], where: str) -> float:
+    """rope theta from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling` (4.x); only the
+    default (unscaled) rope is what gptjax computes."""
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise GptjaxError(f"{where}: rope_parameters must be an object, got {rope!r}")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise GptjaxError(f"{where}: rope_type='{rope_type}' (scaled rope) is not supported; gptjax computes the "
+                          f"default rope")
+    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+    return _field({"rope_theta": theta}, "rope_theta", float, where)
+
+
+def _llama_model_config(hf: Mapping[str, Any], block_size: int | None, where: str) -> ModelConfig:
+    d_model = _field(hf, "hidden_size", int, where)
+    n_head = _field(hf, "num_attention_heads", int, where)
+    n_kv_head = _field(hf, "num_key_value_heads", int, where, n_head)
+    if d_model % n_head:
+        raise GptjaxError(f"{where}: hidden_size={d_model} is not divisible by num_attention_heads={n_head}")
+    head_dim = _field(hf, "head_dim", int, where, d_model // n_head)
+    if head_dim != d_model // n_head:
+        raise GptjaxError(f"{where}: head_dim={head_dim} differs from hidden_size / num_attention_heads = "
+                          f"{d_model // n_head}; gptjax ties the head size to d_model / n_head")
+    if n_head % n_kv_head:
+        raise GptjaxError(f"{where}: num_attention_heads={n_head} is not divisible by num_key_value_heads={n_kv_head}")
+    activation = _field(hf, "hidden_act", str, where, "silu")
+    if activation != "silu":
+        raise GptjaxError(f"{where}: hidden_act='{activation}' is not supported; gptjax's SwiGLU uses silu")
+    attention_bias = _field(hf, "attention_bias", bool, where, False)
+    mlp_bias = _field(hf, "mlp_bias", bool, where, False)
+    if attention_bias != mlp_bias:
+        raise GptjaxError(f"{where}: attention_bias={attention_bias} with mlp_bias={mlp_bias} is not supported; gptjax "
+                          f"has one switch (model.use_bias) for both")
+    max_positions = _field(hf, "max_position_embeddings", int, where, 2048)
+    return ModelConfig(
+        vocab_size=_field(hf, "vocab_size", int, where), block_size=_block_size(max_positions, "max_position_embeddings",
+                                                                               block_size, where),
+        n_layer=_field(hf, "num_hidden_layers", int, where), n_head=n_head,
+        n_kv_head=0 if n_kv_head == n_head else n_kv_head, d_model=d_model,
+        d_ff=_field(hf, "intermediate_size", int, where), norm="rmsnorm", norm_placement="pre",
+        norm_eps=_field(hf, "rms_norm_eps", float, where, 1e-6), position="rope", rope_theta=_rope_theta(hf, where),
+        mlp="swiglu", attention="dense", use_bias=attention_bias,
+        tie_embeddings=_field(hf, "tie_word_embeddings", bool, where, False),
+        init_std=_field(hf, "initializer_range", float, where, 0.02),
+    )
+
+
+def model_config_from_hf(hf: Mapping[str, Any], block_size: int | None = None,
+                         where: str = "config.json") -> tuple[str, ModelConfig]:
+    """(family, gptjax ModelConfig) from an HF config.json dict; unsupported settings -> one GptjaxError.
+
+    block_size: the gptjax training window; None = the HF context (n_positions / max_position_embeddings) capped
+    at BLOCK_SIZE_CAP. The learned position table always keeps all n_positions rows."""
+    model_type = hf.get("model_type")
+    if model_type == GPT2:
+        return GPT2, _gpt2_model_config(hf, block_size, where)
+    if model_type == LLAMA:
+        return LLAMA, _llama_model_config(hf, block_size, where)
+    raise GptjaxError(f"{where}: model_type {model_type!r} is not supported; gptjax imports 'gpt2' "
+                      f"(GPT2LMHeadModel) and 'llama' (LlamaForCausalLM)")
+
+
+# ---------------------------------------------------------------- HF tensors -> gptjax params
+
+
+def _pad_rows(table_VD: np.ndarray, rows: int) -> np.ndarray:
+    """`table_VD` with zero rows appended up to `rows` (the padded vocabulary)."""
+    return np.concatenate([table_VD, np.zeros((rows - table_VD.shape[0], table_VD.shape[1]), table_VD.dtype)])
+
+
+def _gpt2_layer_params(t: Mapping[str, np.ndarray], m: ModelConfig) -> dict:
+    d, n, k = m.d_model, m.n_head, m.head_dim
+    q_w, k_w, v_w = np.split(t["attn.c_attn.weight"], 3, axis=1)
+    q_b, k_b, v_b = np.split(t["attn.c_attn.bias"], 3)
+    return {
+        "norm1": {"scale": t["ln_1.weight"], "bias": t["ln_1.bias"]},
+        "norm2": {"scale": t["ln_2.weight"], "bias": t["ln_2.bias"]},
+        "attn": {name: {"kernel": w.reshape(d, n, k), "bias": b.reshape(n, k)}
+                 for name, w, b in zip(QKV, (q_w, k_w, v_w), (q_b, k_b, v_b))}
+        | {"out": {"kernel": t["attn.c_proj.weight"].reshape(n, k, d), "bias": t["attn.c_proj.bias"]}},
+        "mlp": {"fc": {"kernel": t["mlp.c_fc.weight"], "bias": t["mlp.c_fc.bias"]},
+                "proj": {"kernel": t["mlp.c_proj.weight"], "bias": t["mlp.c_proj.bias"]}},
+    }
+
+
+def _llama_layer_params(t: Mapping[str, np.ndarray], m: ModelConfig) -> dict:
+    d, k = m.d_model, m.head_dim
+    heads = {"query": m.n_head, "key": m.kv_heads, "value": m.kv_heads}
+    attn = {ours: {"kernel": np.ascontiguousarray(t[f"self_attn.{theirs}.weight"].T).reshape(d, heads[ours], k)}
+            for ours, theirs in LLAMA_PROJECTIONS.items()}
+    attn["out"] = {"kernel": np.ascontiguousarray(t["self_attn.o_proj.weight"].T).reshape(m.n_head, k, d)}
+    mlp = {ours: {"kernel": np.ascontiguousarray(t[f"mlp.{theirs}.weight"].T)}
+           for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("proj", "down_proj"))}
+    if m.use_bias:
+        for ours, theirs in LLAMA_PROJECTIONS.items():
+            attn[ours]["bias"] = t[f"self_attn.{theirs}.bias"].reshape(heads[ours], k)
+        attn["out"]["bias"] = t["self_attn.o_proj.bias"]
+        for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("proj", "down_proj")):
+            mlp[ours]["bias"] = t[f"mlp.{theirs}.bias"]
+    return {"norm1": {"scale": t["input_layernorm.weight"]}, "norm2": {"scale": t["post_attention_layernorm.weight"]},
+            "attn": attn, "mlp": mlp}
+
+
+def params_from_hf(m: ModelConfig, family: str, tensors: Mapping[str, np.ndarray]) -> dict:
+    """gptjax params (non-scanned layout, float32, vocab padded with zero rows) from an HF state dict whose names
+    and shapes match `hf_tensor_shapes(m, family)`."""
+    get = lambda name: np.asarray(tensors[name], np.float32)
+    if family == GPT2:
+        prefix, layer_fn = "transformer.h", _gpt2_layer_params
+        params = {"embedding": _pad_rows(get("transformer.wte.weight"), m.padded_vocab),
+                  "pos_embedding": get("transformer.wpe.weight"),
+                  "norm_f": {"scale": get("transformer.ln_f.weight"), "bias": get("transformer.ln_f.bias")}}
+    else:
+        prefix, layer_fn = "model.layers", _llama_layer_params
+        params = {"embedding": _pad_rows(get("model.embed_tokens.weight"), m.padded_vocab),
+                  "norm_f": {"scale": get("model.norm.weight")}}
+    for i in range(m.n_layer):
+        layer_prefix = f"{prefix}.{i}."
+        layer_tensors = {name[len(layer_prefix):]: get(name) for name in tensors if name.startswith(layer_prefix)}
+        params[f"layer_{i}"] = layer_fn(layer_tensors, m)
+    if not m.tie_embeddings:
+        params["lm_head"] = np.ascontiguousarray(_pad_rows(get("lm_head.weight"), m.padded_vocab).T)
+    return params
+
+
+# ---------------------------------------------------------------- tokenizers
+
+
+def _special_token_entry(token_id: int) -> dict:
+    return {str(token_id): {"content": EOT, "lstrip": False, "normalized": False, "rstrip": False,
+                            "single_word": False, "special": True}}
+
+
+def char_tokenizer_json(tok: tokenizers.CharTokenizer) -> dict:
+    """A `tokenizers` tokenizer.json giving the char tokenizer's ids: a WordLevel vocabulary of the characters,
+    input split into single characters, pieces fused on decode; `<|endoftext|>` is a special token."""
+    vocab = {char: index for index, char in enumerate(tok.chars)} | {EOT: tok.eot_id}
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": tok.eot_id, **_special_token_entry(tok.eot_id)[str(tok.eot_id)]}],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": r"[\s\S]"}, "behavior": "Isolated", "invert": False},
+        "post_processor": None, "decoder": {"type": "Fuse"},
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    }
+
+
+def _sentencepiece_unk(model_proto: bytes) -> str | None:
+    import sentencepiece as spm
+
+    processor = spm.SentencePieceProcessor(model_proto=model_proto)
+    return processor.id_to_piece(processor.unk_id()) if processor.unk_id() >= 0 else None
+
+
+def hf_tokenizer_files(tok: tokenizers.Tokenizer, model_max_length: int) -> tuple[dict[str, bytes], str]:
+    """(file name -> bytes, a note on how the tokenizer was written) for an HF model directory."""
+    def dump(data: dict) -> bytes:
+        return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+    base = {"eos_token": EOT, "model_max_length": model_max_length, "clean_up_tokenization_spaces": False,
+            "added_tokens_decoder": _special_token_entry(tok.eot_id)}
+    if tok.kind == "gpt2_bpe":
+        files = tok.files()
+        config = {**base, "tokenizer_class": "GPT2Tokenizer", "bos_token": EOT, "unk_token": EOT,
+                  "add_prefix_space": False, "errors": "replace"}
+        return ({"vocab.json": files["vocab.json"], "merges.txt": files["merges.txt"],
+                 "tokenizer_config.json": dump(config),
+                 "special_tokens_map.json": dump({"bos_token": EOT, "eos_token": EOT, "unk_token": EOT})},
+                "GPT-2 BPE tokenizer (vocab.json + merges.txt)")
+    if tok.kind == "sentencepiece":
+        unk = _sentencepiece_unk(tok.model_proto)
+        config = {**base, "tokenizer_class": "LlamaTokenizer", "bos_token": None, "unk_token": unk, "pad_token": None,
+                  "add_bos_token": False, "add_eos_token": False, "legacy": False}
+        return ({"tokenizer.model": tok.model_proto, "tokenizer_config.json": dump(config),
+                 "special_tokens_map.json": dump({"eos_token": EOT, "unk_token": unk})},
+                "sentencepiece tokenizer (tokenizer.model, LlamaTokenizer, no BOS)")
+    if tok.kind == "char":
+        config = {**base, "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT}
+        return ({"tokenizer.json": dump(char_tokenizer_json(tok)), "tokenizer_config.json": dump(config),
+                 "special_tokens_map.json": dump({"bos_token": EOT, "eos_token": EOT})},
+                "char tokenizer as a WordLevel tokenizer.json (HF has no character tokenizer class)")
+    raise GptjaxError(f"tokenizer kind '{tok.kind}' has no Hugging Face export")
+
+
+def _json_file(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise GptjaxError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise GptjaxError(f"{path} must hold a JSON object")
+    return data
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _first_id(value: Any) -> int | None:
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def sentencepiece_with_eot(model_proto: bytes, eos_token: str | None, eos_id: int | None, where: str) -> bytes:
+    """The sentencepiece model with a `<|endoftext|>` piece, which gptjax uses as end-of-text.
+
+    A model that has the piece is returned unchanged. Otherwise the EOS control piece (named by `eos_token`, else
+    at `eos_id`, else the model's own eos) is renamed `<|endoftext|>`: ids and encodings stay the same and gptjax's
+    end-of-text id becomes the HF eos id."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(model_proto)
+    except Exception as e:  # protobuf's DecodeError has no stable import path across versions
+        raise GptjaxError(f"{where} is not a sentencepiece model ({e})") from None
+    names = [piece.piece for piece in proto.pieces]
+    if EOT in names:
+        return model_proto
+    processor = spm.SentencePieceProcessor(model_proto=model_proto)
+    if eos_token is not None and eos_token in names:
+        target = names.index(eos_token)
+    elif eos_id is not None:
+        target = eos_id
+    elif processor.eos_id() >= 0:
+        target = processor.eos_id()
+    else:
+        raise GptjaxError(f"{where} has neither a '{EOT}' piece nor an EOS token, so gptjax has no end-of-text id; "
+                          f"set eos_token in tokenizer_config.json or eos_token_id in config.json")
+    if not 0 <= target < len(names):
+        raise GptjaxError(f"{where}: the eos id {target} is outside the sentencepiece vocabulary of {len(names)}")
+    piece = proto.pieces[target]
+    if piece.type != sentencepiece_model_pb2.ModelProto.SentencePiece.CONTROL:
+        raise GptjaxError(f"{where}: the EOS piece {piece.piece!r} (id {target}) is not a control symbol, so it cannot "
+                          f"stand for '{EOT}' without changing how text is tokenized")
+    old_name = piece.piece
+    piece.piece = EOT
+    spec = proto.trainer_spec
+    for field in ("unk_piece", "bos_piece", "eos_piece", "pad_piece"):
+        if getattr(spec, field) == old_name:
+            setattr(spec, field, EOT)
+    return proto.SerializeToString()
+
+
+def _char_tokenizer_from_json(spec: dict) -> tokenizers.CharTokenizer | None:
+    """A char tokenizer if `spec` is exactly what `char_tokenizer_json` writes (ids 0..n-1 single characters,
+    `<|endoftext|>` = n, per-character split); else None."""
+    model = spec.get("model") or {}
+    pre = spec.get("pre_tokenizer") or {}
+    if model.get("type") != "WordLevel" or pre.get("type") != "Split" or pre.get("pattern") != {"Regex": r"[\s\S]"}:
+        return None
+    vocab = model.get("vocab") or {}
+    by_id = sorted((index, token) for token, index in vocab.items())
+    chars = [token for _, token in by_id[:-1]]
+    if (not by_id or by_id[-1] != (len(chars), EOT) or [index for index, _ in by_id] != list(range(len(by_id)))
+            or any(len(token) != 1 for token in chars)):
+        return None
+    return tokenizers.CharTokenizer("".join(chars))
+
+
+def tokenizer_from_hf_dir(src: Path, hf: Mapping[str, Any]) -> tokenizers.Tokenizer | None:
+    """The gptjax tokenizer of an HF model directory, or None when it holds no tokenizer gptjax can use.
+
+    vocab.json + merges.txt -> gpt2_bpe; tokenizer.model -> sentencepiece (see `sentencepiece_with_eot`); a
+    tokenizer.json written by `char_tokenizer_json` -> char."""
+    if (src / "vocab.json").is_file() and (src / "merges.txt").is_file():
+        return tokenizers.Gpt2BpeAdapter.from_dir(src)
+    if (src / "tokenizer.model").is_file():
+        tok_config = _json_file(src / "tokenizer_config.json") if (src / "tokenizer_config.json").is_file() else {}
+        generation = _json_file(src / "generation_config.json") if (src / "generation_config.json").is_file() else {}
+        eos_id = _first_id(hf.get("eos_token_id"))
+        eos_id = eos_id if eos_id is not None else _first_id(generation.get("eos_token_id"))
+        proto = sentencepiece_with_eot((src / "tokenizer.model").read_bytes(), _token_text(tok_config.get("eos_token")),
+                                       eos_id, str(src / "tokenizer.model"))
+        return tokenizers.SentencePieceTokenizer(proto)
+    if (src / "tokenizer.json").is_file():
+        return _char_tokenizer_from_json(_json_file(src / "tokenizer.json"))
+    return None
+
+
+# ---------------------------------------------------------------- files
+
+
+def weight_files(src: Path) -> dict[str, Path]:
+    """Tensor name -> the safetensors file holding it (model.safetensors, or the shards of its index)."""
+    single, index = src / WEIGHTS_FILE, src / WEIGHTS_INDEX_FILE
+    if single.is_file():
+        return {name: single for name in native.safetensors_shapes(single)}
+    if index.is_file():
+        weight_map = _json_file(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise GptjaxError(f"{index} has no weight_map")
+        located = {}
+        for name, file_name in weight_map.items():
+            shard = src / str(file_name)
+            if Path(file_name).name != file_name or not shard.is_file():
+                raise GptjaxError(f"{index} names shard '{file_name}' for {name}, which is not a file in {src}")
+            located[name] = shard
+        return located
+    pickles = [name for name in PICKLE_WEIGHTS_FILES if (src / name).is_file()]
+    if pickles:
+        raise GptjaxError(
+            f"{src} holds {pickles[0]} (a torch pickle) and no {WEIGHTS_FILE}; gptjax does not unpickle weights. "
+            f"Convert it once with transformers: python -c \"from transformers import AutoModelForCausalLM as M; "
+            f"M.from_pretrained('{src}').save_pretrained('{src}-safetensors')\" and import that directory")
+    raise GptjaxError(f"{src} holds no weights: expected {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE} "
+                      f"(a transformers save_pretrained directory)")
+
+
+def _checked_tensor_names(located: Mapping[str, Path], m: ModelConfig, family: str) -> list[str]:
+    """The tensor names to read, after checking every stored shape against the config; one error otherwise."""
+    expected = hf_tensor_shapes(m, family)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for shard in sorted(set(located.values())):
+        for name, shape in native.safetensors_shapes(shard).items():
+            if located.get(name) == shard:
+                shapes[name] = shape
+    indexed_but_absent = sorted(set(located) - set(shapes))
+    if indexed_but_absent:
+        raise GptjaxError(f"{located[indexed_but_absent[0]]} lacks tensor '{indexed_but_absent[0]}' that "
+                          f"{WEIGHTS_INDEX_FILE} places there")
+    ignorable = {name for name in shapes if name.endswith(IGNORED_TENSOR_SUFFIXES)}
+    if m.tie_embeddings:
+        ignorable.add("lm_head.weight")
+    found = {name: shape for name, shape in shapes.items() if name not in ignorable or name in expected}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    where = f"the weights in {next(iter(located.values())).parent}"
+    if missing:
+        raise GptjaxError(f"{where} lack tensor '{missing[0]}'{_more(missing)}, which config.json implies")
+    if unexpected:
+        raise GptjaxError(f"{where} have tensor '{unexpected[0]}'{_more(unexpected)}, which config.json does not "
+                          f"imply")
+    for name in expected:
+        if tuple(found[name]) != expected[name]:
+            raise GptjaxError(f"{where}: tensor '{name}' has shape {list(found[name])} but config.json implies "
+                              f"{list(expected[name])}")
+    return sorted(expected)
+
+
+def _more(names: list[str]) -> str:
+    return f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+
+
+def read_hf_tensors(located: Mapping[str, Path], names: list[str]) -> dict[str, np.ndarray]:
+    """float32 arrays of `names`, shard by shard."""
+    by_shard: dict[Path, list[str]] = {}
+    for name in names:
+        by_shard.setdefault(located[name], []).append(name)
+    tensors: dict[str, np.ndarray] = {}
+    for shard, shard_names in by_shard.items():
+        tensors.update(native.read_safetensors_lazily(shard, shard_names))
+    return tensors
+
+
+class HfModel:
+    """An HF model directory read into gptjax terms: family, model config, params and (if present) tokenizer."""
+
+    def __init__(self, family: str, model: ModelConfig, params: dict, tokenizer: tokenizers.Tokenizer | None,
+                 hf_config: dict):
+        self.family = family
+        self.model = model
+        self.params = params
+        self.tokenizer = tokenizer
+        self.hf_config = hf_config
+
+
+def read_hf_dir(src: str | Path, block_size: int | None = None) -> HfModel:
+    """Reads a local `save_pretrained` directory (config.json + safetensors weights [+ tokenizer files]).
+
+    Every tensor's name and shape is checked against config.json before any weight is read."""
+    src = Path(src)
+    if not src.is_dir():
+        raise GptjaxError(f"--src {src} is not a directory (give a local transformers save_pretrained directory)")
+    if not (src / "config.json").is_file():
+        raise GptjaxError(f"{src} has no config.json; it is not a transformers save_pretrained directory")
+    hf = _json_file(src / "config.json")
+    family, model = model_config_from_hf(hf, block_size, str(src / "config.json"))
+    located = weight_files(src)
+    names = _checked_tensor_names(located, model, family)
+    tokenizer = tokenizer_from_hf_dir(src, hf)
+    if tokenizer is not None and tokenizer.vocab_size > model.vocab_size:
+        raise GptjaxError(f"the tokenizer in {src} has {tokenizer.vocab_size} tokens, more than the model's "
+                          f"vocab_size={model.vocab_size}")
+    params = params_from_hf(model, family, read_hf_tensors(located, names))
+    native.check_param_shapes({k: v.shape for k, v in native.flatten_params(params).items()},
+                              native.expected_param_shapes(model), f"the params converted from {src}")
+    return HfModel(family, model, params, tokenizer, hf)
+
+
+def imported_config(model: ModelConfig, tokenizer: tokenizers.Tokenizer, name: str, workdir: Path) -> Config:
+    """The Config of an imported workdir: the model as read, default training settings, and data expected in
+    WORKDIR/data (prepared with the imported tokenizer), so `gptjax train` can continue from step 0."""
+    data = DataConfig(dataset="", path=str(workdir / "data"), tokenizer=tokenizer.kind,
+                      vocab_size=tokenizer.vocab_size if tokenizer.kind == "sentencepiece" else 0)
+    cfg = Config(name=name, model=model, data=data)
+    config_lib.validate(cfg)
+    return cfg
+
+
+def import_hf(src: str | Path, workdir: str | Path, block_size: int | None = None) -> tuple[Config, HfModel]:
+    """Imports an HF model directory into a new gptjax workdir (step-0 checkpoint); returns (config, model read)."""
+    src = Path(src)
+    workdir = Path(workdir).absolute()
+    native.require_empty_destination(workdir, "--workdir")
+    hf_model = read_hf_dir(src, block_size)
+    if hf_model.tokenizer is None:
+        raise GptjaxError(f"{src} has no tokenizer gptjax can read: it needs vocab.json + merges.txt (GPT-2 BPE), "
+                          f"tokenizer.model (sentencepiece) or a tokenizer.json written by gptjax's char export")
+    cfg = imported_config(hf_model.model, hf_model.tokenizer, f"{hf_model.family}-{src.absolute().name}", workdir)
+    provenance = {"format": "hf", "src": str(src.absolute()), "model_type": hf_model.family,
+                  "architectures": hf_model.hf_config.get("architectures"),
+                  "transformers_version": hf_model.hf_config.get("transformers_version")}
+    header = (f"Imported from {src.absolute()} ({ARCHITECTURES[hf_model.family]}).\n\n"
+              f"To continue training: prepare data with this model's tokenizer into {workdir / 'data'}, then\n"
+              f"    gptjax train --config {workdir / native.EXPERIMENT_FILE} --workdir {workdir}\n"
+              f"Only the fields gptjax lets a resumed run change (e.g. train.steps) may differ from this file.\n")
+    native.write_workdir(cfg, hf_model.params, hf_model.tokenizer, workdir, provenance, header)
+    return cfg, hf_model
+
+
+def export_hf(cfg: Config, params: Mapping[str, Any], tokenizer: tokenizers.Tokenizer, out: str | Path,
+              dtype: str = "float32") -> list[str]:
+    """Writes the HF twin of a gptjax model into `out` (absent or empty; appears only when complete).
+
+    Returns notes for the user (how the tokenizer was written, zero biases)."""
+    m = cfg.model
+    family = hf_family(m)
+    if dtype not in native.EXPORT_DTYPES:
+        raise GptjaxError(f"export dtype '{dtype}' is not one of {', '.join(native.EXPORT_DTYPES)}")
+    if tokenizer.vocab_size > m.vocab_size:
+        raise GptjaxError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than model.vocab_size={m.vocab_size}")
+    tensors = to_hf_tensors(m, jax.device_get(params))
+    expected = hf_tensor_shapes(m, family)
+    if {name: tensor.shape for name, tensor in tensors.items()} != expected:
+        raise RuntimeError("gptjax bug: the converted tensors do not match the HF layout of hf_tensor_shapes")
+    max_length = m.position_limit if family == GPT2 else m.block_size
+    tokenizer_files, tokenizer_note = hf_tokenizer_files(tokenizer, max_length)
+    notes = [tokenizer_note]
+    if family == GPT2 and not m.use_bias:
+        notes.append("model.use_bias=False written as zero biases (HF GPT-2 always has biases; outputs are the same)")
+    with native.staged_directory(Path(out), "--out directory") as staging:
+        native.write_safetensors(staging / WEIGHTS_FILE, tensors, dtype, {"format": "pt"})
+        native.write_json(staging / "config.json", hf_config(m, tokenizer.eot_id, dtype))
+        native.write_json(staging / "generation_config.json", generation_config(tokenizer.eot_id))
+        for name, data in tokenizer_files.items():
+            (staging / name).write_bytes(data)
+    return notes

@@ -1,0 +1,156 @@
+"""Building blocks: an einsum Dense with logical axes, norms, MLPs and position encodings."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gptjax.parallel.rules import constrain
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def normal_init(std: float):
+    return nn.initializers.normal(stddev=std)
+
+
+class Dense(nn.Module):
+    """y = x · W (+ b) contracting the last `len(in_shape)` dims of x; W carries logical axis names.
+
+    Matmul inputs are cast to `dtype` and accumulate in float32 (fast bf16 on TPU/GPU and on AMX CPUs)."""
+
+    out_shape: tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+    n_in: int = 1
+    use_bias: bool = False
+    init_std: float = 0.02
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_shape = x.shape[-self.n_in:]
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(normal_init(self.init_std), self.kernel_axes),
+            tuple(in_shape) + tuple(self.out_shape),
+            jnp.float32,
+        )
+        contract_x = tuple(range(x.ndim - self.n_in, x.ndim))
+        contract_w = tuple(range(self.n_in))
+        y = jax.lax.dot_general(
+            x.astype(self.dtype), kernel.astype(self.dtype), ((contract_x, contract_w), ((), ())),
+            preferred_element_type=jnp.float32,
+        )
+        if self.use_bias:
+            bias = self.param(
+                "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.kernel_axes[self.n_in:]),
+                tuple(self.out_shape), jnp.float32,
+            )
+            y = y + bias
+        return y.astype(self.dtype)
+
+
+class Norm(nn.Module):
+    """LayerNorm or RMSNorm, computed in float32, returned in `dtype`."""
+
+    kind: str = "layernorm"
+    eps: float = 1e-5
+    use_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        d = x.shape[-1]
+        x32 = x.astype(jnp.float32)
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (d,), jnp.float32)
+        if self.kind == "rmsnorm":
+            y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps) * scale
+        else:
+            mean = jnp.mean(x32, axis=-1, keepdims=True)
+            var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+            y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * scale
+            if self.use_bias:
+                y = y + self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (d,), jnp.float32)
+        return y.astype(self.dtype)
+
+
+class Mlp(nn.Module):
+    """GELU (tanh approximation, as GPT-2) or SwiGLU feed-forward block."""
+
+    kind: str
+    d_model: int
+    d_ff: int
+    use_bias: bool
+    init_std: float
+    out_std: float
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        def dense(features, axes, std, name):
+            return Dense((features,), axes, use_bias=self.use_bias, init_std=std, dtype=self.dtype, name=name)
+
+        if self.kind == "swiglu":
+            gate_BTF = dense(self.d_ff, ("embed", "mlp"), self.init_std, "gate")(x_BTD)
+            up_BTF = dense(self.d_ff, ("embed", "mlp"), self.init_std, "up")(x_BTD)
+            h_BTF = nn.silu(gate_BTF.astype(jnp.float32)).astype(self.dtype) * up_BTF
+        else:
+            h_BTF = dense(self.d_ff, ("embed", "mlp"), self.init_std, "fc")(x_BTD)
+            h_BTF = nn.gelu(h_BTF.astype(jnp.float32), approximate=True).astype(self.dtype)
+        h_BTF = constrain(h_BTF, ("batch", "act_length", "act_mlp"))
+        return dense(self.d_model, ("mlp", "embed"), self.out_std, "proj")(h_BTF)
+
+
+def sinusoidal_table(n_positions: int, d_model: int) -> np.ndarray:
+    """The fixed sin/cos position table of 'Attention Is All You Need' (sin on even, cos on odd dims)."""
+    pos_P1 = np.arange(n_positions, dtype=np.float64)[:, None]
+    inv_freq = np.exp(-math.log(10000.0) * np.arange(0, d_model, 2, dtype=np.float64) / d_model)
+    table_PD = np.zeros((n_positions, d_model), dtype=np.float64)
+    table_PD[:, 0::2] = np.sin(pos_P1 * inv_freq)
+    table_PD[:, 1::2] = np.cos(pos_P1 * inv_freq[: d_model // 2])
+    return table_PD.astype(np.float32)
+
+
+def rope_angles(positions_BT: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [B, T, head_dim/2] for rotary embeddings at the given positions."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles_BTH = positions_BT.astype(jnp.float32)[..., None] * inv_freq
+    return jnp.cos(angles_BTH), jnp.sin(angles_BTH)
+
+
+def apply_rope(x_BTNK: jax.Array, cos_BTH: jax.Array, sin_BTH: jax.Array) -> jax.Array:
+    """Rotates pairs (i, i + K/2) of each head vector: the 'rotate half' layout used by HF Llama."""
+    half = x_BTNK.shape[-1] // 2
+    x32 = x_BTNK.astype(jnp.float32)
+    x1, x2 = x32[..., :half], x32[..., half:]
+    cos, sin = cos_BTH[:, :, None, :], sin_BTH[:, :, None, :]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BTNK.dtype)
+
+
+def alibi_slopes(n_heads: int) -> np.ndarray:
+    """ALiBi head slopes (Press et al.): a geometric sequence, interleaved for non-powers of two."""
+
+    def power_of_two_slopes(n: int) -> list[float]:
+        start = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(n_heads).is_integer():
+        return np.array(power_of_two_slopes(n_heads), dtype=np.float32)
+    closest = 2 ** math.floor(math.log2(n_heads))
+    extra = power_of_two_slopes(2 * closest)[0::2][: n_heads - closest]
+    return np.array(power_of_two_slopes(closest) + extra, dtype=np.float32)
+
+
+def alibi_bias(q_pos_BT: jax.Array, k_pos_BS: jax.Array, n_heads: int) -> jax.Array:
+    """Additive attention bias [B, N, T, S] = -slope_n · (q_pos - k_pos)."""
+    distance_BTS = (q_pos_BT[:, :, None] - k_pos_BS[:, None, :]).astype(jnp.float32)
+    slopes_N = jnp.asarray(alibi_slopes(n_heads))
+    return -slopes_N[None, :, None, None] * distance_BTS[:, None, :, :]
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    return "x".join(str(s) for s in shape)

@@ -1,0 +1,157 @@
+"""The decoder-only Transformer: one module, every variant a ModelConfig setting."""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gptjax.config import ModelConfig
+from gptjax.model.attention import AttnContext, Attention, KVCache, attention_mask, choose_kernel
+from gptjax.model.layers import Mlp, Norm, alibi_bias, normal_init, rope_angles, sinusoidal_table
+from gptjax.parallel.rules import constrain
+
+PADDED_LOGIT = -1e9  # logits of padded vocabulary entries: never sampled, ~0 probability, finite (no NaN in sums)
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_attn_out": jax.checkpoint_policies.save_only_these_names("attn_out"),
+}
+
+
+class Block(nn.Module):
+    """One Transformer layer: attention and MLP sub-blocks with residuals, norms before (pre) or after (post)."""
+
+    cfg: ModelConfig
+    kernel: str = "xla"
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x_BTD, layer_cache, ctx: AttnContext):
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
+        attn = Attention(cfg, out_std, self.kernel, self.deterministic, name="attn")
+        mlp = Mlp(cfg.mlp, cfg.d_model, cfg.ff_dim, cfg.use_bias, cfg.init_std, out_std, dtype, name="mlp")
+        norm1 = Norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, name="norm1")
+        norm2 = Norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, name="norm2")
+        drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
+        if cfg.norm_placement == "pre":
+            h_BTD, new_cache = attn(norm1(x_BTD), ctx, layer_cache)
+            x_BTD = x_BTD + drop(h_BTD)
+            x_BTD = x_BTD + drop(mlp(norm2(x_BTD)))
+        else:
+            h_BTD, new_cache = attn(x_BTD, ctx, layer_cache)
+            x_BTD = norm1(x_BTD + drop(h_BTD))
+            x_BTD = norm2(x_BTD + drop(mlp(x_BTD)))
+        return constrain(x_BTD, ("batch", "act_length", "act_embed")), new_cache
+
+
+def _block_class(cfg: ModelConfig):
+    if cfg.remat == "none":
+        return Block
+    return nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+
+
+class Transformer(nn.Module):
+    """tokens [B, T] -> logits [B, T, padded_vocab] (float32). With a KVCache: (logits, updated cache)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None, cache: KVCache | None = None,
+                 deterministic: bool = True):
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        batch, length = tokens_BT.shape
+        custom_layout = positions_BT is not None or segment_ids_BT is not None
+        start = cache.index if cache is not None else 0
+        if positions_BT is None:
+            positions_BT = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
+        if segment_ids_BT is None:
+            segment_ids_BT = jnp.ones((batch, length), jnp.int32)
+
+        embedding_VD = self.param("embedding", nn.with_logical_partitioning(normal_init(cfg.init_std), ("vocab", "embed")),
+                                  (cfg.padded_vocab, cfg.d_model), jnp.float32)
+        x_BTD = jnp.take(embedding_VD, tokens_BT, axis=0).astype(dtype)
+        if cfg.position == "learned":
+            table_PD = self.param("pos_embedding", nn.with_logical_partitioning(normal_init(cfg.init_std), ("positions", "embed")),
+                                  (cfg.position_limit, cfg.d_model), jnp.float32)
+            x_BTD = x_BTD + jnp.take(table_PD, positions_BT, axis=0).astype(dtype)
+        elif cfg.position == "sinusoidal":
+            table_PD = jnp.asarray(sinusoidal_table(cfg.position_limit, cfg.d_model))
+            x_BTD = x_BTD + jnp.take(table_PD, positions_BT, axis=0).astype(dtype)
+        x_BTD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BTD)
+        x_BTD = constrain(x_BTD, ("batch", "act_length", "act_embed"))
+
+        if cache is not None:
+            key_pos_BS = jax.lax.dynamic_update_slice(cache.pos_BS, positions_BT.astype(jnp.int32), (0, cache.index))
+            key_seg_BS = jax.lax.dynamic_update_slice(cache.seg_BS, segment_ids_BT.astype(jnp.int32), (0, cache.index))
+        else:
+            key_pos_BS, key_seg_BS = positions_BT, segment_ids_BT
+        rope_cos = rope_sin = None
+        if cfg.position == "rope":
+            rope_cos, rope_sin = rope_angles(positions_BT, cfg.head_dim, cfg.rope_theta)
+        ctx = AttnContext(
+            mask_BTS=attention_mask(positions_BT, key_pos_BS, segment_ids_BT, key_seg_BS, cfg),
+            bias_BNTS=alibi_bias(positions_BT, key_pos_BS, cfg.n_head) if cfg.position == "alibi" else None,
+            rope_cos_BTH=rope_cos,
+            rope_sin_BTH=rope_sin,
+            cache_index=cache.index if cache is not None else None,
+        )
+        kernel = choose_kernel(cfg, decoding=cache is not None, dropout=not deterministic and cfg.dropout > 0,
+                               packed=custom_layout)
+        kv_LBSGK = (cache.k_LBSGK, cache.v_LBSGK) if cache is not None else None
+        block_cls = _block_class(cfg)
+        if cfg.scan_layers:
+            stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                            in_axes=(0, nn.broadcast), length=cfg.n_layer,
+                            metadata_params={nn.PARTITION_NAME: "layers"})
+            x_BTD, new_kv = stack(cfg, kernel, deterministic, name="layers")(x_BTD, kv_LBSGK, ctx)
+        else:
+            new_k, new_v = [], []
+            for i in range(cfg.n_layer):
+                layer_cache = (kv_LBSGK[0][i], kv_LBSGK[1][i]) if cache is not None else None
+                x_BTD, layer_new = block_cls(cfg, kernel, deterministic, name=f"layer_{i}")(x_BTD, layer_cache, ctx)
+                if cache is not None:
+                    new_k.append(layer_new[0])
+                    new_v.append(layer_new[1])
+            new_kv = (jnp.stack(new_k), jnp.stack(new_v)) if cache is not None else None
+
+        if cfg.norm_placement == "pre":
+            x_BTD = Norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, name="norm_f")(x_BTD)
+        if cfg.tie_embeddings:
+            head_DV = embedding_VD.T
+        else:
+            head_DV = self.param("lm_head", nn.with_logical_partitioning(normal_init(cfg.init_std), ("embed", "vocab")),
+                                 (cfg.d_model, cfg.padded_vocab), jnp.float32)
+        logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, head_DV.astype(dtype), preferred_element_type=jnp.float32)
+        logits_BTV = constrain(logits_BTV, ("batch", "act_length", "act_vocab"))
+        if cfg.padded_vocab != cfg.vocab_size:
+            logits_BTV = jnp.where(jnp.arange(cfg.padded_vocab) < cfg.vocab_size, logits_BTV, PADDED_LOGIT)
+        if cache is None:
+            return logits_BTV
+        new_cache = KVCache(new_kv[0], new_kv[1], key_pos_BS, key_seg_BS, cache.index + length)
+        return logits_BTV, new_cache
+
+
+def count_params(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward): 6·(matmul params) + 12·L·d·(attended context)."""
+    d, k = cfg.d_model, cfg.head_dim
+    attn_params = d * cfg.n_head * k * 2 + d * cfg.kv_heads * k * 2
+    mlp_params = d * cfg.ff_dim * (3 if cfg.mlp == "swiglu" else 2)
+    matmul_params = cfg.n_layer * (attn_params + mlp_params) + d * cfg.padded_vocab
+    if cfg.attention == "local":
+        context = min(seq_len, cfg.window)
+    elif cfg.attention == "strided":
+        context = min(seq_len, cfg.stride + seq_len // cfg.stride)
+    else:
+        context = seq_len
+    return 6.0 * matmul_params + 12.0 * cfg.n_layer * d * context

@@ -1,0 +1,55 @@
+"""The device mesh from config, and multi-host initialisation."""
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from gptjax.config import MeshConfig
+from gptjax.errors import GptjaxError
+from gptjax.parallel.rules import MESH_AXES
+
+
+def mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:
+    """Resolves -1 entries so the product equals the device count; errors name the sizes involved."""
+    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+    unknown = [i for i, s in enumerate(sizes) if s == -1]
+    if len(unknown) > 1:
+        raise GptjaxError(f"mesh: at most one axis may be -1, got data={cfg.data} fsdp={cfg.fsdp} tensor={cfg.tensor}")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if unknown:
+        if n_devices % known:
+            raise GptjaxError(f"mesh: {n_devices} devices do not divide by the fixed axes' product {known}")
+        sizes[unknown[0]] = n_devices // known
+    if int(np.prod(sizes)) != n_devices:
+        raise GptjaxError(f"mesh: data*fsdp*tensor = {int(np.prod(sizes))} but there are {n_devices} devices; "
+                          f"set one axis to -1 to infer it")
+    return tuple(sizes)
+
+
+def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
+    """A (data, fsdp, tensor) Mesh with Auto axis types; topology-aware device order on TPU."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = mesh_shape(cfg, len(devices))
+    if devices[0].platform == "tpu":
+        from jax.experimental import mesh_utils
+
+        device_grid = mesh_utils.create_device_mesh(shape, devices=devices)
+    else:
+        device_grid = np.array(devices).reshape(shape)
+    return Mesh(device_grid, MESH_AXES)
+
+
+def maybe_initialize_distributed() -> None:
+    """Joins a multi-process JAX job when the environment describes one (TPU pods set it up themselves)."""
+    coordinator = os.environ.get("GPTJAX_COORDINATOR")
+    if coordinator:
+        jax.distributed.initialize(
+            coordinator_address=coordinator,
+            num_processes=int(os.environ["GPTJAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["GPTJAX_PROCESS_ID"]),
+        )
+    elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()

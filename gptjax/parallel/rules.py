@@ -1,0 +1,95 @@
+"""THE logical-axis rules table: the one place that says how named tensor axes map onto the device mesh.
+
+Parameters and activations carry logical axis names (`nn.with_logical_partitioning`, `constrain`); this table
+maps them to the mesh axes `data`, `fsdp` and `tensor`. Parameter shardings are resolved with their shapes, so an
+axis that does not divide evenly (e.g. one KV head over 2-way tensor parallelism) is replicated instead.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    # activations
+    ("batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    # parameters
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("positions", None),
+    ("norm", None),
+    ("layers", None),
+)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """Pins an activation's sharding by logical axis names (a no-op outside `use_rules`)."""
+    return nn.with_logical_constraint(x, tuple(axes))
+
+
+@contextlib.contextmanager
+def use_rules(mesh: Mesh) -> Iterator[None]:
+    """Makes `mesh` and RULES current, so logical constraints inside jit resolve to mesh axes."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+        yield
+
+
+def _mesh_axes_for(name: str | None) -> tuple[str, ...]:
+    if name is None:
+        return ()
+    for logical, physical in RULES:
+        if logical == name:
+            if physical is None:
+                return ()
+            return (physical,) if isinstance(physical, str) else tuple(physical)
+    raise KeyError(f"logical axis '{name}' has no entry in gptjax.parallel.rules.RULES")
+
+
+def spec_for(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """PartitionSpec for an array of `shape` with `logical_axes`; mesh axes that don't divide a dim are dropped."""
+    used: set[str] = set()
+    entries = []
+    for name, dim in zip(logical_axes, shape):
+        kept = []
+        for axis in _mesh_axes_for(name):
+            size = mesh.shape[axis]
+            if axis in used or size == 1:
+                continue
+            if dim % (int(np.prod([mesh.shape[a] for a in kept])) * size) == 0:
+                kept.append(axis)
+        used.update(kept)
+        entries.append(None if not kept else (kept[0] if len(kept) == 1 else tuple(kept)))
+    return PartitionSpec(*entries)
+
+
+def tree_shardings(abstract_tree, mesh: Mesh):
+    """NamedShardings for a tree of abstract arrays whose leaves may be wrapped in nn.Partitioned metadata."""
+
+    def one(leaf):
+        if isinstance(leaf, nn.Partitioned):
+            value = leaf.value
+            return NamedSharding(mesh, spec_for(leaf.names, value.shape, mesh))
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree_util.tree_map(one, abstract_tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Sharding of a [batch, ...] input array: batch over data and fsdp, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))

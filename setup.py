@@ -1,0 +1,39 @@
+"""gptjax: a JAX/Flax, TPU-first codebase for building GPT-style language models from scratch."""
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.6",
+    "flax>=0.10",
+    "optax>=0.2",
+    "orbax-checkpoint>=0.11",
+    "grain>=0.2.10",
+    "ml_collections>=1.0",
+    "sentencepiece>=0.2",
+    "numpy>=1.26",
+    "tqdm>=4.60",
+    "safetensors>=0.4",
+    "tensorboardX>=2.6",
+    "tensorflow-datasets>=4.9",
+    "regex>=2023.0",
+]
+DATA = ["py3langid>=0.3", "zstandard>=0.22", "pyarrow>=15", "datasketch>=1.6"]
+HF = ["torch==2.13.0", "transformers>=4.45", "tokenizers>=0.19"]
+TEST = ["pytest>=8", "pytest-timeout>=2.3"]
+
+setup(
+    name="gptjax",
+    version="0.1.0",
+    description="Build GPT-style language models from scratch in JAX/Flax: data, pretraining, eval, finetuning, export.",
+    packages=find_packages(include=["gptjax", "gptjax.*"]),
+    package_data={"gptjax": ["data/bundled/*"]},
+    python_requires=">=3.10",
+    install_requires=CORE + DATA,
+    extras_require={
+        "data": DATA,
+        "hf": HF,
+        "test": TEST + HF,
+        "tpu": ["jax[tpu]"],
+        "gpu": ["jax[cuda12]"],
+    },
+    entry_points={"console_scripts": ["gptjax=gptjax.cli:main"]},
+)

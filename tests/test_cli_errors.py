@@ -1,0 +1,85 @@
+"""Bad input: one clear error line, a non-zero exit, nothing in the workdir destroyed."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import dir_snapshot, run_cli, tiny_overrides
+from gptjax.cli import main
+
+CONFIG = "experiments/shakespeare_char_cpu.py"
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.startswith("gptjax: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("content,expected", [
+    (None, "input not found"), (b"", "is empty"), (b"  \n\n", "is empty"),
+    (b"caf\xe9 au lait\n", "not valid UTF-8"),
+])
+def test_prepare_rejects_bad_text(tmp_path, capsys, content, expected):
+    src = tmp_path / "in.txt"
+    if content is not None:
+        src.write_bytes(content)
+    out = tmp_path / "out"
+    assert main(["prepare", "--input", str(src), "--out", str(out)]) == 2
+    assert expected in one_error_line(capsys)
+    assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_prepare_never_overwrites_prepared_data(tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("hello world, hello gptjax\n" * 50)
+    out = tmp_path / "out"
+    assert main(["prepare", "--input", str(src), "--out", str(out)]) == 0
+    before = dir_snapshot(out)
+    capsys.readouterr()
+    assert main(["prepare", "--input", str(src), "--out", str(out)]) == 2
+    assert "already holds prepared data" in one_error_line(capsys)
+    assert dir_snapshot(out) == before
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("--config.model.n_layr=3", "unknown config key 'model.n_layr'"),
+    ("--config.train.lr=fast", "expects a number"),
+    ("--config.model.position=spiral", "model.position='spiral'"),
+    ("--config.model.max_positions=8", "above the position limit 8"),
+    ("--config.model.n_head=5", "divisible"),
+])
+def test_bad_config_is_one_line_and_workdir_untouched(tmp_path, capsys, cache_dir, override, expected):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "notes.txt").write_text("keep me")
+    before = dir_snapshot(workdir)
+    assert main(["train", "--config", CONFIG, "--workdir", str(workdir), *tiny_overrides(), override]) == 2
+    assert expected in one_error_line(capsys)
+    assert dir_snapshot(workdir) == before
+
+
+def test_unknown_key_in_an_experiment_file(tmp_path, capsys):
+    exp = tmp_path / "exp.py"
+    exp.write_text("from gptjax.config import base_config\n"
+                   "def get_config():\n    c = base_config()\n    c.model.n_layers = 3\n    return c\n")
+    assert main(["train", "--config", str(exp), "--workdir", str(tmp_path / "w")]) == 2
+    assert "n_layers" in one_error_line(capsys)
+
+
+def test_incompatible_checkpoint_is_refused_and_kept(tmp_path, cache_dir):
+    workdir = tmp_path / "run"
+    first = run_cli(["train", "--config", CONFIG, "--workdir", str(workdir), *tiny_overrides(steps=3)])
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = dir_snapshot(workdir)
+    second = run_cli(["train", "--config", CONFIG, "--workdir", str(workdir), *tiny_overrides(steps=6),
+                      "--config.model.d_model=64"])
+    assert second.returncode == 2
+    lines = [l for l in second.stderr.splitlines() if l.startswith("gptjax: error:")]
+    assert len(lines) == 1 and "incompatible config (model.d_model: 32 -> 64)" in lines[0]
+    assert dir_snapshot(workdir) == before
+
+
+def test_generate_from_an_empty_workdir_errors(tmp_path, capsys):
+    assert main(["generate", "--workdir", str(tmp_path), "--prompt", "hi"]) == 2
+    assert "neither a training workdir" in one_error_line(capsys)

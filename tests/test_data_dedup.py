@@ -1,0 +1,304 @@
+"""Tests for gptjax.data.dedup: exact, near-duplicate (measured precision/recall on planted copies) and line dedup."""
+import json
+import os
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gptjax.data.dedup import (
+    MINHASH_PRIME,
+    MinHashConfig,
+    NearDuplicateIndex,
+    UnionFind,
+    candidate_probability,
+    count_units,
+    drop_frequent_units,
+    exact_dedup,
+    exact_key,
+    jaccard,
+    minhash_signature,
+    near_dedup,
+    near_duplicate_clusters,
+    remove_boilerplate,
+    shingle_hashes,
+    text_signature,
+    unit_keys,
+)
+from gptjax.data.documents import make_document
+
+FIXTURES = Path(__file__).parent / "fixtures" / "data" / "dedup"
+PARAGRAPHS = [
+    json.loads(line)["text"] for line in (FIXTURES / "inaugural_paragraphs.jsonl").read_text(encoding="utf-8").splitlines()
+]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def plant_near_duplicates(originals: list[str], n_variants: int, edit_range: tuple[float, float], seed: int) -> list[str]:
+    """Copies of random originals with a share of words (drawn from ``edit_range``) replaced, deleted or inserted."""
+    generator = np.random.default_rng(seed)
+    vocabulary = sorted({word for text in originals for word in text.split()})
+    variants = []
+    for _ in range(n_variants):
+        words = originals[int(generator.integers(len(originals)))].split()
+        n_edits = max(1, round(len(words) * generator.uniform(*edit_range)))
+        for _ in range(n_edits):
+            position = int(generator.integers(len(words)))
+            action = int(generator.integers(3))
+            if action == 0:
+                words[position] = vocabulary[int(generator.integers(len(vocabulary)))]
+            elif action == 1 and len(words) > 1:
+                del words[position]
+            else:
+                words.insert(position, vocabulary[int(generator.integers(len(vocabulary)))])
+        variants.append(" ".join(words))
+    return variants
+
+
+def true_shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
+    """Word n-grams as tuples of strings: an implementation-independent ground truth."""
+    import re
+
+    words = re.findall(r"[^\W_]+(?:['’\-][^\W_]+)*", text.lower())
+    return {tuple(words[i:i + n]) for i in range(max(len(words) - n + 1, 1))} if words else set()
+
+
+def true_clusters(texts: list[str], threshold: float = 0.8) -> list[int]:
+    """Smallest member of each text's component in the graph of pairs with true Jaccard >= threshold."""
+    sets = [true_shingles(text) for text in texts]
+    components = UnionFind()
+    for _ in texts:
+        components.add()
+    for i in range(len(texts)):
+        for j in range(i + 1, len(texts)):
+            overlap = len(sets[i] & sets[j])
+            if overlap and overlap / len(sets[i] | sets[j]) >= threshold:
+                components.union(i, j)
+    return [components.find(i) for i in range(len(texts))]
+
+
+def same_cluster_pairs(labels: list[int]) -> set[tuple[int, int]]:
+    groups = defaultdict(list)
+    for index, label in enumerate(labels):
+        groups[label].append(index)
+    return {(a, b) for members in groups.values() for k, a in enumerate(members) for b in members[k + 1:]}
+
+
+def precision_recall(predicted: list[int], truth: list[int]) -> tuple[float, float]:
+    predicted_pairs, true_pairs = same_cluster_pairs(predicted), same_cluster_pairs(truth)
+    assert true_pairs, "the planted corpus must contain duplicates"
+    hits = len(predicted_pairs & true_pairs)
+    return (hits / len(predicted_pairs) if predicted_pairs else 1.0), hits / len(true_pairs)
+
+
+@pytest.fixture(scope="module")
+def clear_corpus():
+    texts = PARAGRAPHS + plant_near_duplicates(PARAGRAPHS, 60, (0.0, 0.015), seed=1)
+    return texts, true_clusters(texts)
+
+
+@pytest.fixture(scope="module")
+def borderline_corpus():
+    texts = PARAGRAPHS + plant_near_duplicates(PARAGRAPHS, 120, (0.002, 0.06), seed=2)
+    return texts, true_clusters(texts)
+
+
+def test_exact_key_ignores_case_and_whitespace_only():
+    assert exact_key("Hello   World\n") == exact_key(" hello world")
+    assert exact_key("Hello World") != exact_key("Hello, World")
+
+
+def test_exact_dedup_finds_every_planted_copy_and_nothing_else():
+    generator = np.random.default_rng(0)
+    copies_of = generator.choice(len(PARAGRAPHS), size=30, replace=True)
+    variants = [
+        PARAGRAPHS[i].upper().replace(" ", "  \n ") if k % 2 else "  " + PARAGRAPHS[i] + "\n" for k, i in enumerate(copies_of)
+    ]
+    documents = [make_document(text, f"doc:{k}") for k, text in enumerate(PARAGRAPHS + variants)]
+    kept = list(exact_dedup(documents))
+    assert [doc.source for doc in kept] == [f"doc:{k}" for k in range(len(PARAGRAPHS))]
+
+
+def test_shingle_hashes_match_distinct_ngrams():
+    for text in PARAGRAPHS[:20]:
+        hashes = shingle_hashes(text, 5)
+        assert hashes.size == len(true_shingles(text))
+        assert np.all(np.diff(hashes.astype(np.int64)) > 0)
+        assert int(hashes.max()) < int(MINHASH_PRIME)
+    assert shingle_hashes("too short", 5).size == 1
+    assert shingle_hashes("  ... !!", 5).size == 0
+
+
+def test_jaccard_of_hash_sets_equals_true_jaccard():
+    variants = plant_near_duplicates(PARAGRAPHS[:10], 10, (0.01, 0.05), seed=3)
+    for original in PARAGRAPHS[:10]:
+        for variant in variants:
+            a, b = true_shingles(original), true_shingles(variant)
+            assert jaccard(shingle_hashes(original), shingle_hashes(variant)) == pytest.approx(len(a & b) / len(a | b))
+
+
+def test_signature_estimates_jaccard():
+    originals = PARAGRAPHS[:40]
+    variants = plant_near_duplicates(originals, 40, (0.0, 0.04), seed=4)
+    errors = []
+    for variant in variants:
+        shingles_v, signature_v = text_signature(variant)
+        best = max(originals, key=lambda original: jaccard(shingle_hashes(original), shingles_v))
+        shingles_o, signature_o = text_signature(best)
+        errors.append(abs(float(np.mean(signature_o == signature_v)) - jaccard(shingles_o, shingles_v)))
+    assert np.mean(errors) < 0.05
+    assert max(errors) < 0.15
+
+
+def test_signature_is_pure_and_identical_across_processes():
+    text = PARAGRAPHS[0]
+    signature = text_signature(text)[1]
+    assert np.array_equal(signature, text_signature(text)[1])
+    code = (
+        "import sys, json; from gptjax.data.dedup import text_signature; "
+        "print(json.dumps(text_signature(sys.stdin.read())[1].tolist()))"
+    )
+    environment = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], input=text, capture_output=True, text=True, env=environment, check=True, timeout=60
+    )
+    assert json.loads(result.stdout) == signature.tolist()
+
+
+def test_near_dedup_on_clear_planted_duplicates(clear_corpus):
+    texts, truth = clear_corpus
+    assert sum(label != index for index, label in enumerate(truth)) >= 50
+    for verify in (True, False):
+        predicted = near_duplicate_clusters(texts, MinHashConfig(verify=verify))
+        precision, recall = precision_recall(predicted, truth)
+        assert precision >= 0.95, (verify, precision, recall)
+        assert recall >= 0.9, (verify, precision, recall)
+
+
+def test_near_dedup_on_borderline_planted_duplicates(borderline_corpus):
+    texts, truth = borderline_corpus
+    true_pairs = same_cluster_pairs(truth)
+    planted_pairs = {(label, index) for index, label in enumerate(truth) if label != index}
+    assert len(true_pairs) >= 20 and len(planted_pairs) < 120, "variants must fall on both sides of the threshold"
+    precision, recall = precision_recall(near_duplicate_clusters(texts, MinHashConfig(verify=True)), truth)
+    assert precision >= 0.95 and recall >= 0.9, (precision, recall)
+    unverified_precision, unverified_recall = precision_recall(near_duplicate_clusters(texts, MinHashConfig(verify=False)), truth)
+    assert unverified_recall >= 0.95
+    assert unverified_precision <= precision
+
+
+def test_exactly_one_document_per_cluster_survives_the_smallest_index(clear_corpus):
+    texts, _ = clear_corpus
+    representatives = near_duplicate_clusters(texts)
+    members = defaultdict(list)
+    for index, representative in enumerate(representatives):
+        members[representative].append(index)
+    assert all(representative == min(group) for representative, group in members.items())
+    documents = [make_document(text, f"doc:{index}") for index, text in enumerate(texts)]
+    survivors = near_dedup(documents)
+    assert [doc.source for doc in survivors] == [f"doc:{representative}" for representative in sorted(members)]
+
+
+def test_fuzzy_license_fixture_keeps_one_of_the_mit_licenses():
+    names = ["pytorch_license.txt", "rails_mit_license.txt", "react_mit_license.txt"]
+    texts = [(FIXTURES / "documents_with_fuzzy_duplicates" / name).read_text(encoding="utf-8") for name in names]
+    assert near_duplicate_clusters(texts) == [0, 1, 1]
+    assert near_duplicate_clusters(texts, MinHashConfig(num_perm=100, bands=10, rows=10)) == [0, 1, 1]
+
+
+def test_exact_duplicate_fixture_with_cs336_settings():
+    texts = [(FIXTURES / "documents_with_line_duplicates" / f"doc{i}.txt").read_text(encoding="utf-8") for i in range(1, 6)]
+    config = MinHashConfig(ngram=5, num_perm=100, bands=10, rows=10, threshold=0.8)
+    index = NearDuplicateIndex(config)
+    for text in texts:
+        shingles, signature = text_signature(text, config)
+        index.add(signature, shingles)
+    assert index.keep_mask() == [True, False, True, True, True]
+
+
+def test_identical_flood_is_one_cluster_and_buckets_stay_small():
+    config = MinHashConfig()
+    index = NearDuplicateIndex(config)
+    shingles, signature = text_signature(PARAGRAPHS[0], config)
+    for _ in range(2000):
+        index.add(signature, shingles)
+    index.add(*reversed(text_signature(PARAGRAPHS[1], config)))
+    assert index.keep_mask() == [True] + [False] * 1999 + [True]
+    assert index.candidate_pairs == 1999
+    assert len(index) == 2001
+
+
+def test_documents_without_words_are_never_near_duplicates():
+    representatives = near_duplicate_clusters(["", "...", "!!!", PARAGRAPHS[0], PARAGRAPHS[0]])
+    assert representatives == [0, 1, 2, 3, 3]
+    assert np.all(minhash_signature(np.zeros(0, dtype=np.uint64)) == MINHASH_PRIME)
+
+
+def test_config_and_input_validation():
+    with pytest.raises(ValueError, match="num_perm"):
+        MinHashConfig(num_perm=64, bands=20, rows=6)
+    with pytest.raises(ValueError, match="threshold"):
+        MinHashConfig(threshold=0.0)
+    index = NearDuplicateIndex(MinHashConfig(verify=True))
+    with pytest.raises(ValueError, match="shingle"):
+        index.add(text_signature(PARAGRAPHS[0])[1])
+    with pytest.raises(ValueError, match="shape"):
+        index.add(np.zeros(7, dtype=np.uint32), np.zeros(0, dtype=np.uint64))
+
+
+def test_candidate_probability_s_curve():
+    assert candidate_probability(0.8, 20, 6) > 0.99
+    assert candidate_probability(0.3, 20, 6) < 0.02
+    assert candidate_probability(1.0, 20, 6) == 1.0
+
+
+def test_union_find_keeps_smallest_representative():
+    sets = UnionFind()
+    for _ in range(6):
+        sets.add()
+    sets.union(5, 3)
+    sets.union(4, 5)
+    sets.union(1, 4)
+    assert [sets.find(i) for i in range(6)] == [0, 1, 2, 1, 1, 1]
+
+
+def test_line_dedup_reproduces_cs336_expected_output():
+    documents = [
+        make_document((FIXTURES / "documents_with_line_duplicates" / f"doc{i}.txt").read_text(encoding="utf-8"), f"doc{i}")
+        for i in range(1, 6)
+    ]
+    cleaned = remove_boilerplate(documents, max_count=1, unit="line")
+    expected = [(FIXTURES / "documents_line_deduplicated" / f"doc{i}.txt").read_text(encoding="utf-8") for i in range(1, 6)]
+    assert [document.text for document in cleaned] == expected
+    assert [document.doc_id for document in cleaned] == [document.doc_id for document in documents]
+
+
+def test_line_dedup_threshold_k():
+    texts = ["menu\nstory one\n", "menu\nstory two\n", "menu\nfooter\nstory three\n", "footer\nstory four"]
+    counts = count_units(texts)
+    assert counts[unit_keys("menu")[0]] == 3
+    assert drop_frequent_units(texts[2], counts, max_count=2) == ("footer\nstory three\n", 1)
+    assert drop_frequent_units(texts[2], counts, max_count=1) == ("story three\n", 2)
+    assert drop_frequent_units(texts[2], counts, max_count=3) == (texts[2], 0)
+    assert drop_frequent_units(texts[3], counts, max_count=1) == ("story four", 1)
+
+
+def test_blank_lines_are_never_dropped_and_line_breaks_are_kept():
+    texts = ["a\r\n\r\nshared\r\nb\n", "shared\n\n\nc"]
+    counts = count_units(texts)
+    assert drop_frequent_units(texts[0], counts) == ("a\r\n\r\nb\n", 1)
+    assert drop_frequent_units(texts[1], counts) == ("\n\nc", 1)
+
+
+def test_paragraph_dedup():
+    boiler = "Subscribe to our newsletter.\nFollow us."
+    texts = [f"Story {i} begins.\nIt goes on.\n\n{boiler}\n\n\nThe end {i}." for i in range(3)]
+    counts = count_units(texts, "paragraph")
+    assert Counter(counts.values()) == Counter({1: 6, 3: 1})
+    cleaned, dropped = drop_frequent_units(texts[0], counts, max_count=2, unit="paragraph")
+    assert (cleaned, dropped) == ("Story 0 begins.\nIt goes on.\n\nThe end 0.", 1)
+    with pytest.raises(ValueError, match="unit"):
+        count_units(texts, "sentence")

@@ -1,0 +1,182 @@
+"""`gptjax export --format safetensors` and `gptjax.load` of the result: every ablation variant round-trips
+bit-exactly, without the training workdir; bad or partial exports are clear errors and nothing is half-written."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+import gptjax
+from gptjax import cli
+from gptjax.api import EXPORT_MARKER, LM
+from gptjax.config import Config, ModelConfig
+from gptjax.data import tokenizer as tokenizers
+from gptjax.errors import GptjaxError
+from gptjax.interop import native
+
+FORWARD = jax.jit(lambda model, params, tokens: model.apply({"params": params}, tokens), static_argnums=0)
+
+VARIANTS = {
+    "gpt2-baseline": dict(),
+    "alibi": dict(position="alibi"),
+    "sinusoidal": dict(position="sinusoidal"),
+    "no-positions": dict(position="none"),
+    "strided": dict(attention="strided", stride=4),
+    "local": dict(attention="local", window=5),
+    "post-norm": dict(norm_placement="post"),
+    "swiglu-gqa-rope-rmsnorm": dict(mlp="swiglu", n_kv_head=2, position="rope", norm="rmsnorm", use_bias=False),
+    "untied": dict(tie_embeddings=False),
+    "scan-layers": dict(scan_layers=True, tie_embeddings=False, mlp="swiglu", n_kv_head=1),
+}
+
+
+def variant_model(**overrides) -> ModelConfig:
+    return ModelConfig(**{"vocab_size": 101, "block_size": 16, "n_layer": 2, "n_head": 4, "d_model": 32, **overrides})
+
+
+def char_tokenizer(vocab_size: int) -> tokenizers.CharTokenizer:
+    return tokenizers.CharTokenizer("".join(chr(0x3041 + i) for i in range(vocab_size - 1)))
+
+
+def random_lm(m: ModelConfig, seed: int = 0, step: int | None = 123) -> LM:
+    """An LM with random params (norm scales near 1), built without compiling anything."""
+    rng = np.random.default_rng(seed)
+    flat = {name: (1.0 + 0.1 * rng.standard_normal(shape) if name.endswith("scale") else 0.2 * rng.standard_normal(shape))
+            .astype(np.float32) for name, shape in native.expected_param_shapes(m).items()}
+    meta = {"record": {"git_commit": "abc123", "command": ["gptjax", "train"]}, "data_dir": "/data/x"}
+    return LM(Config(name="native-test", model=m), native.unflatten_params(flat), char_tokenizer(m.vocab_size), step, meta)
+
+
+def assert_same_params(a, b) -> None:
+    flat_a, flat_b = native.flatten_params(jax.device_get(a)), native.flatten_params(jax.device_get(b))
+    assert sorted(flat_a) == sorted(flat_b)
+    for name in flat_a:
+        assert flat_a[name].dtype == flat_b[name].dtype == np.float32, name
+        np.testing.assert_array_equal(flat_a[name], flat_b[name], err_msg=name)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_round_trips_bit_exactly(variant, tmp_path):
+    lm = random_lm(variant_model(**VARIANTS[variant]))
+    out = tmp_path / "export"
+    native.export_native(lm, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [native.WEIGHTS_FILE, native.CONFIG_FILE, native.RECORD_FILE, native.TOKENIZER_DIR, EXPORT_MARKER])
+
+    loaded = gptjax.load(out)
+    assert isinstance(loaded, LM)
+    assert loaded.cfg == lm.cfg and loaded.step == 123
+    assert tokenizers.fingerprint(loaded.tokenizer) == tokenizers.fingerprint(lm.tokenizer)
+    assert loaded.meta["record"] == lm.meta["record"] and loaded.meta["data_dir"] == "/data/x"
+    assert_same_params(lm.params, loaded.params)
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, lm.config.vocab_size, (2, 16)), jnp.int32)
+    np.testing.assert_array_equal(np.asarray(FORWARD(lm.model, lm.params, tokens)),
+                                  np.asarray(FORWARD(loaded.model, loaded.params, tokens)))
+
+
+def test_tensor_names_are_logical_paths(tmp_path):
+    from safetensors import safe_open
+
+    for name, overrides in (("plain", {}), ("scan", {"scan_layers": True})):
+        m = variant_model(**overrides)
+        native.export_native(random_lm(m), tmp_path / name)
+        with safe_open(str(tmp_path / name / native.WEIGHTS_FILE), framework="numpy") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        if overrides:
+            assert shapes["layers/attn/query/kernel"] == (2, 32, 4, 8)
+        else:
+            assert shapes["layer_0/attn/query/kernel"] == (32, 4, 8) and shapes["layer_1/mlp/fc/bias"] == (128,)
+        assert shapes["embedding"] == (128, 32) and shapes["pos_embedding"] == (16, 32)
+
+
+def test_bfloat16_export_stores_rounded_weights(tmp_path):
+    lm = random_lm(variant_model(), seed=3)
+    native.export_native(lm, tmp_path / "f32")
+    native.export_native(lm, tmp_path / "bf16", dtype="bfloat16")
+    sizes = [(tmp_path / d / native.WEIGHTS_FILE).stat().st_size for d in ("f32", "bf16")]
+    assert sizes[1] < 0.55 * sizes[0]
+    assert json.loads((tmp_path / "bf16" / EXPORT_MARKER).read_text())["dtype"] == "bfloat16"
+    loaded = gptjax.load(tmp_path / "bf16")
+    rounded = jax.tree_util.tree_map(lambda a: np.asarray(a).astype(ml_dtypes.bfloat16).astype(np.float32), lm.params)
+    assert_same_params(rounded, loaded.params)
+
+
+def test_cli_exports_a_training_workdir(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GPTJAX_CACHE", str(tmp_path / "cache"))
+    m = variant_model(vocab_size=66, position="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=2)
+    source = random_lm(m)
+    cfg = Config(name="native-cli", model=m)
+    workdir = native.write_workdir(cfg, source.params, source.tokenizer, tmp_path / "run", {"test": True}, "test run")
+    out = tmp_path / "export"
+    assert cli.main(["export", "--workdir", str(workdir), "--format", "safetensors", "--out", str(out)]) == 0
+    assert "as a gptjax export" in capsys.readouterr().out
+
+    from_workdir, from_export = gptjax.load(workdir), gptjax.load(out)
+    assert from_export.step == from_workdir.step == 0 and from_export.cfg == from_workdir.cfg
+    assert_same_params(from_workdir.params, from_export.params)
+    assert json.loads((out / native.RECORD_FILE).read_text()) == from_workdir.meta["record"]
+    assert (out / native.TOKENIZER_DIR / "tokenizer.json").is_file()
+    assert cli.main(["generate", "--workdir", str(out), "--prompt", "\u3041\u3042", "--max-new-tokens", "4"]) == 0
+
+    before = sorted(p.name for p in out.iterdir())
+    assert cli.main(["export", "--workdir", str(workdir), "--format", "safetensors", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already exists and is not empty" in err and "\n" not in err
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(tokenizers, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        native.export_native(random_lm(variant_model()), tmp_path / "export")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(GptjaxError, match="export dtype 'float16'"):
+        native.export_native(random_lm(variant_model()), tmp_path / "export", dtype="float16")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def exported(tmp_path) -> Path:
+    out = tmp_path / "export"
+    native.export_native(random_lm(variant_model()), out)
+    return out
+
+
+def test_load_rejects_a_truncated_weights_file(exported):
+    weights = exported / native.WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(GptjaxError, match="not a readable safetensors file.*truncated"):
+        gptjax.load(exported)
+
+
+def test_load_rejects_weights_that_do_not_fit_the_config(exported):
+    config = json.loads((exported / native.CONFIG_FILE).read_text())
+    config["model"]["d_model"] = 64
+    (exported / native.CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(GptjaxError, match=r"param 'embedding' has shape \[128, 32\], the config needs \[128, 64\]"):
+        gptjax.load(exported)
+    config["model"].update(d_model=32, n_layer=3)
+    (exported / native.CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(GptjaxError, match="lacks param 'layer_2/"):
+        gptjax.load(exported)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda out: (out / native.WEIGHTS_FILE).unlink(), "model.safetensors is missing"),
+    (lambda out: (out / native.CONFIG_FILE).unlink(), "config.json is missing"),
+    (lambda out: [p.unlink() for p in (out / native.TOKENIZER_DIR).iterdir()], "no tokenizer at"),
+    (lambda out: (out / EXPORT_MARKER).write_text(json.dumps({"format_version": 99})), "format_version 99"),
+    (lambda out: (out / EXPORT_MARKER).write_text("{not json"), "is not valid JSON"),
+])
+def test_load_rejects_an_incomplete_export(exported, damage, message):
+    damage(exported)
+    with pytest.raises(GptjaxError, match=message):
+        gptjax.load(exported)

@@ -1,0 +1,101 @@
+"""Generation: KV-cache decoding equals full recompute, token for token; sampling controls; stopping."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_model
+from gptjax.generate import SamplingParams, generate_ids, sample
+from gptjax.model.transformer import Transformer
+
+
+def make(cfg, seed=0):
+    params = nn.unbox(Transformer(cfg).init(jax.random.PRNGKey(seed), jnp.zeros((1, 8), jnp.int32))["params"])
+    # sharper distributions than init gives, so greedy paths are not decided by float noise
+    params = jax.tree_util.tree_map(lambda p: p * 4.0 if p.ndim >= 2 else p, params)
+    return Transformer(cfg), params
+
+
+def recompute_greedy(model, params, prompt, n_new, window=None):
+    """Reference: run the whole sequence (cropped to `window`) each step and take the argmax."""
+    seq = list(prompt)
+    for _ in range(n_new):
+        context = seq[-window:] if window else seq
+        logits = model.apply({"params": params}, jnp.asarray([context], jnp.int32))
+        seq.append(int(jnp.argmax(logits[0, -1])))
+    return seq[len(prompt):]
+
+
+CASES = [dict(position=p) for p in ("learned", "sinusoidal", "rope", "alibi", "none")] + [
+    dict(position="rope", attention="local", window=4), dict(position="learned", attention="strided", stride=4),
+    dict(position="rope", n_kv_head=1, mlp="swiglu", norm="rmsnorm"), dict(norm_placement="post", n_kv_head=2),
+    dict(scan_layers=True, position="alibi", attention="local", window=3),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_kv_cache_greedy_equals_full_recompute(case):
+    cfg = tiny_model(block_size=32, **case)
+    model, params = make(cfg)
+    prompts = [[5, 9, 2, 7, 1, 3, 8], [11, 4], [6, 6, 6, 2, 9]]
+    got = generate_ids(model, params, prompts, max_new_tokens=18, eot_id=65, sp=SamplingParams(temperature=0.0),
+                       chunk=5)
+    for prompt, ids in zip(prompts, got):
+        expected = recompute_greedy(model, params, prompt, 18)
+        if 65 in expected:
+            expected = expected[: expected.index(65)]
+        assert ids == expected
+
+
+def test_past_the_position_limit_decoding_slides_a_window_like_nanogpt():
+    cfg = tiny_model(block_size=16, position="learned")
+    model, params = make(cfg)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]]
+    got = generate_ids(model, params, prompts, max_new_tokens=30, eot_id=65, sp=SamplingParams(temperature=0.0))
+    for prompt, ids in zip(prompts, got):
+        expected = recompute_greedy(model, params, prompt, 30, window=16)
+        if 65 in expected:
+            expected = expected[: expected.index(65)]
+        assert ids == expected
+
+
+def test_stops_at_end_of_text():
+    cfg = tiny_model(block_size=32)
+    model, params = make(cfg)
+    free = generate_ids(model, params, [[1, 2, 3]], 20, eot_id=10_000, sp=SamplingParams(temperature=0.0))[0]
+    stop_token = free[4]
+    stopped = generate_ids(model, params, [[1, 2, 3]], 20, eot_id=stop_token, sp=SamplingParams(temperature=0.0))[0]
+    assert stopped == free[: free.index(stop_token)]
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy():
+    cfg = tiny_model(block_size=32)
+    model, params = make(cfg)
+    prompts = [[1, 2, 3], [7]]
+    greedy = generate_ids(model, params, prompts, 12, eot_id=65, sp=SamplingParams(0.0))
+    top1 = generate_ids(model, params, prompts, 12, eot_id=65, sp=SamplingParams(1.0, top_k=1), seed=3)
+    assert top1 == greedy
+    a = generate_ids(model, params, prompts, 12, eot_id=65, sp=SamplingParams(1.5), seed=1)
+    b = generate_ids(model, params, prompts, 12, eot_id=65, sp=SamplingParams(1.5), seed=1)
+    c = generate_ids(model, params, prompts, 12, eot_id=65, sp=SamplingParams(1.5), seed=2)
+    assert a == b and a != c
+
+
+def test_top_k_and_top_p_filter_the_distribution():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+    keys = jax.random.split(jax.random.PRNGKey(0), 2000)
+    draw = lambda sp: np.array([int(sample(logits, k, sp)[0]) for k in keys[:400]])
+    assert set(draw(SamplingParams(1.0, top_k=2))) == {0, 1}
+    assert set(draw(SamplingParams(1.0, top_p=0.7))) == {0, 1}
+    assert set(draw(SamplingParams(1.0, top_p=0.5))) == {0}
+    assert set(draw(SamplingParams(1.0))) == {0, 1, 2, 3}
+
+
+def test_padded_vocabulary_is_never_sampled():
+    cfg = tiny_model(vocab_size=66, block_size=64)
+    model, params = make(cfg)
+    ids = generate_ids(model, params, [[1]] * 8, 40, eot_id=10_000, sp=SamplingParams(temperature=50.0), seed=0)
+    assert max(max(r) for r in ids) < 66
