@@ -320,6 +320,7 @@ def validate(cfg: Config) -> None:
     _check(m.d_model % m.n_head == 0, f"model.d_model={m.d_model} must be divisible by model.n_head={m.n_head}")
     _check(m.n_head % m.kv_heads == 0, f"model.n_head={m.n_head} must be divisible by model.n_kv_head={m.kv_heads}")
     _check(m.position != "rope" or m.head_dim % 2 == 0, f"rope needs an even head dim, got {m.head_dim}")
+    _check(m.rope_theta > 0 and m.norm_eps > 0 and m.init_std > 0, "model.rope_theta, norm_eps and init_std must be > 0")
     _check(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
     _check(m.block_size <= m.position_limit,
            f"model.block_size={m.block_size} is above the position limit {m.position_limit} of "

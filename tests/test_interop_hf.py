@@ -538,6 +538,21 @@ def test_import_cli_failure_is_one_line(hf_dir, tmp_path, capsys):
     assert not (tmp_path / "wd").exists()
 
 
+def test_import_reads_a_base_model_checkpoint_without_prefix(hf_dir):
+    """The original GPT-2 release stores `h.0.attn.c_attn.weight`, `wte.weight`, ... plus causal-mask buffers."""
+    from safetensors.numpy import save_file
+
+    expected = native.flatten_params(hf.read_hf_dir(hf_dir).params)
+    tensors = dict(native.read_safetensors_lazily(hf_dir / hf.WEIGHTS_FILE, None))
+    base = {name.removeprefix("transformer."): tensor for name, tensor in tensors.items()}
+    base |= {f"h.{i}.attn.bias": np.tril(np.ones((1, 1, 48, 48), np.float32)) for i in range(2)}
+    save_file(base, str(hf_dir / hf.WEIGHTS_FILE), metadata={"format": "pt"})
+    imported = native.flatten_params(hf.read_hf_dir(hf_dir).params)
+    assert sorted(imported) == sorted(expected)
+    for name, leaf in expected.items():
+        np.testing.assert_array_equal(imported[name], leaf, err_msg=name)
+
+
 def test_n_positions_smaller_than_block_size_is_an_error(hf_dir):
     with pytest.raises(GptjaxError, match="n_positions=48 is smaller than the block size 64"):
         hf.read_hf_dir(hf_dir, block_size=64)

@@ -93,6 +93,9 @@ class SentencePieceTokenizer:
         self.model_proto = model_proto
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self._eot = self._sp.piece_to_id(EOT)
+        if self._sp.id_to_piece(self._eot) != EOT:
+            raise GptjaxError(f"this sentencepiece model has no {EOT} piece; train it with gptjax prepare "
+                              f"(or import it with gptjax import, which maps the model's EOS to {EOT})")
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, model_type: str = "bpe", byte_fallback: bool = True,
@@ -111,7 +114,8 @@ class SentencePieceTokenizer:
                 pad_id=-1, minloglevel=2, num_threads=os.cpu_count() or 1,
             )
         except RuntimeError as e:
-            raise GptjaxError(f"sentencepiece training failed: {e} (try a smaller data.vocab_size)") from None
+            raise GptjaxError(f"sentencepiece training failed: {e} (the vocabulary size must fit the corpus: smaller "
+                              f"for a small corpus, at least the 256 byte pieces plus its characters)") from None
         return cls(model.getvalue())
 
     @property

@@ -28,6 +28,7 @@ Tokenizers:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -59,6 +60,7 @@ PICKLE_WEIGHTS_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 IGNORED_TENSOR_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 QKV = ("query", "key", "value")
 LLAMA_PROJECTIONS = {"query": "q_proj", "key": "k_proj", "value": "v_proj"}
+BASE_MODEL_PREFIXES = {GPT2: "transformer.", LLAMA: "model."}
 
 
 # ---------------------------------------------------------------- gptjax config -> HF config
@@ -488,12 +490,13 @@ def sentencepiece_with_eot(model_proto: bytes, eos_token: str | None, eos_id: in
     at `eos_id`, else the model's own eos) is renamed `<|endoftext|>`: ids and encodings stay the same and gptjax's
     end-of-text id becomes the HF eos id."""
     import sentencepiece as spm
+    from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2
 
     proto = sentencepiece_model_pb2.ModelProto()
     try:
         proto.ParseFromString(model_proto)
-    except Exception as e:  # protobuf's DecodeError has no stable import path across versions
+    except DecodeError as e:
         raise GptjaxError(f"{where} is not a sentencepiece model ({e})") from None
     names = [piece.piece for piece in proto.pieces]
     if EOT in names:
@@ -531,6 +534,8 @@ def _char_tokenizer_from_json(spec: dict) -> tokenizers.CharTokenizer | None:
     if model.get("type") != "WordLevel" or pre.get("type") != "Split" or pre.get("pattern") != {"Regex": r"[\s\S]"}:
         return None
     vocab = model.get("vocab") or {}
+    if not isinstance(vocab, dict) or not all(isinstance(index, int) for index in vocab.values()):
+        return None
     by_id = sorted((index, token) for token, index in vocab.items())
     chars = [token for _, token in by_id[:-1]]
     if (not by_id or by_id[-1] != (len(chars), EOT) or [index for index, _ in by_id] != list(range(len(by_id)))
@@ -588,9 +593,16 @@ def weight_files(src: Path) -> dict[str, Path]:
                       f"(a transformers save_pretrained directory)")
 
 
-def _checked_tensor_names(located: Mapping[str, Path], m: ModelConfig, family: str) -> list[str]:
-    """The tensor names to read, after checking every stored shape against the config; one error otherwise."""
-    expected = hf_tensor_shapes(m, family)
+def with_base_prefix(name: str, family: str) -> str:
+    """`name` as a GPT2LMHeadModel / LlamaForCausalLM state dict spells it. Base-model checkpoints (such as the
+    original GPT-2 release: `h.0.attn.c_attn.weight`, `wte.weight`) lack the `transformer.` / `model.` prefix."""
+    prefix = BASE_MODEL_PREFIXES[family]
+    return name if name.startswith(prefix) or name == "lm_head.weight" else prefix + name
+
+
+def stored_tensor_names(located: Mapping[str, Path], m: ModelConfig, family: str) -> dict[str, str]:
+    """{HF name: name as stored} of the tensors to read, after checking every stored name and shape against the
+    config (buffers such as GPT-2's `attn.bias` causal mask and a tied model's `lm_head.weight` are skipped)."""
     shapes: dict[str, tuple[int, ...]] = {}
     for shard in sorted(set(located.values())):
         for name, shape in native.safetensors_shapes(shard).items():
@@ -600,50 +612,51 @@ def _checked_tensor_names(located: Mapping[str, Path], m: ModelConfig, family: s
     if indexed_but_absent:
         raise GptjaxError(f"{located[indexed_but_absent[0]]} lacks tensor '{indexed_but_absent[0]}' that "
                           f"{WEIGHTS_INDEX_FILE} places there")
-    ignorable = {name for name in shapes if name.endswith(IGNORED_TENSOR_SUFFIXES)}
-    if m.tie_embeddings:
-        ignorable.add("lm_head.weight")
-    found = {name: shape for name, shape in shapes.items() if name not in ignorable or name in expected}
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
+    expected = hf_tensor_shapes(m, family)
+    stored_as: dict[str, str] = {}
+    for stored in sorted(shapes):
+        name = with_base_prefix(stored, family)
+        if name not in expected and (name.endswith(IGNORED_TENSOR_SUFFIXES) or name == "lm_head.weight"):
+            continue
+        if name in stored_as:
+            raise GptjaxError(f"the weights store '{name}' twice (as '{stored_as[name]}' and '{stored}')")
+        stored_as[name] = stored
     where = f"the weights in {next(iter(located.values())).parent}"
+    missing = sorted(set(expected) - set(stored_as))
+    unexpected = sorted(set(stored_as) - set(expected))
     if missing:
-        raise GptjaxError(f"{where} lack tensor '{missing[0]}'{_more(missing)}, which config.json implies")
+        raise GptjaxError(f"{where} lack tensor '{missing[0]}'{native.and_more(missing)}, which config.json implies")
     if unexpected:
-        raise GptjaxError(f"{where} have tensor '{unexpected[0]}'{_more(unexpected)}, which config.json does not "
-                          f"imply")
-    for name in expected:
-        if tuple(found[name]) != expected[name]:
-            raise GptjaxError(f"{where}: tensor '{name}' has shape {list(found[name])} but config.json implies "
-                              f"{list(expected[name])}")
-    return sorted(expected)
+        raise GptjaxError(f"{where} have tensor '{stored_as[unexpected[0]]}'{native.and_more(unexpected)}, which "
+                          f"config.json does not imply")
+    for name, shape in expected.items():
+        if tuple(shapes[stored_as[name]]) != shape:
+            raise GptjaxError(f"{where}: tensor '{stored_as[name]}' has shape {list(shapes[stored_as[name]])} but "
+                              f"config.json implies {list(shape)}")
+    return stored_as
 
 
-def _more(names: list[str]) -> str:
-    return f" (and {len(names) - 1} more)" if len(names) > 1 else ""
-
-
-def read_hf_tensors(located: Mapping[str, Path], names: list[str]) -> dict[str, np.ndarray]:
-    """float32 arrays of `names`, shard by shard."""
+def read_hf_tensors(located: Mapping[str, Path], stored_as: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """{HF name: float32 array} of the tensors in `stored_as`, shard by shard."""
     by_shard: dict[Path, list[str]] = {}
-    for name in names:
-        by_shard.setdefault(located[name], []).append(name)
+    for stored in stored_as.values():
+        by_shard.setdefault(located[stored], []).append(stored)
+    hf_name = {stored: name for name, stored in stored_as.items()}
     tensors: dict[str, np.ndarray] = {}
     for shard, shard_names in by_shard.items():
-        tensors.update(native.read_safetensors_lazily(shard, shard_names))
+        tensors.update((hf_name[stored], array) for stored, array in native.read_safetensors_lazily(shard, shard_names))
     return tensors
 
 
+@dataclasses.dataclass(frozen=True)
 class HfModel:
     """An HF model directory read into gptjax terms: family, model config, params and (if present) tokenizer."""
 
-    def __init__(self, family: str, model: ModelConfig, params: dict, tokenizer: tokenizers.Tokenizer | None,
-                 hf_config: dict):
-        self.family = family
-        self.model = model
-        self.params = params
-        self.tokenizer = tokenizer
-        self.hf_config = hf_config
+    family: str
+    model: ModelConfig
+    params: dict
+    tokenizer: tokenizers.Tokenizer | None
+    hf_config: dict
 
 
 def read_hf_dir(src: str | Path, block_size: int | None = None) -> HfModel:
@@ -658,12 +671,12 @@ def read_hf_dir(src: str | Path, block_size: int | None = None) -> HfModel:
     hf = _json_file(src / "config.json")
     family, model = model_config_from_hf(hf, block_size, str(src / "config.json"))
     located = weight_files(src)
-    names = _checked_tensor_names(located, model, family)
+    stored_as = stored_tensor_names(located, model, family)
     tokenizer = tokenizer_from_hf_dir(src, hf)
     if tokenizer is not None and tokenizer.vocab_size > model.vocab_size:
         raise GptjaxError(f"the tokenizer in {src} has {tokenizer.vocab_size} tokens, more than the model's "
                           f"vocab_size={model.vocab_size}")
-    params = params_from_hf(model, family, read_hf_tensors(located, names))
+    params = params_from_hf(model, family, read_hf_tensors(located, stored_as))
     native.check_param_shapes({k: v.shape for k, v in native.flatten_params(params).items()},
                               native.expected_param_shapes(model), f"the params converted from {src}")
     return HfModel(family, model, params, tokenizer, hf)

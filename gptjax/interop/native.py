@@ -87,16 +87,17 @@ def check_param_shapes(found: Mapping[str, tuple[int, ...]], expected: Mapping[s
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     if missing:
-        raise GptjaxError(f"{where} lacks param '{missing[0]}'{_and_more(missing)} that the config needs")
+        raise GptjaxError(f"{where} lacks param '{missing[0]}'{and_more(missing)} that the config needs")
     if unexpected:
-        raise GptjaxError(f"{where} has param '{unexpected[0]}'{_and_more(unexpected)} that the config does not have")
+        raise GptjaxError(f"{where} has param '{unexpected[0]}'{and_more(unexpected)} that the config does not have")
     for name in sorted(expected):
         if tuple(found[name]) != tuple(expected[name]):
             raise GptjaxError(f"{where}: param '{name}' has shape {list(found[name])}, the config needs "
                               f"{list(expected[name])}")
 
 
-def _and_more(names: list[str]) -> str:
+def and_more(names: list[str]) -> str:
+    """' (and N more)' after the first of `names` when there are others."""
     return f" (and {len(names) - 1} more)" if len(names) > 1 else ""
 
 
@@ -226,11 +227,14 @@ def load_export(path: str | Path) -> LM:
 
 def experiment_source(cfg: Config, header: str) -> str:
     """An experiment file whose `get_config()` reproduces `cfg` exactly (for `gptjax train --config`)."""
-    lines = [f'"""{header}"""', "from gptjax.config import base_config", "", "", "def get_config():",
-             "    c = base_config()", f"    c.name = {cfg.name!r}"]
-    for section in ("model", "data", "train", "mesh"):
-        for field in dataclasses.fields(getattr(cfg, section)):
-            lines.append(f"    c.{section}.{field.name} = {getattr(getattr(cfg, section), field.name)!r}")
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    lines += ["from gptjax.config import base_config", "", "", "def get_config():", "    c = base_config()"]
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if dataclasses.is_dataclass(value):
+            lines += [f"    c.{field.name}.{sub.name} = {getattr(value, sub.name)!r}" for sub in dataclasses.fields(value)]
+        else:
+            lines.append(f"    c.{field.name} = {value!r}")
     lines.append("    return c")
     return "\n".join(lines) + "\n"
 

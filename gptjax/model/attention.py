@@ -62,22 +62,25 @@ def attention_mask(q_pos_BT, k_pos_BS, q_seg_BT, k_seg_BS, cfg: ModelConfig) -> 
 
 
 def xla_attention(q_BTNK, k_BSGK, v_BSGK, mask_BTS, bias_BNTS=None, dropout_rng=None, dropout_rate=0.0):
-    """Reference attention in plain jnp: grouped heads, float32 softmax, optional additive bias and dropout."""
-    b, t, n, k = q_BTNK.shape
-    g = k_BSGK.shape[2]
-    q_BTGRK = q_BTNK.reshape(b, t, g, n // g, k)
-    logits_BGRTS = jnp.einsum("btgrk,bsgk->bgrts", q_BTGRK, k_BSGK, preferred_element_type=jnp.float32)
-    logits_BGRTS = logits_BGRTS * (k ** -0.5)
+    """Reference attention in plain jnp: float32 softmax, optional additive bias and dropout.
+
+    KV heads are repeated up to the query heads (GQA/MQA) so every contraction is a plain 4-D batched matmul:
+    XLA's CPU backend runs the 5-D grouped form ~3x slower, and the repeat's gradient is a cheap sum."""
+    n, k = q_BTNK.shape[2], q_BTNK.shape[3]
+    repeats = n // k_BSGK.shape[2]
+    k_BSNK = jnp.repeat(k_BSGK, repeats, axis=2) if repeats > 1 else k_BSGK
+    v_BSNK = jnp.repeat(v_BSGK, repeats, axis=2) if repeats > 1 else v_BSGK
+    logits_BNTS = jnp.einsum("btnk,bsnk->bnts", q_BTNK, k_BSNK, preferred_element_type=jnp.float32) * (k ** -0.5)
     if bias_BNTS is not None:
-        logits_BGRTS = logits_BGRTS + bias_BNTS.reshape(bias_BNTS.shape[0], g, n // g, *bias_BNTS.shape[2:])
-    logits_BGRTS = jnp.where(mask_BTS[:, None, None], logits_BGRTS, jnp.finfo(jnp.float32).min)
-    probs_BGRTS = jax.nn.softmax(logits_BGRTS, axis=-1)
+        logits_BNTS = logits_BNTS + bias_BNTS
+    logits_BNTS = jnp.where(mask_BTS[:, None], logits_BNTS, jnp.finfo(jnp.float32).min)
+    probs_BNTS = jax.nn.softmax(logits_BNTS, axis=-1)
     if dropout_rng is not None and dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BGRTS.shape)
-        probs_BGRTS = jnp.where(keep, probs_BGRTS / (1.0 - dropout_rate), 0.0)
-    out_BTGRK = jnp.einsum("bgrts,bsgk->btgrk", probs_BGRTS.astype(v_BSGK.dtype), v_BSGK,
-                           preferred_element_type=jnp.float32)
-    return out_BTGRK.reshape(b, t, n, k).astype(q_BTNK.dtype)
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BNTS.shape)
+        probs_BNTS = jnp.where(keep, probs_BNTS / (1.0 - dropout_rate), 0.0)
+    out_BTNK = jnp.einsum("bnts,bsnk->btnk", probs_BNTS.astype(v_BSNK.dtype), v_BSNK,
+                          preferred_element_type=jnp.float32)
+    return out_BTNK.astype(q_BTNK.dtype)
 
 
 def kernel_unsupported_reason(impl: str, cfg: ModelConfig, decoding: bool, dropout: bool, packed: bool) -> str | None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from gptjax.config import ModelConfig
 from gptjax.model.attention import AttnContext, Attention, KVCache, attention_mask, choose_kernel
-from gptjax.model.layers import Mlp, Norm, alibi_bias, normal_init, rope_angles, sinusoidal_table
+from gptjax.model.layers import Mlp, Norm, matmul_2d, alibi_bias, normal_init, rope_angles, sinusoidal_table
 from gptjax.parallel.rules import constrain
 
 PADDED_LOGIT = -1e9  # logits of padded vocabulary entries: never sampled, ~0 probability, finite (no NaN in sums)
@@ -128,7 +128,7 @@ class Transformer(nn.Module):
         else:
             head_DV = self.param("lm_head", nn.with_logical_partitioning(normal_init(cfg.init_std), ("embed", "vocab")),
                                  (cfg.d_model, cfg.padded_vocab), jnp.float32)
-        logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, head_DV.astype(dtype), preferred_element_type=jnp.float32)
+        logits_BTV = matmul_2d(x_BTD, head_DV, 1, dtype)
         logits_BTV = constrain(logits_BTV, ("batch", "act_length", "act_vocab"))
         if cfg.padded_vocab != cfg.vocab_size:
             logits_BTV = jnp.where(jnp.arange(cfg.padded_vocab) < cfg.vocab_size, logits_BTV, PADDED_LOGIT)

@@ -1,0 +1,26 @@
+"""Every experiment file loads, validates, and builds its model abstractly (no weights materialised)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from conftest import REPO
+from gptjax import config as config_lib
+from gptjax.model.transformer import Transformer, count_params
+
+EXPERIMENTS = sorted((REPO / "experiments").glob("*.py"))
+EXPECTED_PARAMS = {"gpt2_124m": (124e6, 125e6), "gpt2_350m": (354e6, 356e6)}
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_experiment_builds(path: Path):
+    cfg = config_lib.to_config(config_lib.load_experiment(path))
+    vocab = 50257 if cfg.data.tokenizer == "gpt2_bpe" else (cfg.data.vocab_size or 66)
+    model_cfg = cfg.model.__class__(**{**config_lib.to_dict(cfg)["model"], "vocab_size": vocab})
+    shapes = jax.eval_shape(lambda: Transformer(model_cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32)))
+    n = count_params(shapes["params"])
+    low, high = EXPECTED_PARAMS.get(path.stem, (1e4, 1e9))
+    assert low <= n <= high, n
