@@ -18,7 +18,7 @@ CORE = [
 ]
 DATA = ["py3langid>=0.3", "zstandard>=0.22", "pyarrow>=15", "datasketch>=1.6"]
 HF = ["torch==2.13.0", "transformers>=4.45", "tokenizers>=0.19"]
-TEST = ["pytest>=8", "pytest-timeout>=2.3"]
+TEST = ["pytest>=8", "pytest-timeout>=2.3", "tiktoken>=0.7"]
 
 setup(
     name="gptjax",
