@@ -45,16 +45,6 @@ def _load_config(path: str, overrides: list[str]):
     return config_lib.to_config(cd)
 
 
-def cmd_prepare(args) -> int:
-    from gptjax.data.prepare import prepare
-
-    manifest = prepare(args.input, args.out, args.tokenizer, args.vocab_size, args.val_fraction, args.tokenizer_dir)
-    splits = manifest["splits"]
-    print(f"prepared {args.out}: tokenizer {manifest['tokenizer']['kind']} (vocab {manifest['tokenizer']['vocab_size']}), "
-          f"train {splits['train']['n_tokens']:,} tokens, val {splits['val']['n_tokens']:,} tokens")
-    return 0
-
-
 def cmd_train(args, overrides: list[str]) -> int:
     from gptjax.train.loop import train
 
@@ -159,13 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gptjax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True)
 
-    p = sub.add_parser("prepare", help="text files -> tokenizer + token files")
-    p.add_argument("--input", nargs="+", required=True, help="text files, directories or globs")
-    p.add_argument("--out", required=True, help="new directory for the prepared data")
-    p.add_argument("--tokenizer", default="char", choices=("char", "sentencepiece", "gpt2_bpe"))
-    p.add_argument("--vocab-size", type=int, default=4096, help="sentencepiece vocabulary size")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--tokenizer-dir", help="for gpt2_bpe: directory with vocab.json and merges.txt")
+    from gptjax.data.pipeline import add_prepare_arguments
+
+    p = sub.add_parser("prepare", help="raw text -> filtered, deduplicated token shards + tokenizer + report")
+    add_prepare_arguments(p)
 
     p = sub.add_parser("train", help="train or resume: --config experiments/X.py --workdir DIR [--config.a.b=v ...]")
     p.add_argument("--config", required=True)
@@ -218,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             raise GptjaxError(f"--config.* overrides apply to `gptjax train`, not `{args.verb}`")
         if args.verb == "train":
             return cmd_train(args, overrides)
-        handler = {"prepare": cmd_prepare, "eval": cmd_eval, "generate": cmd_generate, "quickstart": cmd_quickstart,
+        from gptjax.data.pipeline import run_prepare
+
+        handler = {"prepare": run_prepare, "eval": cmd_eval, "generate": cmd_generate, "quickstart": cmd_quickstart,
                    "export": cmd_export, "import": cmd_import}[args.verb]
         return handler(args)
     except GptjaxError as e:

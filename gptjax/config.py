@@ -97,6 +97,7 @@ class DataConfig:
     path: str = ""
     inputs: tuple[str, ...] = ()
     tokenizer: str = "char"
+    tokenizer_dir: str = ""  # gpt2_bpe: directory with vocab.json and merges.txt
     vocab_size: int = 0  # sentencepiece vocabulary size
     val_fraction: float = 0.1
     cache_dir: str = ""  # "" = $GPTJAX_CACHE or ~/.cache/gptjax

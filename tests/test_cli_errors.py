@@ -1,6 +1,8 @@
 """Bad input: one clear error line, a non-zero exit, nothing in the workdir destroyed."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conftest import dir_snapshot, run_cli, tiny_overrides
@@ -17,27 +19,37 @@ def one_error_line(capsys) -> str:
 
 
 @pytest.mark.parametrize("content,expected", [
-    (None, "input not found"), (b"", "is empty"), (b"  \n\n", "is empty"),
-    (b"caf\xe9 au lait\n", "not valid UTF-8"),
+    (None, "does not exist"), (b"", "empty_file"), (b"  \n\n", "empty_document"),
+    (b"\x00\x01\x02binary\xff\xfe" * 200, "binary_file"),
 ])
-def test_prepare_rejects_bad_text(tmp_path, capsys, content, expected):
+def test_prepare_rejects_input_with_nothing_to_prepare(tmp_path, capsys, content, expected):
     src = tmp_path / "in.txt"
     if content is not None:
         src.write_bytes(content)
     out = tmp_path / "out"
-    assert main(["prepare", "--input", str(src), "--out", str(out)]) == 2
+    assert main(["prepare", "--input", str(src), "--out", str(out), "--quiet"]) == 2
     assert expected in one_error_line(capsys)
-    assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+    assert not out.exists()
+
+
+def test_prepare_repairs_invalid_utf8_and_reports_it(tmp_path, capsys):
+    src = tmp_path / "latin1.txt"
+    src.write_bytes("caf\u00e9 au lait, na\u00efve r\u00e9sum\u00e9 of a small test corpus\n".encode("latin-1") * 20)
+    out = tmp_path / "out"
+    assert main(["prepare", "--input", str(src), "--out", str(out), "--raw", "--quiet"]) == 0
+    assert src.read_bytes().startswith(b"caf\xe9")  # the source is never modified
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"]["read"]["notes"]["invalid_utf8_bytes"] == 80  # four Latin-1 letters per line
 
 
 def test_prepare_never_overwrites_prepared_data(tmp_path, capsys):
     src = tmp_path / "in.txt"
     src.write_text("hello world, hello gptjax\n" * 50)
     out = tmp_path / "out"
-    assert main(["prepare", "--input", str(src), "--out", str(out)]) == 0
+    assert main(["prepare", "--input", str(src), "--out", str(out), "--raw", "--quiet"]) == 0
     before = dir_snapshot(out)
     capsys.readouterr()
-    assert main(["prepare", "--input", str(src), "--out", str(out)]) == 2
+    assert main(["prepare", "--input", str(src), "--out", str(out), "--raw", "--quiet"]) == 2
     assert "already holds prepared data" in one_error_line(capsys)
     assert dir_snapshot(out) == before
 

@@ -11,7 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_cli, tiny_config, tiny_overrides
+from dataclasses import replace
+
+from conftest import REPO, run_cli, tiny_config, tiny_overrides
+
+REPO_DATA = REPO / "gptjax" / "data" / "bundled"
 from gptjax.config import TrainConfig
 from gptjax.model.transformer import Transformer
 from gptjax.train.optim import decay_mask, lr_schedule, make_optimizer
@@ -110,3 +114,32 @@ def test_python_api_scores_and_generates(tmp_path, cache_dir):
     assert abs(float(lm.score(["ab"])[0]) - float(expected)) < 1e-4
     out = lm.generate(["ROMEO:", "A"], max_new_tokens=10, temperature=0.0)
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
+
+
+def test_training_on_packed_documents_and_a_mixture(tmp_path, cache_dir):
+    """prepare -> train with data.packing (segment ids reach the model) and a weighted mixture of two datasets."""
+    from gptjax.cli import main as cli_main
+    from gptjax.train.loop import train
+
+    text = (REPO_DATA / "tinyshakespeare.txt").read_text()
+    paragraphs = [p for p in text.split("\n\n") if len(p) > 200]
+    for name, part in (("a", paragraphs[:300]), ("b", paragraphs[150:300])):
+        folder = tmp_path / f"docs_{name}"
+        folder.mkdir()
+        for i, para in enumerate(part):
+            (folder / f"{i:04d}.txt").write_text(para)
+    common = ["--raw", "--tokenizer", "char", "--quiet", "--workers", "1"]
+    assert cli_main(["prepare", "--input", str(tmp_path / "docs_a"), "--out", str(tmp_path / "data_a"), *common]) == 0
+    assert cli_main(["prepare", "--input", str(tmp_path / "docs_b"), "--out", str(tmp_path / "data_b"), *common,
+                     "--tokenizer-dir", str(tmp_path / "data_a" / "tokenizer")]) == 0
+    cfg = tiny_config(cache_dir, train={"steps": 30, "grad_accum": 2, "lr": 3e-3})
+    packed = replace(cfg, data=replace(cfg.data, dataset="", path=str(tmp_path / "data_a"), packing=True))
+    result = train(packed, tmp_path / "run_packed", show_progress=False)
+    losses = [json.loads(l)["loss"] for l in (tmp_path / "run_packed" / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(l)]
+    assert np.isfinite(losses).all() and np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3
+    assert np.isfinite(result["val_loss"])
+    mixed = replace(cfg, data=replace(cfg.data, dataset="", mixture=(f"{tmp_path / 'data_a'}:0.7",
+                                                                    f"{tmp_path / 'data_b'}:0.3")))
+    result = train(mixed, tmp_path / "run_mixture", show_progress=False)
+    assert result["step"] == 30 and result["loss"] < 3.5

@@ -1,51 +1,69 @@
-"""grain input pipeline: random windows of block_size + 1 tokens, a pure function of (seed, step, row).
+"""grain input pipeline: every batch is a pure function of (seed, step), so a restored iterator continues exactly.
 
-Every batch is determined by its step, so a restored iterator continues exactly; each JAX process builds only
-its own rows of the global batch. The grain iterator state goes into every checkpoint.
+Rows are random windows of block_size + 1 tokens (window k of seed s starts at hash(s, k)), or, with
+`data.packing`, rows packed from whole documents with segment ids and positions (gptjax.data.packing). With
+`data.mixture` the rows of each step are shared among several prepared datasets in proportion to their weights:
+component c has had exactly floor(step * B * W_c) - floor(step * B * W_{c-1}) rows before `step` (W = cumulative
+normalised weights, B = global batch), taken in order from its own row stream, and the step's rows are shuffled
+by a hash of (seed, step). Each JAX process builds only its own rows of the global batch; with `data.workers > 0`
+grain builds batches in that many worker processes (same batches, same state). The grain iterator state goes into
+every checkpoint.
 """
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import grain
 import numpy as np
 
 from gptjax.data import store
+from gptjax.data.packing import DocumentTable, PackedSampler, shuffled_order, splitmix64
 from gptjax.errors import GptjaxError
 
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """A fast, well-mixed 64-bit hash (SplitMix64 finaliser), vectorised over uint64."""
-    with np.errstate(over="ignore"):
-        x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
-        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
-        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
-        return x ^ (x >> np.uint64(31))
+__all__ = ["WindowSampler", "PackedSampler", "eval_batches", "mixture_rows", "splitmix64", "train_iterator"]
 
 
 class WindowSampler:
-    """Uniform random windows over all shards of a split: window k of seed s starts at hash(s, k) mod #starts."""
+    """Uniform random windows over all shards of a split: window k of seed s starts at hash(s, k) mod #starts.
+
+    Shards are memory-mapped on first use; pickling drops the maps, so a sampler can go to grain workers.
+    """
 
     def __init__(self, shard_paths: list[Path], window: int, seed: int):
         self.window = window
         self.seed = seed
-        self.shards = [store.read_tokens(p) for p in shard_paths]
-        starts = np.array([max(len(s) - window + 1, 0) for s in self.shards], dtype=np.int64)
+        self.shard_paths = list(shard_paths)
+        lengths = [store.read_header(p).n_tokens for p in self.shard_paths]
+        starts = np.array([max(n - window + 1, 0) for n in lengths], dtype=np.int64)
         if starts.sum() == 0:
-            longest = max((len(s) for s in self.shards), default=0)
+            longest = max(lengths, default=0)
             raise GptjaxError(f"the split has {longest} tokens, fewer than block_size + 1 = {window}; "
                               f"lower model.block_size or add data")
         self.cum_starts = np.cumsum(starts)
+        self._shards: list[np.ndarray] | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_shards": None}
+
+    @property
+    def shards(self) -> list[np.ndarray]:
+        if self._shards is None:
+            self._shards = [store.read_tokens(p) for p in self.shard_paths]
+        return self._shards
 
     def windows(self, indices: np.ndarray) -> np.ndarray:
         """int32 [len(indices), window]."""
-        keys = splitmix64(splitmix64(np.uint64(self.seed)) ^ indices.astype(np.uint64))
+        keys = splitmix64(splitmix64(np.uint64(self.seed)) ^ np.asarray(indices).astype(np.uint64))
         flat = (keys % np.uint64(self.cum_starts[-1])).astype(np.int64)
         shard_ids = np.searchsorted(self.cum_starts, flat, side="right")
         offsets = flat - np.concatenate([[0], self.cum_starts[:-1]])[shard_ids]
-        return np.stack([self.shards[s][o:o + self.window] for s, o in zip(shard_ids, offsets)]).astype(np.int32)
+        shards = self.shards
+        if len(flat) == 0:
+            return np.zeros((0, self.window), np.int32)
+        return np.stack([shards[s][o:o + self.window] for s, o in zip(shard_ids, offsets)]).astype(np.int32)
+
+    rows = windows
 
 
 class _StepBatches:
@@ -62,20 +80,143 @@ class _StepBatches:
         return self.sampler.windows(np.int64(step) * self.global_batch + rows)
 
 
+def _cumulative_shares(weights: list[float]) -> list[Fraction]:
+    """Cumulative normalised weights as exact fractions of the weights' decimal forms (0.7 is 7/10)."""
+    exact = [Fraction(repr(float(w))) for w in weights]
+    total = sum(exact)
+    shares, running = [], Fraction(0)
+    for weight in exact:
+        running += weight
+        shares.append(running / total)
+    return shares
+
+
+def _rows_before(step: int, global_batch: int, shares: list[Fraction]) -> list[int]:
+    """Rows each component has had in steps [0, step)."""
+    upto = [step * global_batch * share.numerator // share.denominator for share in shares]
+    return [upto[0]] + [upto[c] - upto[c - 1] for c in range(1, len(upto))]
+
+
+def mixture_rows(step: int, global_batch: int, weights: list[float], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(component, row index within that component) of every row of the global batch of `step`.
+
+    Component c's rows are the next ones of its own stream, as many as keep its share of all rows so far within
+    one row of weight_c / sum(weights) (exactly, with weights taken as the decimals they print as); with several
+    components the rows are shuffled by a hash of (seed, step).
+    """
+    shares = _cumulative_shares(weights)
+    before = _rows_before(step, global_batch, shares)
+    after = _rows_before(step + 1, global_batch, shares)
+    components = np.concatenate([np.full(a - b, c, np.int64) for c, (b, a) in enumerate(zip(before, after))])
+    indices = np.concatenate([np.arange(b, a, dtype=np.int64) for b, a in zip(before, after)])
+    if len(weights) > 1:
+        order = shuffled_order(global_batch, seed, step)
+        components, indices = components[order], indices[order]
+    return components, indices
+
+
+def _stack(parts: list, order: np.ndarray):
+    """Rows gathered per component, put back in batch order (arrays, or dicts of arrays)."""
+    if isinstance(parts[0], dict):
+        return {key: np.concatenate([p[key] for p in parts])[order] for key in parts[0]}
+    return np.concatenate(parts)[order]
+
+
+class _MixtureStepBatches:
+    """grain map function for packed rows and/or mixtures: step -> this process's rows of the global batch."""
+
+    def __init__(self, samplers: list, weights: list[float], global_batch: int, seed: int, process_index: int,
+                 process_count: int):
+        self.samplers = samplers
+        self.weights = weights
+        self.global_batch = global_batch
+        self.seed = seed
+        self.local_batch = global_batch // process_count
+        self.first_row = process_index * self.local_batch
+
+    def __call__(self, step: int):
+        components, indices = mixture_rows(int(step), self.global_batch, self.weights, self.seed)
+        mine = slice(self.first_row, self.first_row + self.local_batch)
+        components, indices = components[mine], indices[mine]
+        parts, positions = [], []
+        for c, sampler in enumerate(self.samplers):
+            chosen = np.flatnonzero(components == c)
+            if chosen.size:
+                parts.append(sampler.rows(indices[chosen]))
+                positions.append(chosen)
+        return _stack(parts, np.argsort(np.concatenate(positions), kind="stable"))
+
+
+def _sources(data_dir: str | Path, data) -> list[tuple[Path, float]]:
+    """The prepared directories rows come from, with weights: the mixture's, or just `data_dir`."""
+    if data is not None and data.mixture:
+        from gptjax.data.prepare import mixture_entries
+
+        return mixture_entries(data)
+    return [(Path(data_dir), 1.0)]
+
+
+def _sampler(data_dir: Path, split: str, window: int, seed: int, packing: bool):
+    if packing:
+        return PackedSampler(DocumentTable(data_dir, split), window, seed)
+    return WindowSampler(store.split_shards(data_dir, split), window, seed)
+
+
+def _component_seed(seed: int, component: int) -> int:
+    return seed if component == 0 else int(splitmix64(np.uint64(seed) ^ np.uint64(component)))
+
+
+def _batch_fn(data_dir, split: str, window: int, global_batch: int, seed: int, process_index: int,
+              process_count: int, data):
+    packing = bool(data is not None and data.packing)
+    sources = _sources(data_dir, data)
+    if len(sources) == 1 and not packing:
+        return _StepBatches(WindowSampler(store.split_shards(sources[0][0], split), window, seed), global_batch,
+                            process_index, process_count)
+    samplers = [_sampler(path, split, window, _component_seed(seed, c), packing) for c, (path, _) in enumerate(sources)]
+    return _MixtureStepBatches(samplers, [w for _, w in sources], global_batch, seed, process_index, process_count)
+
+
+def _mark_absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags; a program that never parsed them (pytest, notebooks) must say so."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 def train_iterator(data_dir: str | Path, block_size: int, global_batch: int, seed: int, n_steps: int,
-                   process_index: int = 0, process_count: int = 1, threads: int = 2) -> grain.DatasetIterator:
-    """A grain iterator over steps [0, n_steps); restore a position with `.set_state(saved_state)`."""
+                   process_index: int = 0, process_count: int = 1, threads: int = 2, *,
+                   data=None) -> grain.DatasetIterator:
+    """A grain iterator over steps [0, n_steps); restore a position with `.set_state(saved_state)`.
+
+    `data` (a DataConfig) switches on document packing (`packing`: batches are dicts of tokens, segment_ids and
+    positions), mixtures (`mixture`: rows drawn from several prepared dirs by weight) and grain worker processes
+    (`workers`). Without it, or with those fields at their defaults, batches are random windows of `data_dir`.
+    """
     if global_batch % process_count:
         raise GptjaxError(f"train.batch_size={global_batch} must divide by the {process_count} JAX processes")
-    sampler = WindowSampler(store.split_shards(data_dir, "train"), block_size + 1, seed)
-    batches = _StepBatches(sampler, global_batch, process_index, process_count)
+    batches = _batch_fn(data_dir, "train", block_size + 1, global_batch, seed, process_index, process_count, data)
     dataset = grain.MapDataset.range(n_steps).map(batches)
     read_options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2 * threads, 2))
-    return iter(dataset.to_iter_dataset(read_options))
+    iter_dataset = dataset.to_iter_dataset(read_options)
+    workers = int(getattr(data, "workers", 0) or 0)
+    if workers > 0:
+        _mark_absl_flags_parsed()
+        iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return iter(iter_dataset)
 
 
 def eval_batches(data_dir: str | Path, block_size: int, batch_size: int, n_batches: int, seed: int = 1234,
-                 split: str = "val") -> list[np.ndarray]:
-    """A fixed set of validation windows (the same on every call), [batch_size, block_size + 1] each."""
-    sampler = WindowSampler(store.split_shards(data_dir, split), block_size + 1, seed)
-    return [sampler.windows(np.arange(i * batch_size, (i + 1) * batch_size, dtype=np.int64)) for i in range(n_batches)]
+                 split: str = "val", *, data=None) -> list:
+    """A fixed set of validation batches (the same on every call), [batch_size, block_size + 1] each.
+
+    With `data.packing` each batch is a dict of tokens, segment_ids and positions; with `data.mixture` rows come
+    from every component's `split` by weight.
+    """
+    if data is None or not (data.packing or data.mixture):
+        sampler = WindowSampler(store.split_shards(data_dir, split), block_size + 1, seed)
+        return [sampler.windows(np.arange(i * batch_size, (i + 1) * batch_size, dtype=np.int64))
+                for i in range(n_batches)]
+    batches = _batch_fn(data_dir, split, block_size + 1, batch_size, seed, 0, 1, data)
+    return [batches(i) for i in range(n_batches)]

@@ -2,17 +2,19 @@
 
 A *chunk* is a run of consecutive documents (about `chunk_bytes` of text) in corpus order. `clean_chunk` takes a
 chunk's documents through normalization, language and quality filtering and computes everything the corpus-wide
-dedup needs (exact keys, LSH band hashes, line keys); `tokenize_chunk` turns a chunk's surviving documents into
+dedup needs (exact keys, LSH band hashes, line keys); `tokenize_texts` turns a chunk's surviving documents into
 token ids per split. Both depend only on their inputs, so chunks can run in any process, in any order; the
 orchestration (gptjax.data.pipeline) writes and reads their results as files in a work directory.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +46,7 @@ class PipelineConfig:
     vocab_size: int = 4096
     model_type: str = "bpe"
     byte_fallback: bool = True
-    tokenizer_dir: str | None = None
+    tokenizer_dir: str | None = None  # gpt2_bpe vocab/merges, or a saved tokenizer to reuse instead of training
     sample_docs: int = 100_000
     sample_bytes: int = 100 << 20
     val_fraction: float = 0.1
@@ -62,7 +64,7 @@ class PipelineConfig:
     ngram: int = 5
     boilerplate: str = "none"
     boilerplate_max_count: int = 1
-    chunk_bytes: int = 32 << 20
+    chunk_bytes: int = 16 << 20
     shard_tokens: int = 1 << 26
     workers: int = 1
     tfds: bool = False
@@ -178,7 +180,7 @@ def _normalize_stage(documents: list[Document], stats: StageStats) -> list[Docum
     return kept
 
 
-def _langid_stage(documents: list[Document], config: langid.LangIdConfig, stats: StageStats) -> list[Document]:
+def _langid_stage(documents: list[Document], stats: StageStats, config: langid.LangIdConfig) -> list[Document]:
     targets = [langid.canonical_language(code) for code in config.languages]
     kept = []
     for document in documents:
@@ -219,14 +221,13 @@ def _quality_stage(documents: list[Document], stats: StageStats) -> list[Documen
 def clean_chunk(documents: list[Document], config: PipelineConfig) -> CleanChunk:
     """Normalize, filter and key one chunk's documents (pure: the same documents give the same result)."""
     stats: dict[str, StageStats] = {}
-    steps = []
+    steps: list[tuple[str, Callable[[list[Document], StageStats], list[Document]]]] = []
     if config.normalize:
-        steps.append(("normalize", lambda docs, s: _normalize_stage(docs, s)))
+        steps.append(("normalize", _normalize_stage))
     if config.languages:
-        lang_config = config.langid()
-        steps.append(("langid", lambda docs, s: _langid_stage(docs, lang_config, s)))
+        steps.append(("langid", functools.partial(_langid_stage, config=config.langid())))
     if config.quality:
-        steps.append(("quality", lambda docs, s: _quality_stage(docs, s)))
+        steps.append(("quality", _quality_stage))
     for name, step in steps:
         started = time.perf_counter()
         stats[name] = StageStats()
@@ -318,14 +319,16 @@ def tokenize_texts(tok: tokenizers.Tokenizer, texts: list[str], in_val: list[boo
 # ---- chunk files in the work directory -------------------------------------------------------------------------
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """Saves `array` as .npy under `path`, which appears only when complete."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         np.save(f, array)
     os.replace(tmp, path)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Writes `data` to `path`, which appears only when complete."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -342,14 +345,14 @@ def write_clean_chunk(clean_dir: Path, chunk: int, result: CleanChunk) -> None:
     """Writes a cleaned chunk's files, each atomically, the `done.json` marker last."""
     paths = clean_paths(clean_dir, chunk)
     encoded = [text.encode("utf-8", "surrogatepass") for text in result.texts]
-    _atomic_write_bytes(paths["text.bin"], b"".join(encoded))
-    _atomic_save_npy(paths["offsets.npy"], np.concatenate([[0], np.cumsum([len(e) for e in encoded])]).astype(np.int64))
-    _atomic_save_npy(paths["exact.npy"], result.exact_keys)
-    _atomic_save_npy(paths["bands.npy"], result.band_hashes)
-    _atomic_save_npy(paths["val.npy"], result.in_val)
-    _atomic_save_npy(paths["units.npy"], result.unit_keys)
-    _atomic_save_npy(paths["unit_counts.npy"], result.unit_counts)
-    _atomic_write_bytes(paths["sources.json"], json.dumps({"sources": result.sources, "doc_ids": result.doc_ids}).encode())
+    write_bytes_atomic(paths["text.bin"], b"".join(encoded))
+    save_npy_atomic(paths["offsets.npy"], np.concatenate([[0], np.cumsum([len(e) for e in encoded])]).astype(np.int64))
+    save_npy_atomic(paths["exact.npy"], result.exact_keys)
+    save_npy_atomic(paths["bands.npy"], result.band_hashes)
+    save_npy_atomic(paths["val.npy"], result.in_val)
+    save_npy_atomic(paths["units.npy"], result.unit_keys)
+    save_npy_atomic(paths["unit_counts.npy"], result.unit_counts)
+    write_bytes_atomic(paths["sources.json"], json.dumps({"sources": result.sources, "doc_ids": result.doc_ids}).encode())
     store.write_json_atomic(paths["done.json"], {
         "n_docs": len(result.texts), "chars": result.chars,
         "stats": {name: stats.to_json() for name, stats in result.stats.items()}})
@@ -387,7 +390,7 @@ def write_token_part(parts_dir: Path, chunk: int, result: TokenizedChunk, finger
     paths = part_paths(parts_dir, chunk)
     for split in SPLITS:
         store.write_tokens(paths[f"{split}.bin"], result.tokens[split], fingerprint)
-        _atomic_save_npy(paths[f"{split}.len.npy"], result.lengths[split])
+        save_npy_atomic(paths[f"{split}.len.npy"], result.lengths[split])
     done = {"n_tokens": {s: int(result.tokens[s].size) for s in SPLITS},
             "n_docs": {s: int(result.lengths[s].size) for s in SPLITS}, "n_bytes": result.n_bytes,
             "stats": {name: stats.to_json() for name, stats in result.stats.items()}}

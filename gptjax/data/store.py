@@ -156,10 +156,10 @@ def doc_spans(doc_starts: np.ndarray, n_tokens: int) -> tuple[np.ndarray, np.nda
     return starts, ends - starts
 
 
-def write_json_atomic(path: str | Path, data: dict) -> None:
+def write_json_atomic(path: str | Path, data: dict, sort_keys: bool = True) -> None:
     path = Path(path)
     tmp = _temp_path(path)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys))
     os.replace(tmp, path)
 
 

@@ -175,11 +175,14 @@ class Gpt2BpeAdapter:
 
     @classmethod
     def from_dir(cls, path: str | Path) -> "Gpt2BpeAdapter":
+        """From `vocab.json` + `merges.txt` (or `gpt2_vocab.json` + `gpt2_merges.txt`) in `path`."""
         path = Path(path)
-        for name in ("vocab.json", "merges.txt"):
-            if not (path / name).is_file():
-                raise GptjaxError(f"GPT-2 tokenizer file missing: {path / name} (need vocab.json and merges.txt)")
-        return cls((path / "vocab.json").read_bytes(), (path / "merges.txt").read_bytes())
+        for prefix in ("", "gpt2_"):
+            vocab, merges = path / f"{prefix}vocab.json", path / f"{prefix}merges.txt"
+            if vocab.is_file() and merges.is_file():
+                return cls(vocab.read_bytes(), merges.read_bytes())
+        raise GptjaxError(f"GPT-2 tokenizer files missing in {path} (need vocab.json and merges.txt, or "
+                          f"gpt2_vocab.json and gpt2_merges.txt)")
 
     @property
     def vocab_size(self) -> int:

@@ -148,7 +148,7 @@ def train(cfg: Config, workdir: str | Path, show_progress: bool = True) -> dict:
         tokenizers.save(tok, workdir / "tokenizer")
 
     iterator = loader.train_iterator(data_dir, cfg.model.block_size, t.batch_size, t.seed, max(t.steps, 1),
-                                     jax.process_index(), jax.process_count(), cfg.data.prefetch_threads)
+                                     jax.process_index(), jax.process_count(), cfg.data.prefetch_threads, data=cfg.data)
     if latest is not None:
         state, data_state = checkpoints.restore(latest, abstract_state, shardings)
         iterator.set_state(data_state["grain"])
@@ -161,7 +161,8 @@ def train(cfg: Config, workdir: str | Path, show_progress: bool = True) -> dict:
         train_fn = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer, cfg=cfg),
                            in_shardings=(shardings, in_sharding), out_shardings=(shardings, None), donate_argnums=0)
         eval_fn = jax.jit(functools.partial(eval_step, model=model), in_shardings=(shardings.params, in_sharding))
-    val_batches = loader.eval_batches(data_dir, cfg.model.block_size, t.batch_size // t.grad_accum, t.eval_batches)
+    val_batches = loader.eval_batches(data_dir, cfg.model.block_size, t.batch_size // t.grad_accum, t.eval_batches,
+                                      data=cfg.data)
     val_tokens_per_byte = manifest["splits"]["val"]["n_tokens"] / max(manifest["splits"]["val"]["n_bytes"], 1)
 
     def to_global(local_batch):
@@ -218,9 +219,13 @@ def train(cfg: Config, workdir: str | Path, show_progress: bool = True) -> dict:
     def save(state) -> None:
         checkpoints.save(state, {"grain": iterator.get_state(), "step": int(state.step)}, meta, force=True)
 
-    def _local_rows(global_BT1: np.ndarray) -> np.ndarray:
-        per = global_BT1.shape[0] // jax.process_count()
-        return global_BT1[jax.process_index() * per:(jax.process_index() + 1) * per]
+    def _local_rows(global_batch):
+        """This process's rows of a global batch (an array or a dict of arrays)."""
+        def rows(x):
+            per = x.shape[0] // jax.process_count()
+            return x[jax.process_index() * per:(jax.process_index() + 1) * per]
+
+        return jax.tree_util.tree_map(rows, global_batch)
 
     # Fault injection for the resume tests: the process kills itself (SIGKILL, no cleanup) after this step.
     fault_kill_step = int(os.environ.get("GPTJAX_FAULT_KILL_AFTER_STEP", "-1"))
