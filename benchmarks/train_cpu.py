@@ -5,7 +5,8 @@
 Each variant runs in its own process (XLA's device count is fixed at start-up), interleaved over `--repeats`
 rounds so machine noise hits all variants alike; the table reports the median over rounds of each round's
 median step time. `small` is experiments/shakespeare_char_cpu.py (4x128, block 64, batch 12); `medium` is
-nanoGPT's 6x384 Shakespeare model (block 256, batch 64, dropout 0.2).
+nanoGPT's 6x384 Shakespeare model (block 256, batch 64, dropout 0.2; 3 timed steps after 1 warm-up, as one
+step takes seconds here).
 """
 from __future__ import annotations
 
@@ -25,16 +26,17 @@ CONFIGS = {
     "medium": dict(n_layer=6, n_head=6, d_model=384, block_size=256, batch_size=64, dropout=0.2),
 }
 VARIANTS = {
-    "gptjax fp32, 1 device": dict(devices=1, dtype="float32"),
-    "gptjax fp32, 2 devices (data parallel)": dict(devices=2, dtype="float32"),
-    "gptjax bf16 compute, 1 device": dict(devices=1, dtype="bfloat16"),
-    "gptjax bf16 compute, 2 devices": dict(devices=2, dtype="bfloat16"),
+    "gptjax fp32, 1 device (multi-threaded XLA)": dict(devices=1, dtype="float32", flags=""),
+    "gptjax fp32, 1 device per core (the CPU default)": dict(devices=0, dtype="float32", flags=""),
+    "gptjax bf16 compute, 1 device per core": dict(devices=0, dtype="bfloat16", flags=""),
 }
 
 WORKER = r'''
 import functools, json, sys, time
 import jax, jax.numpy as jnp, numpy as np
 spec = json.loads(sys.argv[1])
+from gptjax.parallel.mesh import configure_cpu_devices
+configure_cpu_devices(spec["devices"], spec["config"]["batch_size"])
 from gptjax.config import Config, ModelConfig, TrainConfig, MeshConfig
 from gptjax.model.transformer import Transformer
 from gptjax.parallel.mesh import make_mesh
@@ -68,22 +70,22 @@ print(json.dumps({"median_ms": 1000 * float(np.median(times))}))
 '''
 
 
-def run_gptjax(config: dict, variant: dict, steps: int) -> float:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={variant['devices']}"}
-    spec = {"config": config, "dtype": variant["dtype"], "steps": steps, "warmup": 5}
+def run_gptjax(config: dict, variant: dict, steps: int, warmup: int) -> float:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": variant["flags"]}
+    spec = {"config": config, "dtype": variant["dtype"], "steps": steps, "warmup": warmup, "devices": variant["devices"]}
     out = subprocess.run([sys.executable, "-c", WORKER, json.dumps(spec)], cwd=REPO, env=env, capture_output=True,
                          text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["median_ms"]
 
 
-def run_torch(config: dict, steps: int) -> float | None:
+def run_torch(config: dict, steps: int, warmup: int) -> float | None:
     try:
         import torch  # noqa: F401
     except ImportError:
         return None
     args = ["--layers", config["n_layer"], "--heads", config["n_head"], "--width", config["d_model"], "--block",
-            config["block_size"], "--batch", config["batch_size"], "--steps", steps, "--dropout", config["dropout"]]
+            config["block_size"], "--batch", config["batch_size"], "--steps", steps, "--warmup", warmup,
+            "--dropout", config["dropout"]]
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "nanogpt_torch.py"), *map(str, args)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["median_ms"]
@@ -93,20 +95,21 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--medium-repeats", type=int, default=1)
     p.add_argument("--configs", default="small,medium")
     args = p.parse_args()
     rows = []
     for name in args.configs.split(","):
         config = CONFIGS[name]
-        steps = args.steps if name == "small" else max(args.steps // 4, 5)
+        steps, warmup = (args.steps, 5) if name == "small" else (3, 1)
         samples: dict[str, list[float]] = {"PyTorch nanoGPT (eager fp32)": []}
         samples.update({v: [] for v in VARIANTS})
-        for _ in range(args.repeats):
-            torch_ms = run_torch(config, steps)
+        for _ in range(args.repeats if name == "small" else args.medium_repeats):
+            torch_ms = run_torch(config, steps, warmup)
             if torch_ms is not None:
                 samples["PyTorch nanoGPT (eager fp32)"].append(torch_ms)
             for variant, spec in VARIANTS.items():
-                samples[variant].append(run_gptjax(config, spec, steps))
+                samples[variant].append(run_gptjax(config, spec, steps, warmup))
         tokens = config["batch_size"] * config["block_size"]
         reference = np.median(samples["PyTorch nanoGPT (eager fp32)"]) if samples["PyTorch nanoGPT (eager fp32)"] else None
         for variant, values in samples.items():

@@ -38,11 +38,15 @@ def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _load_config(path: str, overrides: list[str]):
+    """The validated config; on CPU also splits the host into per-core devices (before JAX starts)."""
     from gptjax import config as config_lib
+    from gptjax.parallel.mesh import configure_cpu_devices
 
     cd = config_lib.load_experiment(path)
     config_lib.apply_overrides(cd, overrides)
-    return config_lib.to_config(cd)
+    cfg = config_lib.to_config(cd)
+    configure_cpu_devices(cfg.train.cpu_devices, cfg.train.batch_size // cfg.train.grad_accum)
+    return cfg
 
 
 def cmd_train(args, overrides: list[str]) -> int:

@@ -134,6 +134,7 @@ class TrainConfig:
     peak_flops: float = 0.0  # per device, for MFU; 0 = from a table of known devices
     tensorboard: bool = True
     compilation_cache: str = ""  # "" = $GPTJAX_CACHE/jax or ~/.cache/gptjax/jax; "off" disables
+    cpu_devices: int = 0  # CPU only: XLA devices to split the host into (0 = one per core that divides the batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,6 +334,7 @@ def validate(cfg: Config) -> None:
     _check(t.warmup_steps >= 0 and t.decay_steps >= 0, "train.warmup_steps and decay_steps must be >= 0")
     _check(t.eval_every >= 1 and t.log_every >= 1 and t.checkpoint_every >= 1 and t.keep_checkpoints >= 1,
            "train.eval_every, log_every, checkpoint_every and keep_checkpoints must be >= 1")
+    _check(t.cpu_devices >= 0, f"train.cpu_devices must be >= 0, got {t.cpu_devices}")
     _check(0.0 < d.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     for key in ("data", "fsdp", "tensor"):
         size = getattr(cfg.mesh, key)

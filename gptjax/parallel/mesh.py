@@ -42,6 +42,33 @@ def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
     return Mesh(device_grid, MESH_AXES)
 
 
+def cpu_device_count(requested: int, microbatch: int, cores: int) -> int:
+    """`requested`, or the most devices (at most one per core) that evenly split the microbatch."""
+    if requested:
+        return requested
+    return max(d for d in range(1, max(cores, 1) + 1) if microbatch % d == 0)
+
+
+def configure_cpu_devices(requested: int, microbatch: int) -> int | None:
+    """Splits the host CPU into several XLA devices, each single-threaded, used as data parallelism.
+
+    XLA's CPU backend runs the small ops of a training step one after another; one device per core with
+    single-threaded Eigen keeps every core busy instead (about 1.5x faster steps on 2 cores). Only the CPU
+    backend is affected, so this is harmless where an accelerator is present. It must run before JAX starts
+    its backends; it does nothing after that, or when XLA_FLAGS already sets a host device count."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags:
+        return None
+    n = cpu_device_count(requested, microbatch, os.cpu_count() or 1)
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:
+        return None
+    if n > 1 and "xla_cpu_multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
+    return n
+
+
 def maybe_initialize_distributed() -> None:
     """Joins a multi-process JAX job when the environment describes one (TPU pods set it up themselves)."""
     coordinator = os.environ.get("GPTJAX_COORDINATOR")

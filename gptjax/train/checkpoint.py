@@ -73,15 +73,36 @@ class Checkpoints:
         self.manager.close()
 
 
+def abstract_params(model_cfg) -> Any:
+    """ShapeDtypeStructs of a model's params, placed on this process's first device."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from gptjax.model.transformer import Transformer
+
+    def init():
+        tokens = jnp.zeros((1, min(model_cfg.block_size, 8)), jnp.int32)
+        return nn.unbox(Transformer(model_cfg).init(jax.random.PRNGKey(0), tokens)["params"])
+
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                                  jax.eval_shape(init))
+
+
 def restore_params(workdir: str | Path, step: int | None = None) -> tuple[Any, dict, int]:
-    """(params as host arrays, meta, step) from a run's checkpoint (latest unless `step`), with no optimizer."""
+    """(params on one device, meta, step) from a run's checkpoint (latest unless `step`), with no optimizer.
+
+    The target comes from the checkpoint's own config, so a run saved on any mesh restores here."""
+    from gptjax import config as config_lib
+
     manager = ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, item_names=ITEMS)
     try:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {workdir}")
-        restored = manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-        return restored["params"], restored["meta"], step
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        target = abstract_params(config_lib.from_dict(meta["config"]).model)
+        restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+        return restored["params"], meta, step
     finally:
         manager.close()

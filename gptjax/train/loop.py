@@ -34,7 +34,7 @@ from gptjax.train.step import eval_step, train_step
 RESUMABLE_KEYS = {
     "name", "train.steps", "train.eval_every", "train.eval_batches", "train.log_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.tensorboard", "train.compilation_cache", "train.peak_flops",
-    "data.prefetch_threads", "data.cache_dir",
+    "data.prefetch_threads", "data.cache_dir", "train.cpu_devices", "mesh.data", "mesh.fsdp", "mesh.tensor",
 }
 
 
