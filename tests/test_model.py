@@ -8,11 +8,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from conftest import tiny_config, tiny_model
-from gptjax.config import ATTENTION_PATTERNS, POSITIONS, Config
+from gptjax.config import ATTENTION_PATTERNS, POSITIONS
 from gptjax.errors import GptjaxError
 from gptjax.model import attention
 from gptjax.model.transformer import PADDED_LOGIT, Transformer

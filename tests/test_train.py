@@ -143,3 +143,11 @@ def test_training_on_packed_documents_and_a_mixture(tmp_path, cache_dir):
                                                                     f"{tmp_path / 'data_b'}:0.3")))
     result = train(mixed, tmp_path / "run_mixture", show_progress=False)
     assert result["step"] == 30 and result["loss"] < 3.5
+
+
+def test_quickstart_trains_evaluates_and_samples(tmp_path, cache_dir):
+    proc = run_cli(["quickstart", "--workdir", str(tmp_path / "qs"), "--steps", "20", "--sample-tokens", "30"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "val loss" in proc.stdout and "perplexity" in proc.stdout and "sample" in proc.stdout
+    sample = proc.stdout.split("-" * 40)[1]
+    assert len(sample.strip()) > 5

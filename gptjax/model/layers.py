@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -159,6 +158,3 @@ def alibi_bias(q_pos_BT: jax.Array, k_pos_BS: jax.Array, n_heads: int) -> jax.Ar
     slopes_N = jnp.asarray(alibi_slopes(n_heads))
     return -slopes_N[None, :, None, None] * distance_BTS[:, None, :, :]
 
-
-def shape_str(shape: Sequence[int]) -> str:
-    return "x".join(str(s) for s in shape)
