@@ -1,7 +1,6 @@
 """Shared fixtures: a session cache with the bundled Shakespeare prepared once, and tiny configs."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -71,8 +70,3 @@ def dir_snapshot(path: Path) -> dict:
         return {}
     return {str(p.relative_to(path)): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
             for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture
-def replace():
-    return dataclasses.replace

@@ -80,7 +80,7 @@ SWITCHES = [
 
 
 @pytest.mark.parametrize("switch", SWITCHES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "default")
-def test_every_switch_trains_and_loss_decreases(switch, cache_dir, replace):
+def test_every_switch_trains_and_loss_decreases(switch, cache_dir):
     cfg = tiny_config(cache_dir, model={"vocab_size": 66, **switch}, train={"lr": 1e-2, "warmup_steps": 0, "steps": 25})
     model = Transformer(cfg.model)
     optimizer = make_optimizer(cfg.train)

@@ -76,17 +76,14 @@ class Checkpoints:
 def abstract_params(model_cfg) -> Any:
     """ShapeDtypeStructs of a model's params, placed on this process's first device."""
     import flax.linen as nn
-    import jax.numpy as jnp
 
     from gptjax.model.transformer import Transformer
+    from gptjax.train.state import init_params
 
-    def init():
-        tokens = jnp.zeros((1, min(model_cfg.block_size, 8)), jnp.int32)
-        return nn.unbox(Transformer(model_cfg).init(jax.random.PRNGKey(0), tokens)["params"])
-
+    model = Transformer(model_cfg)
+    shapes = jax.eval_shape(lambda: nn.unbox(init_params(model, 0, min(model_cfg.block_size, 8))))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                                  jax.eval_shape(init))
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes)
 
 
 def restore_params(workdir: str | Path, step: int | None = None) -> tuple[Any, dict, int]:
