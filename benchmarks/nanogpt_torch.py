@@ -4,11 +4,16 @@ Written for this benchmark (not copied): pre-LN GPT, learned positions, GELU MLP
 weight decay on >=2-D weights, grad clipping — the same work per step as nanoGPT's train.py on CPU.
 Usage: python benchmarks/nanogpt_torch.py --layers 4 --heads 4 --width 128 --block 64 --batch 12 --steps 30
 Prints one JSON line with per-step milliseconds.
+
+With --data DATA_DIR (a `gptjax prepare` output) it instead trains nanoGPT's recipe on the real tokens (nanoGPT's
+init, warmup + cosine lr 1e-3 -> 1e-4, beta2 0.99, --seed) and prints the loss over the whole val split in
+consecutive windows, as `gptjax eval` measures it; benchmarks/quality_cpu.py uses this for the quality comparison.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 import numpy as np
@@ -47,12 +52,57 @@ class GPT(nn.Module):
         self.head.weight = self.wte.weight
         self.dropout = dropout
 
-    def forward(self, idx, targets):
+    def forward(self, idx, targets, reduction: str = "mean"):
         x = F.dropout(self.wte(idx) + self.wpe(torch.arange(idx.shape[1])), self.dropout, self.training)
         for block in self.blocks:
             x = block(x)
         logits = self.head(self.ln_f(x))
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+
+    def init_like_nanogpt(self, n_layer: int) -> None:
+        """N(0, 0.02) for linears and embeddings, 0.02/sqrt(2 n_layer) for the residual projections."""
+        for name, param in self.named_parameters():
+            if param.dim() >= 2:
+                std = 0.02 / (2 * n_layer) ** 0.5 if name.endswith(("proj.weight", "out.weight")) else 0.02
+                torch.nn.init.normal_(param, mean=0.0, std=std)
+
+
+def nanogpt_lr(step: int, steps: int, lr: float = 1e-3, min_lr: float = 1e-4, warmup: int = 100) -> float:
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)
+    ratio = min((step - warmup) / max(steps - warmup, 1), 1.0)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def train_and_eval(args, model: GPT, opt: torch.optim.Optimizer) -> dict:
+    from gptjax.data import store
+
+    def split(name):
+        return np.concatenate([store.read_tokens(p) for p in store.split_shards(args.data, name)]).astype(np.int64)
+
+    train, val = split("train"), split("val")
+    rng = np.random.default_rng(args.seed)
+    start = time.perf_counter()
+    for step in range(args.steps):
+        for group in opt.param_groups:
+            group["lr"] = nanogpt_lr(step, args.steps)
+        starts = rng.integers(0, len(train) - args.block, args.batch)
+        rows = torch.from_numpy(np.stack([train[s:s + args.block + 1] for s in starts]))
+        loss = model(rows[:, :-1], rows[:, 1:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    train_seconds = time.perf_counter() - start
+    model.eval()
+    n_windows = (len(val) - 1) // args.block
+    nll = 0.0
+    with torch.no_grad():
+        for first in range(0, n_windows, 64):
+            rows = torch.from_numpy(np.stack([val[i * args.block:i * args.block + args.block + 1]
+                                              for i in range(first, min(first + 64, n_windows))]))
+            nll += float(model(rows[:, :-1], rows[:, 1:], reduction="sum"))
+    return {"seed": args.seed, "val_loss": nll / (n_windows * args.block), "train_seconds": train_seconds}
 
 
 def main() -> None:
@@ -61,14 +111,24 @@ def main() -> None:
                           ("warmup", 5), ("threads", 2)):
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--data", default="", help="a prepared data dir: train on it and print the val-split loss")
+    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = GPT(65, args.block, args.layers, args.heads, args.width, args.dropout)
+    torch.manual_seed(args.seed)
+    vocab = 65
+    if args.data:
+        from gptjax.data import store
+        vocab = int(store.read_manifest(args.data)["tokenizer"]["vocab_size"])
+    model = GPT(vocab, args.block, args.layers, args.heads, args.width, args.dropout)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=1e-3, betas=(0.9, 0.99))
+    if args.data:
+        model.init_like_nanogpt(args.layers)
+        print(json.dumps(train_and_eval(args, model, opt)))
+        return
     data = torch.randint(0, 65, (args.warmup + args.steps, args.batch, args.block + 1))
     times = []
     for i in range(args.warmup + args.steps):

@@ -46,7 +46,8 @@ from gptjax.train.state import create_state, state_shardings
 from gptjax.train.step import train_step
 c = spec["config"]
 cfg = Config(model=ModelConfig(vocab_size=66, n_layer=c["n_layer"], n_head=c["n_head"], d_model=c["d_model"],
-                               block_size=c["block_size"], dropout=c["dropout"], use_bias=False, dtype=spec["dtype"]),
+                               block_size=c["block_size"], dropout=c["dropout"], use_bias=False, gelu_approximate=False,
+                               dtype=spec["dtype"]),
              train=TrainConfig(batch_size=c["batch_size"]), mesh=MeshConfig())
 mesh = make_mesh(cfg.mesh)
 model, opt = Transformer(cfg.model), make_optimizer(cfg.train)

@@ -15,6 +15,7 @@ def get_config():
     c.model.d_model = 128
     c.model.dropout = 0.0
     c.model.use_bias = False
+    c.model.gelu_approximate = False  # nanoGPT's nn.GELU() is the exact erf GELU
     c.train.batch_size = 12
     c.train.steps = 2000
     c.train.lr = 1e-3

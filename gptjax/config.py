@@ -47,6 +47,7 @@ class ModelConfig:
     max_positions: int = 0  # learned/sinusoidal table length; 0 = block_size
     rope_theta: float = 10000.0
     mlp: str = "gelu"
+    gelu_approximate: bool = True  # tanh GELU (GPT-2, HF "gelu_new"); False = exact erf GELU (nanoGPT, HF "gelu")
     attention: str = "dense"
     window: int = 128  # local: each query sees the last `window` positions, itself included
     stride: int = 64  # strided: block length; the last position of every block is a summary position

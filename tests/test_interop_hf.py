@@ -151,8 +151,9 @@ def gptjax_model(family: str, **overrides) -> ModelConfig:
 
 HF_SHAPES = {
     "gpt2-tied-v257": ("gpt2", dict(vocab_size=257, n_positions=64, n_embd=32, n_layer=2, n_head=4), None),
-    "gpt2-untied-v1001-inner80": ("gpt2", dict(vocab_size=1001, n_positions=48, n_embd=48, n_layer=2, n_head=3,
-                                               n_inner=80, tie_word_embeddings=False, layer_norm_epsilon=1e-6), None),
+    "gpt2-untied-v1001-inner80-exactgelu": ("gpt2", dict(vocab_size=1001, n_positions=48, n_embd=48, n_layer=2,
+                                                         n_head=3, n_inner=80, tie_word_embeddings=False,
+                                                         layer_norm_epsilon=1e-6, activation_function="gelu"), None),
     "llama-mha-tied": ("llama", dict(vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                      num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True,
                                      max_position_embeddings=128), None),
@@ -221,8 +222,8 @@ def test_greedy_generation_matches_hf(shape, tmp_path):
 
 GPTJAX_SHAPES = {
     "gpt2-bias-tied": gptjax_model("gpt2"),
-    "gpt2-nobias-untied-scan": gptjax_model("gpt2", use_bias=False, tie_embeddings=False, scan_layers=True,
-                                            vocab_size=1001, max_positions=64),
+    "gpt2-nobias-untied-scan-exactgelu": gptjax_model("gpt2", use_bias=False, tie_embeddings=False, scan_layers=True,
+                                                      vocab_size=1001, max_positions=64, gelu_approximate=False),
     "llama-gqa2-untied": gptjax_model("llama"),
     "llama-mqa-bias-tied-scan": gptjax_model("llama", n_kv_head=1, use_bias=True, tie_embeddings=True,
                                              scan_layers=True, d_ff=72, rope_theta=10000.0),

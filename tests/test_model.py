@@ -96,6 +96,29 @@ def test_every_switch_trains_and_loss_decreases(switch, cache_dir):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+def test_dropout_mask_is_an_unbiased_independent_bernoulli():
+    """The hash-based mask: keep rate, per-seed spread and neighbour correlation of a true Bernoulli(1 - rate)."""
+    from gptjax.model.layers import dropout, dropout_keep_mask
+
+    n, rate, seeds = 1 << 20, 0.2, 16
+    fractions, correlations = [], []
+    for seed in range(seeds):
+        keep = np.asarray(dropout_keep_mask(jax.random.PRNGKey(seed), rate, (16, 4, 128, 128))).ravel()
+        assert keep.size == n
+        fractions.append(keep.mean())
+        correlations.append(np.corrcoef(keep[:-1], keep[1:])[0, 1])
+    sigma = np.sqrt(rate * (1 - rate) / n)
+    assert abs(np.mean(fractions) - (1 - rate)) < 4 * sigma / np.sqrt(seeds)
+    assert 0.5 * sigma < np.std(fractions) < 2 * sigma
+    assert abs(np.mean(correlations)) < 4 / np.sqrt(n * seeds)
+    first = np.asarray(dropout_keep_mask(jax.random.PRNGKey(0), rate, (64, 64)))
+    assert (first == np.asarray(dropout_keep_mask(jax.random.PRNGKey(0), rate, (64, 64)))).all()
+    assert (first != np.asarray(dropout_keep_mask(jax.random.PRNGKey(1), rate, (64, 64)))).any()
+    x = jnp.ones((256, 256))
+    y = np.asarray(dropout(x, rate, jax.random.PRNGKey(3)))
+    assert set(np.unique(y).tolist()) == {0.0, 1.0 / (1 - rate)}
+
+
 def _stack_layers(params: dict, n_layer: int) -> dict:
     layers = [params.pop(f"layer_{i}") for i in range(n_layer)]
     params["layers"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)

@@ -6,7 +6,7 @@ reads such a directory (safetensors only, single file or sharded) into a gptjax 
 Neither direction needs torch or transformers.
 
 Which gptjax configs have an HF twin:
-  * GPT2LMHeadModel: layernorm, pre-norm, learned positions, gelu (tanh), MHA, dense attention; tied or untied.
+  * GPT2LMHeadModel: layernorm, pre-norm, learned positions, gelu (tanh or exact), MHA, dense attention; tied or untied.
     HF GPT-2 always has biases: a `use_bias=False` model is written with zero biases (identical outputs).
   * LlamaForCausalLM: rmsnorm, pre-norm, rope (any theta), swiglu, MHA/GQA/MQA, dense attention; tied or untied;
     `use_bias=True` maps to `attention_bias=True, mlp_bias=True`.
@@ -53,6 +53,7 @@ FAMILY_SWITCHES = {
 }
 FAMILY_POSITIONS = {"learned": GPT2, "rope": LLAMA}
 GPT2_TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
+GPT2_EXACT_GELU = "gelu"
 BLOCK_SIZE_CAP = 2048
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
@@ -93,7 +94,8 @@ def hf_config(m: ModelConfig, eot_id: int, dtype: str) -> dict:
               "initializer_range": m.init_std, "use_cache": True, "dtype": dtype, "torch_dtype": dtype}
     if family == GPT2:
         return {**common, "n_positions": m.position_limit, "n_embd": m.d_model, "n_layer": m.n_layer,
-                "n_head": m.n_head, "n_inner": m.ff_dim, "activation_function": "gelu_new",
+                "n_head": m.n_head, "n_inner": m.ff_dim,
+                "activation_function": GPT2_TANH_GELUS[0] if m.gelu_approximate else GPT2_EXACT_GELU,
                 "layer_norm_epsilon": m.norm_eps, "resid_pdrop": m.dropout, "embd_pdrop": m.dropout,
                 "attn_pdrop": m.dropout, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
                 "reorder_and_upcast_attn": False, "add_cross_attention": False}
@@ -253,9 +255,10 @@ def _gpt2_model_config(hf: Mapping[str, Any], block_size: int | None, where: str
     n_head = _field(hf, "n_head", int, where)
     n_positions = _field(hf, "n_ctx" if "n_ctx" in hf and "n_positions" not in hf else "n_positions", int, where)
     activation = _field(hf, "activation_function", str, where, "gelu_new")
-    if activation not in GPT2_TANH_GELUS:
+    if activation not in (*GPT2_TANH_GELUS, GPT2_EXACT_GELU):
         raise GptjaxError(f"{where}: activation_function='{activation}' is not supported; gptjax's GPT-2 MLP is the "
-                          f"tanh-approximated GELU ({' or '.join(GPT2_TANH_GELUS)})")
+                          f"tanh-approximated GELU ({' or '.join(GPT2_TANH_GELUS)}) or the exact one "
+                          f"('{GPT2_EXACT_GELU}')")
     for key, wanted in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
                         ("add_cross_attention", False)):
         if hf.get(key, wanted) != wanted:
@@ -270,6 +273,7 @@ def _gpt2_model_config(hf: Mapping[str, Any], block_size: int | None, where: str
         d_ff=0 if n_inner in (None, 4 * d_model) else _field(hf, "n_inner", int, where),
         norm="layernorm", norm_placement="pre", norm_eps=_field(hf, "layer_norm_epsilon", float, where, 1e-5),
         position="learned", max_positions=0 if n_positions == blocks else n_positions, mlp="gelu",
+        gelu_approximate=activation != GPT2_EXACT_GELU,
         attention="dense", use_bias=True, tie_embeddings=_field(hf, "tie_word_embeddings", bool, where, True),
         dropout=_field(hf, "resid_pdrop", float, where, 0.1), init_std=_field(hf, "initializer_range", float, where, 0.02),
     )

@@ -16,7 +16,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from gptjax.config import ModelConfig
 from gptjax.errors import GptjaxError
-from gptjax.model.layers import Dense, apply_rope
+from gptjax.model.layers import Dense, apply_rope, dropout
 from gptjax.parallel.rules import constrain
 
 
@@ -76,8 +76,7 @@ def xla_attention(q_BTNK, k_BSGK, v_BSGK, mask_BTS, bias_BNTS=None, dropout_rng=
     logits_BNTS = jnp.where(mask_BTS[:, None], logits_BNTS, jnp.finfo(jnp.float32).min)
     probs_BNTS = jax.nn.softmax(logits_BNTS, axis=-1)
     if dropout_rng is not None and dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BNTS.shape)
-        probs_BNTS = jnp.where(keep, probs_BNTS / (1.0 - dropout_rate), 0.0)
+        probs_BNTS = dropout(probs_BNTS, dropout_rate, dropout_rng)
     out_BTNK = jnp.einsum("bnts,bsnk->btnk", probs_BNTS.astype(v_BSNK.dtype), v_BSNK,
                           preferred_element_type=jnp.float32)
     return out_BTNK.astype(q_BTNK.dtype)

@@ -10,7 +10,7 @@ import numpy as np
 
 from gptjax.config import ModelConfig
 from gptjax.model.attention import AttnContext, Attention, KVCache, attention_mask, choose_kernel
-from gptjax.model.layers import Mlp, Norm, matmul_2d, alibi_bias, normal_init, rope_angles, sinusoidal_table
+from gptjax.model.layers import Dropout, Mlp, Norm, matmul_2d, alibi_bias, normal_init, rope_angles, sinusoidal_table
 from gptjax.parallel.rules import constrain
 
 PADDED_LOGIT = -1e9  # logits of padded vocabulary entries: never sampled, ~0 probability, finite (no NaN in sums)
@@ -35,10 +35,10 @@ class Block(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         out_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
         attn = Attention(cfg, out_std, self.kernel, self.deterministic, name="attn")
-        mlp = Mlp(cfg.mlp, cfg.d_model, cfg.ff_dim, cfg.use_bias, cfg.init_std, out_std, dtype, name="mlp")
+        mlp = Mlp(cfg.mlp, cfg.gelu_approximate, cfg.d_model, cfg.ff_dim, cfg.use_bias, cfg.init_std, out_std, dtype, name="mlp")
         norm1 = Norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, name="norm1")
         norm2 = Norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, name="norm2")
-        drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
+        drop = Dropout(cfg.dropout, deterministic=self.deterministic)
         if cfg.norm_placement == "pre":
             h_BTD, new_cache = attn(norm1(x_BTD), ctx, layer_cache)
             x_BTD = x_BTD + drop(h_BTD)
@@ -84,7 +84,7 @@ class Transformer(nn.Module):
         elif cfg.position == "sinusoidal":
             table_PD = jnp.asarray(sinusoidal_table(cfg.position_limit, cfg.d_model))
             x_BTD = x_BTD + jnp.take(table_PD, positions_BT, axis=0).astype(dtype)
-        x_BTD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BTD)
+        x_BTD = Dropout(cfg.dropout, deterministic=deterministic)(x_BTD)
         x_BTD = constrain(x_BTD, ("batch", "act_length", "act_embed"))
 
         if cache is not None:
