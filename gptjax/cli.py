@@ -126,9 +126,11 @@ def cmd_quickstart(args) -> int:
     overrides = [f"train.steps={args.steps}"] if args.steps else []
     cfg = _load_config(str(QUICKSTART_CONFIG), overrides)
     print(f"quickstart: training {cfg.name} on the bundled Shakespeare (char-level) in {args.workdir}")
-    summary = train(cfg, args.workdir)
-    print(f"\nval loss {summary['val_loss']:.4f} | perplexity {summary['val_ppl']:.2f} | bits/byte {summary['val_bpb']:.3f}")
+    train(cfg, args.workdir)
     lm = gptjax.load(args.workdir)
+    full = evaluate_split(lm, Path(lm.meta["data_dir"]), "val", 64, 0)
+    print(f"\nval loss {full['loss']:.4f} over the whole val split ({full['tokens']:,} tokens) | perplexity "
+          f"{full['ppl']:.2f} | bits/byte {full['bpb']:.3f}")
     print("\nsample (temperature 0.8, top-k 200):\n" + "-" * 40)
     sys.stdout.write("\n")
     lm.generate(["\n"], max_new_tokens=args.sample_tokens, temperature=0.8, top_k=200, seed=args.seed, chunk=32,
