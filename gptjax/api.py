@@ -16,7 +16,7 @@ from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import GptjaxError
 from gptjax.generate import SamplingParams, generate_ids
 from gptjax.model.transformer import Transformer
-from gptjax.train.step import token_nll
+from gptjax.model.losses import token_nll
 
 EXPORT_MARKER = "gptjax_export.json"
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gptjax.fileio import atomic_open, write_bytes_atomic
 from gptjax.data import dedup, langid, normalize, quality, store
 from gptjax.data import tokenizer as tokenizers
 from gptjax.data.documents import Document
@@ -321,17 +322,8 @@ def tokenize_texts(tok: tokenizers.Tokenizer, texts: list[str], in_val: list[boo
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
     """Saves `array` as .npy under `path`, which appears only when complete."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Writes `data` to `path`, which appears only when complete."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def clean_paths(clean_dir: Path, chunk: int) -> dict[str, Path]:

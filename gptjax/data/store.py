@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gptjax.fileio import fsync_dir, read_json, temp_path, write_json_atomic
 from gptjax.errors import GptjaxError
 
 MAGIC = b"GPTJAXTK"
@@ -44,10 +45,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def write_tokens(path: str | Path, tokens: np.ndarray, tokenizer_fingerprint: str) -> None:
     """Writes tokens (uint16 or uint32) with a header; the file appears under its name only when complete."""
     tokens = np.ascontiguousarray(tokens)
@@ -71,7 +68,7 @@ class TokenFileWriter:
         self.fingerprint = bytes.fromhex(tokenizer_fingerprint)
         self.magic = magic
         self.n_items = 0
-        self._tmp = _temp_path(self.path)
+        self._tmp = temp_path(self.path)
         self._file = open(self._tmp, "wb")
         self._file.write(b"\0" * HEADER_BYTES)
 
@@ -88,6 +85,7 @@ class TokenFileWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._tmp, self.path)
+        fsync_dir(self.path.parent)
 
     def abort(self) -> None:
         self._file.close()
@@ -156,13 +154,6 @@ def doc_spans(doc_starts: np.ndarray, n_tokens: int) -> tuple[np.ndarray, np.nda
     return starts, ends - starts
 
 
-def write_json_atomic(path: str | Path, data: dict, sort_keys: bool = True) -> None:
-    path = Path(path)
-    tmp = _temp_path(path)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys))
-    os.replace(tmp, path)
-
-
 MANIFEST = "manifest.json"
 
 
@@ -170,7 +161,7 @@ def read_manifest(data_dir: str | Path) -> dict:
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
         raise GptjaxError(f"{data_dir} holds no prepared data (no {MANIFEST}); run `gptjax prepare --out {data_dir} ...`")
-    return json.loads(path.read_text())
+    return read_json(path, "manifest", f"re-run `gptjax prepare --out {data_dir} ...` to rebuild it")
 
 
 def split_shards(data_dir: str | Path, split: str) -> list[Path]:

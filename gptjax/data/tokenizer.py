@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
+from gptjax.fileio import write_bytes_atomic
 from gptjax.errors import GptjaxError
 
 EOT = "<|endoftext|>"
@@ -228,9 +229,7 @@ def save(tok: Tokenizer, directory: str | Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name, data in tok.files().items():
-        tmp = directory / f".{name}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, directory / name)
+        write_bytes_atomic(directory / name, data)
 
 
 def load(directory: str | Path) -> Tokenizer:

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity over prepared splits (the one definition), benchmarks to come."""

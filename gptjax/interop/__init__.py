@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gptjax import fileio
 from gptjax.errors import GptjaxError
 
 
@@ -21,7 +22,7 @@ def export_cli(args: argparse.Namespace) -> int:
     if args.format not in ("hf", "safetensors"):
         raise GptjaxError(f"unknown export format '{args.format}' (hf or safetensors)")
     out = Path(args.out)
-    native.require_empty_destination(out, "--out directory")
+    fileio.require_empty_destination(out, "--out directory")
     lm = gptjax.load(args.workdir)
     if args.format == "safetensors":
         native.export_native(lm, out, args.dtype)

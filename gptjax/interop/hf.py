@@ -37,6 +37,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from gptjax import fileio
 from gptjax import config as config_lib
 from gptjax.config import Config, DataConfig, ModelConfig
 from gptjax.data import tokenizer as tokenizers
@@ -700,7 +701,7 @@ def import_hf(src: str | Path, workdir: str | Path, block_size: int | None = Non
     """Imports an HF model directory into a new gptjax workdir (step-0 checkpoint); returns (config, model read)."""
     src = Path(src)
     workdir = Path(workdir).absolute()
-    native.require_empty_destination(workdir, "--workdir")
+    fileio.require_empty_destination(workdir, "--workdir")
     hf_model = read_hf_dir(src, block_size)
     if hf_model.tokenizer is None:
         raise GptjaxError(f"{src} has no tokenizer gptjax can read: it needs vocab.json + merges.txt (GPT-2 BPE), "
@@ -737,7 +738,7 @@ def export_hf(cfg: Config, params: Mapping[str, Any], tokenizer: tokenizers.Toke
     notes = [tokenizer_note]
     if family == GPT2 and not m.use_bias:
         notes.append("model.use_bias=False written as zero biases (HF GPT-2 always has biases; outputs are the same)")
-    with native.staged_directory(Path(out), "--out directory") as staging:
+    with fileio.staged_directory(Path(out), "--out directory") as staging:
         native.write_safetensors(staging / WEIGHTS_FILE, tensors, dtype, {"format": "pt"})
         native.write_json(staging / "config.json", hf_config(m, tokenizer.eot_id, dtype))
         native.write_json(staging / "generation_config.json", generation_config(tokenizer.eot_id))

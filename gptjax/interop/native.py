@@ -32,6 +32,7 @@ from gptjax.api import EXPORT_MARKER, LM
 from gptjax.config import Config
 from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import GptjaxError
+from gptjax.fileio import require_empty_destination, staged_directory
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -99,33 +100,6 @@ def check_param_shapes(found: Mapping[str, tuple[int, ...]], expected: Mapping[s
 def and_more(names: list[str]) -> str:
     """' (and N more)' after the first of `names` when there are others."""
     return f" (and {len(names) - 1} more)" if len(names) > 1 else ""
-
-
-def require_empty_destination(destination: Path, purpose: str) -> None:
-    """Raises unless `destination` is absent or an empty directory (checked before any work is done)."""
-    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise GptjaxError(f"{destination} already exists and is not empty; choose a new {purpose} (nothing was changed)")
-
-
-@contextlib.contextmanager
-def staged_directory(destination: Path, purpose: str) -> Iterator[Path]:
-    """A fresh directory beside `destination` that is renamed onto it when the block succeeds, removed otherwise.
-
-    `destination` may be absent or an empty directory; anything else is an error and is left untouched."""
-    destination = Path(destination)
-    require_empty_destination(destination, purpose)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = destination.parent / f".{destination.name}.staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        yield staging
-        if destination.exists():
-            destination.rmdir()
-        os.rename(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def write_json(path: Path, data: Any) -> None:

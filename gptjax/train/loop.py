@@ -18,7 +18,7 @@ from gptjax.config import Config
 from gptjax.data import loader, store
 from gptjax.data import tokenizer as tokenizers
 from gptjax.data.prepare import cache_root, resolve_data
-from gptjax.errors import GptjaxError
+from gptjax.errors import GptjaxError, RunInterrupted
 from gptjax.model.transformer import Transformer, count_params, flops_per_token
 from gptjax.parallel.mesh import make_mesh
 from gptjax.parallel.rules import batch_sharding, use_rules
@@ -34,10 +34,6 @@ RESUMABLE_KEYS = {
     "train.keep_checkpoints", "train.tensorboard", "train.compilation_cache", "train.peak_flops",
     "data.prefetch_threads", "data.cache_dir", "train.cpu_devices", "mesh.data", "mesh.fsdp", "mesh.tensor",
 }
-
-
-class RunInterrupted(GptjaxError):
-    """SIGTERM/SIGINT arrived; a checkpoint was saved before stopping."""
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

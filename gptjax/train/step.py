@@ -6,18 +6,11 @@ import jax.numpy as jnp
 import optax
 
 from gptjax.config import Config
+from gptjax.model.losses import token_nll
 from gptjax.model.transformer import Transformer
 from gptjax.parallel.rules import constrain
 from gptjax.train.optim import lr_schedule
 from gptjax.train.state import TrainState
-
-
-def token_nll(logits_BTV: jax.Array, targets_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-token negative log-likelihood and log-partition (float32)."""
-    logits_BTV = logits_BTV.astype(jnp.float32)
-    log_z_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-    target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-    return log_z_BT - target_logit_BT, log_z_BT
 
 
 def split_batch(batch) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
