@@ -113,6 +113,8 @@ class TrainConfig:
     """Optimisation, evaluation cadence, checkpointing and logging."""
 
     seed: int = 0
+    objective: str = "lm"  # the loss the trainer optimizes (gptjax.train.objectives): lm = next-token prediction
+    init_from: str = ""  # a run's workdir or an export: start from its params with a fresh optimizer
     batch_size: int = 12  # global sequences per optimizer step
     grad_accum: int = 1  # microbatches per step; batch_size must divide by it
     steps: int = 2000
@@ -120,12 +122,14 @@ class TrainConfig:
     min_lr: float = 1e-4
     warmup_steps: int = 100
     schedule: str = "cosine"
-    decay_steps: int = 0  # cosine: 0 = steps; wsd: length of the final linear decay (0 = steps // 5)
+    decay_steps: int = 0  # cosine: 0 = schedule horizon; wsd: length of the final linear decay (0 = horizon // 5)
+    schedule_steps: int = 0  # LR schedule horizon; 0 = train.steps of the run that started (kept when resuming)
     beta1: float = 0.9
     beta2: float = 0.99
     eps: float = 1e-8
     weight_decay: float = 0.1
     grad_clip: float = 1.0  # 0 = off
+    spike_factor: float = 0.0  # skip an update whose loss exceeds this many times the running mean (0 = off)
     z_loss: float = 0.0
     eval_every: int = 250
     eval_batches: int = 20
