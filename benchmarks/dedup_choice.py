@@ -2,8 +2,9 @@
 
 Corpus: the paragraphs (blank-line separated, >= 40 words) of shared/data/english_public_domain,
 plus near-duplicate copies of some of them with a few words replaced, deleted or inserted. Both
-implementations use word 5-gram shingles, 120 permutations, and the same LSH/union-find step
-(``NearDuplicateIndex``, 20 bands x 6 rows, no verification, so the signatures alone decide).
+implementations use word 5-gram shingles, 120 permutations, and the clustering `gptjax prepare` runs
+(``gptjax.data.dedup.cluster_signatures``: LSH band hashes, 20 bands x 6 rows, band-by-band union-find),
+verified by shingle Jaccard as in the pipeline, and unverified so the signatures alone decide.
 Truth: connected components of the graph "true Jaccard of 5-gram sets >= 0.8".
 
 Run from the repository root:
@@ -24,13 +25,14 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from gptjax.data.dedup import MinHashConfig, NearDuplicateIndex, UnionFind, minhash_signature, shingle_hashes  # noqa: E402
+from gptjax.data.dedup import (MinHashConfig, UnionFind, cluster_signatures, minhash_signature,  # noqa: E402
+                               shingle_hashes)
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "english_public_domain"
 WORD = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
 NGRAM = 5
 THRESHOLD = 0.8
-CONFIG = MinHashConfig(ngram=NGRAM, num_perm=120, bands=20, rows=6, threshold=THRESHOLD, verify=False, seed=1)
+CONFIG = MinHashConfig(ngram=NGRAM, num_perm=120, bands=20, rows=6, threshold=THRESHOLD, seed=1)
 
 
 def load_paragraphs(data_dir: Path, min_words: int = 40) -> list[str]:
@@ -87,9 +89,7 @@ def true_components(texts: list[str]) -> list[int]:
         for position, first in enumerate(members):
             for second in members[position + 1:]:
                 shared[first, second] += 1
-    components = UnionFind()
-    for _ in texts:
-        components.add()
+    components = UnionFind(len(texts))
     for (first, second), overlap in shared.items():
         if overlap / (len(sets[first]) + len(sets[second]) - overlap) >= THRESHOLD:
             components.union(first, second)
@@ -130,9 +130,8 @@ def datasketch_lsh_clusters(minhashes: list) -> tuple[list[int], float]:
 
     started = time.perf_counter()
     lsh = MinHashLSH(num_perm=CONFIG.num_perm, params=(CONFIG.bands, CONFIG.rows))
-    components = UnionFind()
+    components = UnionFind(len(minhashes))
     for index, minhash in enumerate(minhashes):
-        components.add()
         for other in lsh.query(minhash):
             components.union(index, other)
         lsh.insert(index, minhash)
@@ -149,13 +148,10 @@ def best_time(function, texts: list[str], repeats: int) -> tuple[float, list[np.
 
 
 def clusters_from(signatures: list[np.ndarray], shingles: list[np.ndarray] | None) -> tuple[list[int], float]:
-    """Clusters from ``NearDuplicateIndex``; with ``shingles``, candidates are verified by true Jaccard."""
-    config = MinHashConfig(**{**CONFIG.__dict__, "verify": shingles is not None})
+    """Clusters from the pipeline's clustering; with ``shingles``, candidates are verified by true Jaccard."""
     started = time.perf_counter()
-    index = NearDuplicateIndex(config)
-    for position, signature in enumerate(signatures):
-        index.add(signature, None if shingles is None else shingles[position])
-    return index.clusters(), time.perf_counter() - started
+    roots, _ = cluster_signatures(signatures, shingles, CONFIG)
+    return roots.tolist(), time.perf_counter() - started
 
 
 def estimate_error(signatures: list[np.ndarray], texts: list[str], pairs: list[tuple[int, int]]) -> float:
@@ -202,7 +198,7 @@ def main() -> None:
             predicted, cluster_seconds = clusters_from(signatures, verify_with)
             precision, recall = pair_scores(predicted, truth)
             print(
-                f"  NearDuplicateIndex {label}: {cluster_seconds:.3f} s, pair precision {precision:.4f}, recall {recall:.4f}, "
+                f"  cluster_signatures {label}: {cluster_seconds:.3f} s, pair precision {precision:.4f}, recall {recall:.4f}, "
                 f"{sum(p == i for i, p in enumerate(predicted))} kept (truth {sum(t == i for i, t in enumerate(truth))})"
             )
     predicted, lsh_seconds = datasketch_lsh_clusters(minhashes)

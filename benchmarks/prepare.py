@@ -158,9 +158,8 @@ def run_measured(command: list[str], env: dict | None = None) -> tuple[float, in
 
 
 def gptjax_command(corpus: Path, out: Path, workers: int, tokenizer_dir: Path, languages: bool) -> list[str]:
-    return [sys.executable, "-c", "import sys; from gptjax.data.pipeline import main; sys.exit(main(sys.argv[1:]))",
-            "--input", str(corpus), "--out", str(out), "--dedup", "near", "--tokenizer", "gpt2_bpe",
-            "--tokenizer-dir", str(tokenizer_dir), "--workers", str(workers), "--quiet",
+    return [sys.executable, "-m", "gptjax", "prepare", "--input", str(corpus), "--out", str(out), "--dedup", "near",
+            "--tokenizer", "gpt2_bpe", "--tokenizer-dir", str(tokenizer_dir), "--workers", str(workers), "--quiet",
             *(["--languages", "en"] if languages else [])]
 
 

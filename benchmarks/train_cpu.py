@@ -38,32 +38,22 @@ spec = json.loads(sys.argv[1])
 from gptjax.parallel.mesh import configure_cpu_devices
 configure_cpu_devices(spec["devices"], spec["config"]["batch_size"])
 from gptjax.config import Config, ModelConfig, TrainConfig, MeshConfig
-from gptjax.model.transformer import Transformer
 from gptjax.parallel.mesh import make_mesh
-from gptjax.parallel.rules import batch_sharding, use_rules
-from gptjax.train.optim import make_optimizer
-from gptjax.train.state import create_state, state_shardings
-from gptjax.train.step import train_step
+from gptjax.train.step import build_step
 c = spec["config"]
 cfg = Config(model=ModelConfig(vocab_size=66, n_layer=c["n_layer"], n_head=c["n_head"], d_model=c["d_model"],
                                block_size=c["block_size"], dropout=c["dropout"], use_bias=False, gelu_approximate=False,
                                dtype=spec["dtype"]),
              train=TrainConfig(batch_size=c["batch_size"]), mesh=MeshConfig())
-mesh = make_mesh(cfg.mesh)
-model, opt = Transformer(cfg.model), make_optimizer(cfg.train)
-shardings, _ = state_shardings(model, opt, cfg, mesh)
-state = create_state(model, opt, cfg, mesh, shardings)
-with use_rules(mesh):
-    step = jax.jit(functools.partial(train_step, model=model, optimizer=opt, cfg=cfg),
-                   in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None), donate_argnums=0)
+step = build_step(cfg, make_mesh(cfg.mesh))
+state = step.init_state()
 rng = np.random.default_rng(0)
-batches = [jax.device_put(rng.integers(0, 65, (c["batch_size"], c["block_size"] + 1), dtype=np.int32), batch_sharding(mesh))
+batches = [step.to_global(step.format_batch(rng.integers(0, 65, (c["batch_size"], c["block_size"] + 1), dtype=np.int32)))
            for _ in range(8)]
 times, metrics = [], None
 for i in range(spec["warmup"] + spec["steps"]):
     start = time.perf_counter()
-    with use_rules(mesh):
-        state, metrics = step(state, batches[i % 8])
+    state, metrics = step.train(state, batches[i % 8])
     float(metrics["loss"])
     if i >= spec["warmup"]:
         times.append(time.perf_counter() - start)

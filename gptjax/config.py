@@ -3,19 +3,28 @@
 An experiment file (`experiments/X.py`) defines `get_config()` returning `base_config()` with fields changed.
 The base ConfigDict is type-locked, so a misspelt key or a wrong value type fails on assignment; `--config.a.b=v`
 command-line overrides go through the same checks. `to_config` turns the result into an immutable `Config`.
+A run's saved `config.json` loads the same way (`load_experiment`), so `--config RUN/config.json` reruns a run.
+
+Each field declares its allowed values (`bounded`, `choice`) and whether a resumed run may change it (`Resume`);
+`validate` checks every declared range, then the rules that relate fields, and `resume_changes` sorts what a
+resumed run changed by those declarations.
 """
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib.util
 import json
 import math
+import re
+import traceback
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, NamedTuple, get_type_hints
 
 import ml_collections
 
 from gptjax.errors import GptjaxError
+from gptjax.fileio import read_json
 
 NORMS = ("layernorm", "rmsnorm")
 NORM_PLACEMENTS = ("pre", "post")
@@ -26,40 +35,111 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attn_out")
 DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "wsd", "constant")
-TOKENIZERS = ("char", "sentencepiece", "gpt2_bpe")
+OBJECTIVES = ("lm",)
+from gptjax.data.tokenizer import KINDS as TOKENIZERS  # noqa: E402  (the one list of tokenizer kinds)
+
+
+
+class Resume(enum.Enum):
+    """What a resumed run may do with a field's value; declared on the field, FIXED unless said otherwise."""
+
+    FIXED = "fixed"  # a different value is an error: the checkpoint was trained under the saved one
+    FREE = "free"  # cadence, logging, placement: a new value does not change what is being trained
+    RECORDED = "recorded"  # optimizer settings: a new value is allowed and recorded in the run's history
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The finite numbers from `lo` to `hi` (either end open or absent), plus the sentinel values in `also`."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    also: tuple[float, ...] = ()
+
+    def admits(self, value: float) -> bool:
+        if value in self.also:
+            return True
+        above_lo = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
+        below_hi = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+        return math.isfinite(value) and above_lo and below_hi
+
+    def __str__(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            span = f"in {'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            span = f"{'>' if self.lo_open else '>='} {self.lo}"
+        elif self.hi is not None:
+            span = f"{'<' if self.hi_open else '<='} {self.hi}"
+        else:
+            span = "a finite number"
+        return " or ".join([*(str(v) for v in self.also), span])
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldSpec:
+    """A field's declared allowed values (a numeric range or a list of options) and its resume policy."""
+
+    bounds: Bounds | None = None
+    options: tuple[str, ...] | None = None
+    resume: Resume = Resume.FIXED
+
+
+_SPEC_KEY = "gptjax"  # the dataclasses.field metadata key holding a FieldSpec
+
+
+def _declared(default: Any, spec: FieldSpec) -> Any:
+    return dataclasses.field(default=default, metadata={_SPEC_KEY: spec})
+
+
+def bounded(default: float, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+            hi_open: bool = False, also: tuple[float, ...] = (), resume: Resume = Resume.FIXED) -> Any:
+    """A numeric field whose values must lie in `Bounds(lo, hi, lo_open, hi_open, also)`."""
+    return _declared(default, FieldSpec(bounds=Bounds(lo, hi, lo_open, hi_open, also), resume=resume))
+
+
+def choice(default: str, options: tuple[str, ...], *, resume: Resume = Resume.FIXED) -> Any:
+    """A string field that must be one of `options`."""
+    return _declared(default, FieldSpec(options=options, resume=resume))
+
+
+def setting(default: Any, *, resume: Resume) -> Any:
+    """A field with no value range to check (a flag, a path, a name) but a resume policy other than FIXED."""
+    return _declared(default, FieldSpec(resume=resume))
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The decoder-only Transformer. Every variant is a setting of these fields."""
 
-    vocab_size: int = 0  # 0 = taken from the tokenizer when the data is prepared
-    block_size: int = 256
-    n_layer: int = 6
-    n_head: int = 6
-    n_kv_head: int = 0  # 0 = n_head (MHA); fewer = GQA; 1 = MQA
-    d_model: int = 384
-    d_ff: int = 0  # 0 = 4*d_model for gelu, ~8/3*d_model rounded up to a multiple of 64 for swiglu
-    norm: str = "layernorm"
-    norm_placement: str = "pre"
-    norm_eps: float = 1e-5
-    position: str = "learned"
-    max_positions: int = 0  # learned/sinusoidal table length; 0 = block_size
-    rope_theta: float = 10000.0
-    mlp: str = "gelu"
+    vocab_size: int = bounded(0, lo=0)  # 0 = taken from the tokenizer when the data is prepared
+    block_size: int = bounded(256, lo=1)
+    n_layer: int = bounded(6, lo=1)
+    n_head: int = bounded(6, lo=1)
+    n_kv_head: int = bounded(0, lo=0)  # 0 = n_head (MHA); fewer = GQA; 1 = MQA
+    d_model: int = bounded(384, lo=1)
+    d_ff: int = bounded(0, lo=0)  # 0 = 4*d_model for gelu, ~8/3*d_model rounded up to a multiple of 64 for swiglu
+    norm: str = choice("layernorm", NORMS)
+    norm_placement: str = choice("pre", NORM_PLACEMENTS)
+    norm_eps: float = bounded(1e-5, lo=0, lo_open=True)
+    position: str = choice("learned", POSITIONS)
+    max_positions: int = bounded(0, lo=0)  # learned/sinusoidal table length; 0 = block_size
+    rope_theta: float = bounded(10000.0, lo=0, lo_open=True)
+    mlp: str = choice("gelu", MLPS)
     gelu_approximate: bool = True  # tanh GELU (GPT-2, HF "gelu_new"); False = exact erf GELU (nanoGPT, HF "gelu")
-    attention: str = "dense"
-    window: int = 128  # local: each query sees the last `window` positions, itself included
-    stride: int = 64  # strided: block length; the last position of every block is a summary position
-    attention_impl: str = "xla"
+    attention: str = choice("dense", ATTENTION_PATTERNS)
+    window: int = bounded(128, lo=1)  # local: each query sees the last `window` positions, itself included
+    stride: int = bounded(64, lo=1)  # strided: block length; the last position of every block is a summary position
+    attention_impl: str = choice("xla", ATTENTION_IMPLS)
     use_bias: bool = True
     tie_embeddings: bool = True
-    dropout: float = 0.0
-    init_std: float = 0.02
-    vocab_multiple: int = 128
+    dropout: float = bounded(0.0, lo=0, hi=1, hi_open=True)
+    init_std: float = bounded(0.02, lo=0, lo_open=True)
+    vocab_multiple: int = bounded(128, lo=1)
     scan_layers: bool = False
-    remat: str = "none"
-    dtype: str = "float32"  # compute dtype; params are float32, matmuls accumulate and the loss runs in float32
+    remat: str = choice("none", REMAT_POLICIES)
+    dtype: str = choice("float32", DTYPES)  # compute dtype; params are float32, matmuls accumulate, the loss is float32
 
     @property
     def kv_heads(self) -> int:
@@ -90,9 +170,50 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    """How `data.inputs` (and `gptjax prepare`) turn text files into token shards.
+
+    Stages: read (`text_field`, `txt_mode`, `max_doc_bytes`) -> normalize -> language filter (off when `languages`
+    is empty) -> Gopher quality rules -> dedup (`exact`, or `near` = exact then MinHash/LSH at `jaccard` over
+    word `ngram`s, `bands` x num_perm//bands signature rows) -> boilerplate line/paragraph removal (units seen more
+    than `boilerplate_max_count` times) -> split -> tokenizer (sentencepiece: trained on at most `sample_docs` train
+    documents / `sample_bytes`) -> tokenize -> shards of at most `shard_tokens` tokens.
+
+    The defaults are raw: every filter off and whole files as documents, so text is tokenized as it is (what
+    data.inputs always did; such a config keeps its cache key). Turn filters on per field, e.g.
+    `data.prepare.dedup="near"`, `data.prepare.languages=("en",)`, `data.prepare.quality=True`; the
+    `gptjax prepare` command line starts from `normalize`, `quality` and near dedup on instead (`--raw` turns them
+    off). `workers` and `tfds` change how the output is computed and exported, never its tokens.
+    """
+
+    text_field: str = "text"  # JSONL key / Parquet column holding the text
+    txt_mode: str = "file"  # .txt: "file" = one document per file, "blank_lines" = one per paragraph
+    max_doc_bytes: int = 1 << 30  # larger records are dropped and counted
+    normalize: bool = False  # UTF-8 repair, newlines, NFC
+    languages: tuple[str, ...] = ()  # ISO codes to keep; () = no language filter
+    lang_threshold: float = 0.5
+    quality: bool = False  # Gopher quality and repetition rules
+    dedup: str = "none"  # none | exact | near
+    jaccard: float = 0.8
+    num_perm: int = 120
+    bands: int = 20
+    ngram: int = 5
+    boilerplate: str = "none"  # none | line | paragraph
+    boilerplate_max_count: int = 1
+    model_type: str = "bpe"  # sentencepiece: bpe | unigram
+    byte_fallback: bool = True
+    sample_docs: int = 100_000
+    sample_bytes: int = 100 << 20
+    chunk_bytes: int = 16 << 20  # text per work chunk: the unit of parallelism and of resume
+    shard_tokens: int = 1 << 26
+    workers: int = 1  # worker processes
+    tfds: bool = False  # also write a TFDS array_record copy
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the token data comes from. `path` is a prepared data dir; otherwise `dataset`/`inputs` are prepared
-    on first use into `cache_dir` and reused after."""
+    on first use (with the `prepare` settings) into `cache_dir` and reused after."""
 
     dataset: str = "shakespeare_char"  # a bundled corpus name, or "" to use `path` or `inputs`
     path: str = ""
@@ -106,54 +227,61 @@ class DataConfig:
     workers: int = 0  # grain worker processes (0 = read in the training process)
     packing: bool = False  # pack whole documents into rows (segment ids + positions) instead of random windows
     mixture: tuple[str, ...] = ()  # "DATA_DIR:WEIGHT" entries: sample train rows from several prepared datasets
+    prepare: PrepareConfig = PrepareConfig()  # how `inputs` are cleaned, deduplicated and sharded
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, evaluation cadence, checkpointing and logging."""
 
-    seed: int = 0
-    objective: str = "lm"  # the loss the trainer optimizes (gptjax.train.objectives): lm = next-token prediction
+    seed: int = bounded(0, lo=0, hi=2**32 - 1)
+    objective: str = choice("lm", OBJECTIVES)  # the loss the trainer optimizes (gptjax.train.objectives)
     init_from: str = ""  # a run's workdir or an export: start from its params with a fresh optimizer
-    batch_size: int = 12  # global sequences per optimizer step
-    grad_accum: int = 1  # microbatches per step; batch_size must divide by it
-    steps: int = 2000
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    schedule: str = "cosine"
-    decay_steps: int = 0  # cosine: 0 = schedule horizon; wsd: length of the final linear decay (0 = horizon // 5)
-    schedule_steps: int = 0  # LR schedule horizon; 0 = train.steps of the run that started (kept when resuming)
-    beta1: float = 0.9
-    beta2: float = 0.99
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0  # 0 = off
-    spike_factor: float = 0.0  # skip an update whose loss exceeds this many times the running mean (0 = off)
-    z_loss: float = 0.0
-    eval_every: int = 250
-    eval_batches: int = 20
-    log_every: int = 10
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    peak_flops: float = 0.0  # per device, for MFU; 0 = from a table of known devices
-    tensorboard: bool = True
-    compilation_cache: str = ""  # "" = $GPTJAX_CACHE/jax or ~/.cache/gptjax/jax; "off" disables
-    cpu_devices: int = 0  # CPU only: XLA devices to split the host into (0 = one per core that divides the batch)
+    batch_size: int = bounded(12, lo=1)  # global sequences per optimizer step
+    grad_accum: int = bounded(1, lo=1)  # microbatches per step; batch_size must divide by it
+    steps: int = bounded(2000, lo=0, resume=Resume.FREE)
+    lr: float = bounded(1e-3, lo=0, lo_open=True, resume=Resume.RECORDED)
+    min_lr: float = bounded(1e-4, lo=0, resume=Resume.RECORDED)
+    warmup_steps: int = bounded(100, lo=0, resume=Resume.RECORDED)
+    schedule: str = choice("cosine", SCHEDULES, resume=Resume.RECORDED)
+    # cosine: 0 = schedule horizon; wsd: length of the final linear decay (0 = horizon // 5)
+    decay_steps: int = bounded(0, lo=0, resume=Resume.RECORDED)
+    # LR schedule horizon; 0 = train.steps of the run that started (kept when resuming)
+    schedule_steps: int = bounded(0, lo=0, resume=Resume.RECORDED)
+    beta1: float = bounded(0.9, lo=0, hi=1, hi_open=True, resume=Resume.RECORDED)
+    beta2: float = bounded(0.99, lo=0, hi=1, hi_open=True, resume=Resume.RECORDED)
+    eps: float = bounded(1e-8, lo=0, lo_open=True, resume=Resume.RECORDED)
+    weight_decay: float = bounded(0.1, lo=0, resume=Resume.RECORDED)
+    grad_clip: float = bounded(1.0, lo=0, resume=Resume.RECORDED)  # 0 = off
+    # skip an update whose loss exceeds this many times the running mean (0 = off)
+    spike_factor: float = bounded(0.0, lo=1, lo_open=True, also=(0,), resume=Resume.RECORDED)
+    z_loss: float = bounded(0.0, lo=0, resume=Resume.RECORDED)
+    eval_every: int = bounded(250, lo=1, resume=Resume.FREE)
+    eval_batches: int = bounded(20, lo=1, resume=Resume.FREE)
+    log_every: int = bounded(10, lo=1, resume=Resume.FREE)
+    checkpoint_every: int = bounded(500, lo=1, resume=Resume.FREE)
+    keep_checkpoints: int = bounded(3, lo=1, resume=Resume.FREE)
+    # per device, for MFU; 0 = from a table of known devices
+    peak_flops: float = bounded(0.0, lo=0, resume=Resume.FREE)
+    tensorboard: bool = setting(True, resume=Resume.FREE)
+    # "" = $GPTJAX_CACHE/jax or ~/.cache/gptjax/jax; "off" disables
+    compilation_cache: str = setting("", resume=Resume.FREE)
+    # CPU only: XLA devices to split the host into (0 = one per core that divides the batch)
+    cpu_devices: int = bounded(0, lo=0, resume=Resume.FREE)
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """Device mesh axis sizes; -1 means: all devices not used by the other axes."""
 
-    data: int = -1
-    fsdp: int = 1
-    tensor: int = 1
+    data: int = bounded(-1, lo=1, also=(-1,), resume=Resume.FREE)
+    fsdp: int = bounded(1, lo=1, also=(-1,), resume=Resume.FREE)
+    tensor: int = bounded(1, lo=1, also=(-1,), resume=Resume.FREE)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    name: str = "unnamed"
+    name: str = setting("unnamed", resume=Resume.FREE)
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
@@ -166,11 +294,15 @@ def _to_configdict(obj: Any) -> Any:
     return obj
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """Every field with its default, type-locked: experiment files change fields, never add them."""
-    cd = _to_configdict(Config())
+def _locked_configdict(cfg: Config) -> ml_collections.ConfigDict:
+    cd = _to_configdict(cfg)
     cd.lock()
     return cd
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field with its default, type-locked: experiment files change fields, never add them."""
+    return _locked_configdict(Config())
 
 
 def _build(cls: type, values: dict, where: str) -> Any:
@@ -234,22 +366,65 @@ def to_json(cfg: Config) -> str:
 
 
 def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
-    """Runs an experiment file's `get_config()`; any error in it becomes one GptjaxError naming the file."""
+    """The type-locked ConfigDict of an experiment file's `get_config()` or of a run's saved `config.json`.
+
+    Any error in the file becomes one GptjaxError naming it (and the line, for an experiment file)."""
     path = Path(path)
     if not path.is_file():
-        raise GptjaxError(f"config file not found: {path} (pass --config experiments/NAME.py)")
+        raise GptjaxError(f"config file not found: {path} (pass --config experiments/NAME.py or RUN/config.json)")
+    if path.suffix == ".json":
+        return _load_saved_config(path)
     spec = importlib.util.spec_from_file_location(f"gptjax_experiment_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
+        if not callable(getattr(module, "get_config", None)):
+            raise GptjaxError(f"{path} defines no get_config(); an experiment file's get_config() returns "
+                              f"gptjax.config.base_config() with fields changed")
         cd = module.get_config()
     except GptjaxError:
         raise
-    except (AttributeError, KeyError, TypeError) as e:
-        raise GptjaxError(f"{path}: {type(e).__name__}: {e}") from e
+    except Exception as e:
+        raise GptjaxError(_failure_in_file(path, e)) from e
     if not isinstance(cd, ml_collections.ConfigDict):
         raise GptjaxError(f"{path}: get_config() must return an ml_collections.ConfigDict (start from gptjax.config.base_config())")
     return cd
+
+
+def _load_saved_config(path: Path) -> ml_collections.ConfigDict:
+    """The defaults with a saved config's values applied: unknown keys are errors, missing keys keep defaults."""
+    fix = "pass a run's config.json or an experiment file experiments/NAME.py"
+    values = read_json(path, "saved config", fix)
+    if not isinstance(values, dict):
+        raise GptjaxError(f"{path} is not a saved config (a JSON object of config sections); {fix}")
+    try:
+        return _locked_configdict(_build(Config, values, ""))
+    except GptjaxError as e:
+        raise GptjaxError(f"{path}: {e}") from None
+
+
+# ml_collections lists every field of the section after a locked-key error; the "Did you mean" part says enough.
+_LOCKED_FIELDS_DUMP = re.compile(r'\s*Other fields present: "\{.*?\}"', re.DOTALL)
+
+
+def _failure_in_file(path: Path, error: Exception) -> str:
+    """'FILE:LINE: Type: message' on one line, LINE being the innermost line of `path` the error passed through."""
+    in_file = Path(path).resolve()
+    if isinstance(error, SyntaxError) and error.filename and Path(error.filename).resolve() == in_file:
+        line, message = error.lineno, error.msg
+    else:
+        lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if Path(f.filename).resolve() == in_file]
+        line, message = (lines[-1] if lines else None), _plain_message(error)
+    message = " ".join(_LOCKED_FIELDS_DUMP.sub("", message).split())
+    where = f"{path}:{line}" if line else f"{path}"
+    return f"{where}: {type(error).__name__}: {message}"
+
+
+def _plain_message(error: BaseException) -> str:
+    """An exception's text; a KeyError's without the repr quotes, also when wrapped (ml_collections wraps it)."""
+    while len(error.args) == 1 and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    return str(error.args[0]) if isinstance(error, KeyError) and len(error.args) == 1 else str(error)
 
 
 def _parse_scalar(text: str, current: Any, key: str) -> Any:
@@ -299,48 +474,117 @@ def to_config(cd: ml_collections.ConfigDict) -> Config:
     return from_dict(cd.to_dict())
 
 
+# DataConfig's declarations, in a table beside the class rather than on its fields (which the data pipeline owns).
+DATA_FIELD_SPECS: dict[str, FieldSpec] = {
+    "tokenizer": FieldSpec(options=TOKENIZERS),
+    "vocab_size": FieldSpec(bounds=Bounds(lo=0)),
+    "val_fraction": FieldSpec(bounds=Bounds(lo=0, hi=1, lo_open=True, hi_open=True)),
+    "cache_dir": FieldSpec(resume=Resume.FREE),
+    "prefetch_threads": FieldSpec(bounds=Bounds(lo=0), resume=Resume.FREE),
+    "workers": FieldSpec(bounds=Bounds(lo=0)),
+}
+_SPEC_TABLES: dict[type, dict[str, FieldSpec]] = {DataConfig: DATA_FIELD_SPECS}
+
+
+class Leaf(NamedTuple):
+    """A config field that is not a section: its dotted key, its value and its declaration."""
+
+    key: str
+    value: Any
+    spec: FieldSpec
+
+
+def field_spec(cls: type, field: dataclasses.Field) -> FieldSpec:
+    """What `field` of section `cls` declares: in its metadata, else in the section's table, else nothing."""
+    return field.metadata.get(_SPEC_KEY) or _SPEC_TABLES.get(cls, {}).get(field.name) or FieldSpec()
+
+
+def leaf_fields(section: Any = Config(), prefix: str = "") -> list[Leaf]:
+    """Every field below `section` (a Config or one of its sections), depth first, in declaration order."""
+    leaves = []
+    for field in dataclasses.fields(section):
+        value = getattr(section, field.name)
+        if dataclasses.is_dataclass(value):
+            leaves += leaf_fields(value, f"{prefix}{field.name}.")
+        else:
+            leaves.append(Leaf(f"{prefix}{field.name}", value, field_spec(type(section), field)))
+    return leaves
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise GptjaxError(f"invalid config: {message}")
 
 
-def _check_choice(value: str, choices: tuple[str, ...], key: str) -> None:
-    _check(value in choices, f"{key}='{value}' is not one of {', '.join(choices)}")
+def _check_declared(leaf: Leaf) -> None:
+    key, value, spec = leaf
+    fix = f"(set --config.{key}=VALUE or change it in the experiment file)"
+    if spec.options is not None:
+        _check(value in spec.options, f"{key}={value!r} is not one of {', '.join(spec.options)} {fix}")
+    if spec.bounds is not None:
+        _check(spec.bounds.admits(value), f"{key}={value!r} must be {spec.bounds} {fix}")
 
 
 def validate(cfg: Config) -> None:
-    """Every cross-field rule in one place; raises GptjaxError with the first violated rule."""
-    m, t, d = cfg.model, cfg.train, cfg.data
-    _check_choice(m.norm, NORMS, "model.norm")
-    _check_choice(m.norm_placement, NORM_PLACEMENTS, "model.norm_placement")
-    _check_choice(m.position, POSITIONS, "model.position")
-    _check_choice(m.mlp, MLPS, "model.mlp")
-    _check_choice(m.attention, ATTENTION_PATTERNS, "model.attention")
-    _check_choice(m.attention_impl, ATTENTION_IMPLS, "model.attention_impl")
-    _check_choice(m.remat, REMAT_POLICIES, "model.remat")
-    _check_choice(m.dtype, DTYPES, "model.dtype")
-    _check_choice(t.schedule, SCHEDULES, "train.schedule")
-    _check_choice(d.tokenizer, TOKENIZERS, "data.tokenizer")
-    for key in ("block_size", "n_layer", "n_head", "d_model", "vocab_multiple", "window", "stride"):
-        _check(getattr(m, key) >= 1, f"model.{key} must be >= 1, got {getattr(m, key)}")
-    _check(m.vocab_size >= 0 and m.n_kv_head >= 0 and m.d_ff >= 0, "model.vocab_size, n_kv_head and d_ff must be >= 0")
+    """Every field's declared values, then the rules that relate fields; raises GptjaxError at the first violation."""
+    for leaf in leaf_fields(cfg):
+        _check_declared(leaf)
+    m, t = cfg.model, cfg.train
     _check(m.d_model % m.n_head == 0, f"model.d_model={m.d_model} must be divisible by model.n_head={m.n_head}")
     _check(m.n_head % m.kv_heads == 0, f"model.n_head={m.n_head} must be divisible by model.n_kv_head={m.kv_heads}")
-    _check(m.position != "rope" or m.head_dim % 2 == 0, f"rope needs an even head dim, got {m.head_dim}")
-    _check(m.rope_theta > 0 and m.norm_eps > 0 and m.init_std > 0, "model.rope_theta, norm_eps and init_std must be > 0")
-    _check(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
+    _check(m.position != "rope" or m.head_dim % 2 == 0,
+           f"position='rope' needs an even head dim (model.d_model / n_head), got {m.head_dim}")
     _check(m.block_size <= m.position_limit,
            f"model.block_size={m.block_size} is above the position limit {m.position_limit} of "
            f"position='{m.position}' (raise model.max_positions or lower block_size)")
-    _check(t.batch_size >= 1 and t.grad_accum >= 1 and t.steps >= 0, "train.batch_size, grad_accum must be >= 1, steps >= 0")
     _check(t.batch_size % t.grad_accum == 0,
            f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
-    _check(t.lr > 0 and 0 <= t.min_lr <= t.lr, f"need 0 <= train.min_lr <= train.lr and lr > 0 (lr={t.lr}, min_lr={t.min_lr})")
-    _check(t.warmup_steps >= 0 and t.decay_steps >= 0, "train.warmup_steps and decay_steps must be >= 0")
-    _check(t.eval_every >= 1 and t.log_every >= 1 and t.checkpoint_every >= 1 and t.keep_checkpoints >= 1,
-           "train.eval_every, log_every, checkpoint_every and keep_checkpoints must be >= 1")
-    _check(t.cpu_devices >= 0, f"train.cpu_devices must be >= 0, got {t.cpu_devices}")
-    _check(0.0 < d.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
-    for key in ("data", "fsdp", "tensor"):
-        size = getattr(cfg.mesh, key)
-        _check(size == -1 or size >= 1, f"mesh.{key} must be -1 or >= 1, got {size}")
+    _check(t.min_lr <= t.lr, f"train.min_lr={t.min_lr} must be <= train.lr={t.lr}")
+
+
+class Change(NamedTuple):
+    """A field whose value differs between a checkpoint's saved config and the resuming run's."""
+
+    key: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.old!r} -> {self.new!r}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumeChanges:
+    """The changes a resume makes, sorted by the fields' `Resume` policy (FREE changes are not listed)."""
+
+    recorded: list[Change]  # allowed; the training loop records them in the run's history
+    forbidden: list[Change]  # the resume must be refused
+
+
+def flatten_config(values: dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys to values, tuples as lists, so a config compares equal to its JSON round trip."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def resume_policies() -> dict[str, Resume]:
+    """The declared `Resume` policy of every dotted key."""
+    return {leaf.key: leaf.spec.resume for leaf in leaf_fields(Config())}
+
+
+def resume_changes(saved: dict, current: dict) -> ResumeChanges:
+    """What resuming a checkpoint saved under `saved` with the config `current` changes (both nested dicts, as
+    `to_dict` or its JSON). A key an older saved config lacks counts as its default; a key today's fields lack
+    counts as FIXED."""
+    defaults = flatten_config(to_dict(Config()))
+    old, new = {**defaults, **flatten_config(saved)}, {**defaults, **flatten_config(current)}
+    policies = resume_policies()
+    changes = [Change(key, old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
+               if old.get(key) != new.get(key)]
+    return ResumeChanges(recorded=[c for c in changes if policies.get(c.key) is Resume.RECORDED],
+                         forbidden=[c for c in changes if policies.get(c.key, Resume.FIXED) is Resume.FIXED])

@@ -6,9 +6,13 @@ directories, and JSON reads that turn a corrupt file into one clear error.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -112,3 +116,54 @@ def staged_directory(destination: str | Path, purpose: str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _lock_file(path: Path, wait: bool):
+    """An open handle on `path` holding its flock, or None when another live process holds it (`wait=False`).
+
+    The file is removed on release, so a waiter that then holds a lock on the removed file retries on a new one."""
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle, False
+        try:
+            current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return handle, True
+        handle.close()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, what: str, wait: bool = False) -> Iterator[None]:
+    """Holds an exclusive lock on `path` (flock: released by the kernel when the holder dies, even by SIGKILL).
+
+    With `wait=False` a lock held by a live process is one GptjaxError naming it (pid, host, since when); a lock
+    file left by a process that died is taken over with a note. The file is removed on a clean release."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, held = _lock_file(path, wait)
+    if not held:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise GptjaxError(f"{what} is in use by {holder}; wait for it to finish or stop it "
+                          f"(a lock left by a killed process is taken over automatically)")
+    handle.seek(0)
+    previous = handle.read().strip()
+    if previous:
+        print(f"gptjax: note: taking over the lock of {what} left by {previous}, which is no longer running",
+              file=sys.stderr)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    handle.flush()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

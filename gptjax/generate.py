@@ -7,7 +7,7 @@ per token, and a caller can stream each chunk's text.
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,42 @@ class SamplingParams(NamedTuple):
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
+
+
+def check_sampling(sp: SamplingParams, max_new_tokens: int) -> None:
+    """Refuses sampling settings outside their meaningful range, naming the argument, its value and the range."""
+    # written as `not (in range)` so that NaN is refused too
+    problems = [("temperature", sp.temperature, "must be >= 0 (0 = greedy)", not sp.temperature >= 0),
+                ("top_p", sp.top_p, "must be in (0, 1] (1 = off)", not 0 < sp.top_p <= 1),
+                ("top_k", sp.top_k, "must be >= 0 (0 = off)", not sp.top_k >= 0),
+                ("max_new_tokens", max_new_tokens, "must be >= 1", not max_new_tokens >= 1)]
+    for name, value, allowed, bad in problems:
+        if bad:
+            raise GptjaxError(f"generation argument {name}={value!r} {allowed}; pass a value in that range")
+
+
+def check_token_ids(sequences: Sequence[Sequence[int]], vocab_size: int) -> None:
+    """Refuses any id outside [0, vocab_size): the model's real vocabulary, not its padded embedding table."""
+    for row, ids in enumerate(sequences):
+        ids_T = np.asarray(ids, np.int64).reshape(-1)
+        bad_T = (ids_T < 0) | (ids_T >= vocab_size)
+        if bad_T.any():
+            position = int(np.argmax(bad_T))
+            raise GptjaxError(f"token id {int(ids_T[position])} at position {position} of sequence {row} is outside "
+                              f"the model's vocabulary [0, {vocab_size}); pass ids its tokenizer produces")
+
+
+def extrapolation(cfg: ModelConfig, longest_prompt: int, max_new_tokens: int) -> str | None:
+    """Why generating `max_new_tokens` after the longest prompt goes past the trained length, or None.
+
+    Only positions without a table (rope, alibi, none) extrapolate: learned/sinusoidal tables instead slide a window
+    of the last block_size tokens past their position limit, as nanoGPT crops."""
+    total = longest_prompt + max_new_tokens
+    if cfg.position in ("learned", "sinusoidal") or total <= cfg.block_size:
+        return None
+    return (f"a prompt of {longest_prompt} tokens + max_new_tokens={max_new_tokens} reaches position {total}, past "
+            f"the trained block_size {cfg.block_size} of this {cfg.position}-position model: "
+            f"this extrapolates past the trained length")
 
 
 def sample(logits_BV: jax.Array, rng: jax.Array, sp: SamplingParams) -> jax.Array:
@@ -155,12 +191,15 @@ def _window_start(prompts: list[list[int]], width: int, seed: int) -> WindowStat
 def generate_ids(model: Transformer, params, prompts: list[list[int]], max_new_tokens: int, eot_id: int,
                  sp: SamplingParams = SamplingParams(), seed: int = 0, chunk: int = 0,
                  on_chunk: Callable[[list[list[int]]], None] | None = None) -> list[list[int]]:
-    """New token ids per prompt (without the stop token). `on_chunk` receives each chunk's new ids as they come.
+    """New token ids per prompt (without the stop token; an eot_id outside the vocabulary, e.g. -1, never stops).
+    `on_chunk` receives each chunk's new ids as they come.
 
     Within the position limit decoding uses the KV cache; past it, a sliding window of block_size tokens."""
     cfg: ModelConfig = model.cfg
     if not prompts or any(len(p) == 0 for p in prompts):
         raise GptjaxError("every prompt needs at least one token (an empty prompt can start from <|endoftext|>)")
+    check_sampling(sp, max_new_tokens)
+    check_token_ids(prompts, cfg.vocab_size)
     longest_prompt = max(len(p) for p in prompts)
     use_cache = longest_prompt + max_new_tokens <= cfg.position_limit
     if use_cache:

@@ -60,6 +60,12 @@ def test_prepare_never_overwrites_prepared_data(tmp_path, capsys):
     ("--config.model.position=spiral", "model.position='spiral'"),
     ("--config.model.max_positions=8", "above the position limit 8"),
     ("--config.model.n_head=5", "divisible"),
+    ("--config.train.beta1=1.0", "train.beta1=1.0 must be in [0, 1)"),
+    ("--config.train.eval_batches=0", "train.eval_batches=0 must be >= 1"),
+    ("--config.train.spike_factor=0.5", "train.spike_factor=0.5 must be 0 or > 1"),
+    ("--config.train.lr=nan", "train.lr=nan must be > 0"),
+    ("--config.train.objective=dpo", "train.objective='dpo' is not one of lm"),
+    ("--config.train.seed=-1", "train.seed=-1 must be in [0, 4294967295]"),
 ])
 def test_bad_config_is_one_line_and_workdir_untouched(tmp_path, capsys, cache_dir, override, expected):
     workdir = tmp_path / "run"
@@ -77,6 +83,36 @@ def test_unknown_key_in_an_experiment_file(tmp_path, capsys):
                    "def get_config():\n    c = base_config()\n    c.model.n_layers = 3\n    return c\n")
     assert main(["train", "--config", str(exp), "--workdir", str(tmp_path / "w")]) == 2
     assert "n_layers" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("source,where", [
+    ("from gptjax.config import base_config\ndef get_config():\n    c = base_config(\n    return c\n",
+     ":3: SyntaxError"),
+    ("from gptjax.config import base_config\ndef get_config():\n    return base_config(layers)\n", ":3: NameError"),
+])
+def test_broken_experiment_file_is_one_line_naming_file_and_line(tmp_path, capsys, source, where):
+    exp = tmp_path / "exp.py"
+    exp.write_text(source)
+    assert main(["train", "--config", str(exp), "--workdir", str(tmp_path / "w")]) == 2
+    assert f"{exp}{where}" in one_error_line(capsys)
+    assert not (tmp_path / "w").exists()
+
+
+def test_corrupt_saved_config_is_one_line(tmp_path, capsys):
+    saved = tmp_path / "config.json"
+    saved.write_text('{"train": {"lr": ')
+    assert main(["train", "--config", str(saved), "--workdir", str(tmp_path / "w")]) == 2
+    assert f"saved config {saved} is corrupt" in one_error_line(capsys)
+
+
+def test_a_run_reruns_from_its_saved_config(tmp_path, cache_dir):
+    first, second = tmp_path / "first", tmp_path / "second"
+    trained = run_cli(["train", "--config", CONFIG, "--workdir", str(first), *tiny_overrides(steps=2)])
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    rerun = run_cli(["train", "--config", str(first / "config.json"), "--workdir", str(second)])
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert json.loads((second / "config.json").read_text()) == json.loads((first / "config.json").read_text())
+    assert json.loads(rerun.stdout.splitlines()[-1])["loss"] == json.loads(trained.stdout.splitlines()[-1])["loss"]
 
 
 def test_incompatible_checkpoint_is_refused_and_kept(tmp_path, cache_dir):

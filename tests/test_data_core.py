@@ -208,3 +208,13 @@ def test_eval_batches_are_fixed(small_data):
     assert len(a) == 3 and all(np.array_equal(x, y) for x, y in zip(a, b))
     with pytest.raises(GptjaxError, match="fewer than block_size"):
         loader.eval_batches(small_data, 100_000, 4, 1)
+
+
+def test_a_manifest_without_its_tokenizer_is_one_clear_error(tmp_path):
+    (tmp_path / store.MANIFEST).write_text(json.dumps({"format_version": 2, "splits": {}}))
+    with pytest.raises(GptjaxError, match="lacks its splits or tokenizer"):
+        store.read_manifest(tmp_path)
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / tokenizers.SPEC_FILE).write_text('{"kind": "sentencepiece"}')
+    with pytest.raises(GptjaxError, match="corrupt or incomplete"):
+        tokenizers.load(tmp_path / "tokenizer")

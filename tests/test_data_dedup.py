@@ -12,9 +12,9 @@ import pytest
 from gptjax.data.dedup import (
     MINHASH_PRIME,
     MinHashConfig,
-    NearDuplicateIndex,
     UnionFind,
     candidate_probability,
+    cluster_signatures,
     count_units,
     drop_frequent_units,
     exact_dedup,
@@ -29,6 +29,7 @@ from gptjax.data.dedup import (
     unit_keys,
 )
 from gptjax.data.documents import make_document
+from gptjax.errors import GptjaxError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data" / "dedup"
 PARAGRAPHS = [
@@ -69,9 +70,7 @@ def true_shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
 def true_clusters(texts: list[str], threshold: float = 0.8) -> list[int]:
     """Smallest member of each text's component in the graph of pairs with true Jaccard >= threshold."""
     sets = [true_shingles(text) for text in texts]
-    components = UnionFind()
-    for _ in texts:
-        components.add()
+    components = UnionFind(len(texts))
     for i in range(len(texts)):
         for j in range(i + 1, len(texts)):
             overlap = len(sets[i] & sets[j])
@@ -212,23 +211,20 @@ def test_fuzzy_license_fixture_keeps_one_of_the_mit_licenses():
 def test_exact_duplicate_fixture_with_cs336_settings():
     texts = [(FIXTURES / "documents_with_line_duplicates" / f"doc{i}.txt").read_text(encoding="utf-8") for i in range(1, 6)]
     config = MinHashConfig(ngram=5, num_perm=100, bands=10, rows=10, threshold=0.8)
-    index = NearDuplicateIndex(config)
-    for text in texts:
-        shingles, signature = text_signature(text, config)
-        index.add(signature, shingles)
-    assert index.keep_mask() == [True, False, True, True, True]
+    representatives = near_duplicate_clusters(texts, config)
+    assert [representative == index for index, representative in enumerate(representatives)] == [
+        True, False, True, True, True]
 
 
 def test_identical_flood_is_one_cluster_and_buckets_stay_small():
     config = MinHashConfig()
-    index = NearDuplicateIndex(config)
     shingles, signature = text_signature(PARAGRAPHS[0], config)
-    for _ in range(2000):
-        index.add(signature, shingles)
-    index.add(*reversed(text_signature(PARAGRAPHS[1], config)))
-    assert index.keep_mask() == [True] + [False] * 1999 + [True]
-    assert index.candidate_pairs == 1999
-    assert len(index) == 2001
+    other_shingles, other_signature = text_signature(PARAGRAPHS[1], config)
+    roots, counters = cluster_signatures([signature] * 2000 + [other_signature], [shingles] * 2000 + [other_shingles],
+                                         config)
+    assert (roots == np.arange(len(roots))).tolist() == [True] + [False] * 1999 + [True]
+    assert counters["verified_comparisons"] == 1999
+    assert len(roots) == 2001
 
 
 def test_documents_without_words_are_never_near_duplicates():
@@ -238,15 +234,10 @@ def test_documents_without_words_are_never_near_duplicates():
 
 
 def test_config_and_input_validation():
-    with pytest.raises(ValueError, match="num_perm"):
+    with pytest.raises(GptjaxError, match="num_perm"):
         MinHashConfig(num_perm=64, bands=20, rows=6)
-    with pytest.raises(ValueError, match="threshold"):
+    with pytest.raises(GptjaxError, match="threshold"):
         MinHashConfig(threshold=0.0)
-    index = NearDuplicateIndex(MinHashConfig(verify=True))
-    with pytest.raises(ValueError, match="shingle"):
-        index.add(text_signature(PARAGRAPHS[0])[1])
-    with pytest.raises(ValueError, match="shape"):
-        index.add(np.zeros(7, dtype=np.uint32), np.zeros(0, dtype=np.uint64))
 
 
 def test_candidate_probability_s_curve():
@@ -256,13 +247,12 @@ def test_candidate_probability_s_curve():
 
 
 def test_union_find_keeps_smallest_representative():
-    sets = UnionFind()
-    for _ in range(6):
-        sets.add()
+    sets = UnionFind(6)
     sets.union(5, 3)
     sets.union(4, 5)
     sets.union(1, 4)
     assert [sets.find(i) for i in range(6)] == [0, 1, 2, 1, 1, 1]
+    assert sets.roots().tolist() == [0, 1, 2, 1, 1, 1]
 
 
 def test_line_dedup_reproduces_cs336_expected_output():

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from gptjax.config import DataConfig
+from test_data_pipeline import settings
+from gptjax.config import DataConfig, PrepareConfig
 from gptjax.data import loader, store
 from gptjax.data.pipeline import run_pipeline
 from gptjax.data.prepare import resolve_data
-from gptjax.data.stages import PipelineConfig
 from gptjax.errors import GptjaxError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -24,12 +24,12 @@ BLOCK = 32
 WINDOW = BLOCK + 1
 
 
-def raw(**overrides) -> PipelineConfig:
-    return PipelineConfig(**{"tokenizer": "char", "workers": 1, "quality": False, "dedup": "none",
-                             "normalize": False, **overrides})
+def raw(**overrides) -> DataConfig:
+    """Char tokenizer, one process, every filter off (DataConfig fields by name, the rest prepare settings)."""
+    return settings(**{"normalize": False, "chunk_bytes": PrepareConfig.chunk_bytes, **overrides})
 
 
-def prepare_texts(folder: Path, texts: list[str], config: PipelineConfig) -> Path:
+def prepare_texts(folder: Path, texts: list[str], config: DataConfig) -> Path:
     (folder / "in").mkdir(parents=True)
     (folder / "in" / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     run_pipeline([str(folder / "in")], folder / "out", config, show_progress=False)
@@ -120,7 +120,7 @@ def test_packed_batch_trains_only_within_documents(varied):
 
     from conftest import tiny_model
     from gptjax.model.transformer import Transformer
-    from gptjax.train.step import summed_loss
+    from gptjax.train.objectives import NextTokenLM, lm_batch
 
     batches = loader.train_iterator(varied, BLOCK, 2, seed=0, n_steps=20, data=packed(varied))
     batch = next(b for b in batches if b["segment_ids"].max() > 2)
@@ -128,7 +128,8 @@ def test_packed_batch_trains_only_within_documents(varied):
                                    max_positions=BLOCK))
     params = model.init(jax.random.key(0), batch["tokens"][:, :-1], batch["positions"][:, :-1],
                         batch["segment_ids"][:, :-1])["params"]
-    _, (nll, count) = summed_loss(params, model, jax.tree_util.tree_map(jax.numpy.asarray, batch), None, 0.0)
+    _, sums = NextTokenLM()(params, None, model, jax.tree_util.tree_map(jax.numpy.asarray, lm_batch(batch)), None)
+    nll, count = sums["loss"], sums["weight"]
     segments = batch["segment_ids"]
     assert int(count) == int(((segments[:, 1:] == segments[:, :-1]) & (segments[:, :-1] != 0)).sum())
     assert int(count) < segments[:, 1:].size and np.isfinite(float(nll))
@@ -205,7 +206,9 @@ def test_prepare_then_train_lowers_the_loss(tmp_path, cache_dir):
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in PARAGRAPHS))
-    run_pipeline([str(tmp_path / "in")], tmp_path / "data", PipelineConfig(workers=1), show_progress=False)
+    cleaned = PrepareConfig(normalize=True, quality=True, dedup="near", max_doc_bytes=32 << 20)
+    run_pipeline([str(tmp_path / "in")], tmp_path / "data", DataConfig(dataset="", prepare=cleaned),
+                 show_progress=False)
     cfg = tiny_config(cache_dir, train={"steps": 30, "eval_every": 30})
     cfg = dataclasses.replace(cfg, data=DataConfig(dataset="", path=str(tmp_path / "data"), cache_dir=str(cache_dir)))
     summary = train(cfg, tmp_path / "run", show_progress=False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -16,9 +17,11 @@ from gptjax.data import quality, store
 from gptjax.data import tokenizer as tokenizers
 from gptjax.data.gpt2_bpe import GPT2BPETokenizer
 from gptjax.data.normalize import normalize
-from gptjax.data.pipeline import (add_prepare_arguments, config_from_args, read_report, run_pipeline, run_prepare,
-                                  work_dir_for)
-from gptjax.data.stages import PipelineConfig, doc_in_val
+from gptjax.cli import prepare as prepare_cli
+from gptjax.config import DataConfig, PrepareConfig
+from gptjax.data.pipeline import read_report, run_pipeline, work_dir_for
+from gptjax.data.pipeline.settings import check as settings_check
+from gptjax.data.stages import doc_in_val
 from gptjax.errors import GptjaxError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -28,11 +31,17 @@ FRENCH = " ".join(line.split("\t", 1)[1].strip() for line in
                   (FIXTURES / "data" / "langid" / "lingua_first10.tsv").read_text().splitlines() if line.startswith("fr\t"))
 
 
-def settings(**overrides) -> PipelineConfig:
-    """Small, fast pipeline settings: char tokenizer, one process, every filter off unless overridden."""
-    base = dict(tokenizer="char", workers=1, quality=False, dedup="none", chunk_bytes=8000, val_fraction=0.1)
-    base.update(overrides)
-    return PipelineConfig(**base)
+DATA_FIELDS = {field.name for field in dataclasses.fields(DataConfig)}
+
+
+def settings(**overrides) -> DataConfig:
+    """Small, fast pipeline settings: char tokenizer, one process, normalization on, every filter off unless
+    overridden (DataConfig fields by name, the rest go to its prepare section)."""
+    data = dict(dataset="", tokenizer="char", val_fraction=0.1)
+    prepare = dict(workers=1, normalize=True, quality=False, dedup="none", chunk_bytes=8000, max_doc_bytes=32 << 20)
+    for name, value in overrides.items():
+        (data if name in DATA_FIELDS else prepare)[name] = value
+    return DataConfig(**data, prepare=PrepareConfig(**prepare))
 
 
 def write_jsonl(path: Path, texts: list[str]) -> Path:
@@ -164,8 +173,13 @@ def test_shards_round_trip_across_several_shards(tmp_path):
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    add_prepare_arguments(parser)
+    prepare_cli.add_arguments(parser)
     return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> PrepareConfig:
+    """The prepare section of the config the flags describe (the tokenizer fields live in DataConfig)."""
+    return prepare_cli.config_from_args(args).prepare
 
 
 def test_cli_flags_map_to_settings():
@@ -176,7 +190,8 @@ def test_cli_flags_map_to_settings():
     config = config_from_args(args)
     assert args.input == ["a.jsonl", "b"] and config.languages == ("en", "de") and not config.quality
     assert (config.dedup, config.jaccard, config.num_perm, config.bands, config.workers) == ("exact", 0.7, 64, 16, 3)
-    assert (config.tokenizer, config.model_type, config.vocab_size, config.byte_fallback) == (
+    data = prepare_cli.config_from_args(args)
+    assert (data.tokenizer, config.model_type, data.vocab_size, config.byte_fallback) == (
         "sentencepiece", "unigram", 512, False)
     assert (config.shard_tokens, config.sample_docs, config.text_field, config.boilerplate) == (
         1000, 10, "content", "paragraph")
@@ -185,15 +200,15 @@ def test_cli_flags_map_to_settings():
     raw = config_from_args(parse(["--input", "x", "--out", "y", "--raw", "--languages", "en"]))
     assert (raw.quality, raw.normalize, raw.dedup, raw.languages, raw.boilerplate) == (False, False, "none", (), "none")
     with pytest.raises(GptjaxError, match="num_perm"):
-        PipelineConfig(dedup="near", num_perm=10, bands=20)
+        settings_check(settings(dedup="near", num_perm=10, bands=20))
     with pytest.raises(GptjaxError, match="tokenizer-dir"):
-        PipelineConfig(tokenizer="gpt2_bpe")
+        settings_check(settings(tokenizer="gpt2_bpe"))
 
 
 def test_report_lists_every_stage_and_prints_a_table(tmp_path, capsys):
     write_jsonl(tmp_path / "in" / "web.jsonl", PARAGRAPHS[:30] + PARAGRAPHS[:3] + [FRENCH, "This is a short note about the meeting."])
-    code = run_prepare(parse(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--languages", "en",
-                              "--workers", "1", "--quiet"]))
+    code = prepare_cli.run(parse(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--languages", "en",
+                              "--workers", "1", "--quiet"]), [])
     assert code == 0 and "prepared" in capsys.readouterr().out
     report = read_report(tmp_path / "out")
     stages = report["stages"]
@@ -207,7 +222,7 @@ def test_report_lists_every_stage_and_prints_a_table(tmp_path, capsys):
         assert {"docs_in", "docs_out", "bytes_in", "bytes_out", "tokens_out", "seconds", "dropped", "examples"} <= set(stage)
     assert set(report["wall_seconds"]) >= {"read+clean", "dedup", "tokenizer", "tokenize", "shard", "total"}
     assert report["resume"]["token_parts"] == {"reused": 0, "computed": 1}
-    run_prepare(parse(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "out2"), "--workers", "1"]))
+    prepare_cli.run(parse(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "out2"), "--workers", "1"]), [])
     printed = capsys.readouterr().out
     assert "stage" in printed and "dedup_exact" in printed and "exact_duplicate 3" in printed
 
@@ -356,3 +371,52 @@ def test_every_reader_format_feeds_the_pipeline(tmp_path):
                              str(src / "book.txt")], tmp_path / "out", settings(dedup="exact"), show_progress=False)
     assert sum(manifest["splits"][s]["n_documents"] for s in ("train", "val")) == 21
     assert read_report(tmp_path / "out")["stages"]["read"]["notes"]["files"] == 5
+
+
+# ---- decisions file -------------------------------------------------------------------------------------------
+
+
+def test_decisions_file_says_what_happened_to_every_document(tmp_path):
+    from gptjax.cli import main as gptjax_main
+
+    texts = list(PARAGRAPHS[:30])
+    texts += ["  " + PARAGRAPHS[0].upper() + "  ", near_copy(PARAGRAPHS[1], 1), near_copy(PARAGRAPHS[1], 2)]
+    texts += [FRENCH, "This is a short note about the meeting."]
+    texts += [PARAGRAPHS[35], PARAGRAPHS[35] + "\n" + PARAGRAPHS[36]]  # the first is all boilerplate
+    source = write_jsonl(tmp_path / "in" / "web.jsonl", texts)
+    decisions = tmp_path / "audit" / "decisions.jsonl"
+    assert gptjax_main(["prepare", "--input", str(source), "--out", str(tmp_path / "out"), "--languages", "en",
+                        "--boilerplate", "line", "--chunk-mb", "0.01", "--workers", "1", "--quiet",
+                        "--decisions", str(decisions)]) == 0
+    records = [json.loads(line) for line in decisions.read_text().splitlines()]
+    assert [r["source"] for r in records] == [f"{source}:{line}" for line in range(1, len(texts) + 1)]
+    assert all(r["doc_id"] and isinstance(r["kept"], bool) for r in records)
+    report = read_report(tmp_path / "out")
+    assert report["resume"]["clean_chunks"]["computed"] > 1, "duplicates must be found across chunks"
+    dropped = Counter(f"{r['stage']}/{r['reason']}" for r in records if not r["kept"])
+    assert dropped == Counter({f"{stage}/{reason}": count for stage, entry in report["stages"].items()
+                               for reason, count in entry["dropped"].items()})
+    assert dropped == Counter({"langid/wrong_language": 1, "quality/too_few_words": 1, "dedup_exact/exact_duplicate": 1,
+                               "dedup_near/near_duplicate": 2, "boilerplate/empty_after_boilerplate": 1})
+    assert sum(r["kept"] for r in records) == report["stages"]["shard"]["docs_out"] == 31
+    by_source = {r["source"]: r for r in records}
+    assert by_source[f"{source}:31"]["duplicate_of"] == {"source": f"{source}:1", "doc_id": records[0]["doc_id"]}
+    assert {by_source[f"{source}:{line}"]["duplicate_of"]["source"] for line in (32, 33)} == {f"{source}:2"}
+    assert by_source[f"{source}:34"]["stage"] == "langid" and by_source[f"{source}:36"]["stage"] == "boilerplate"
+    assert not list(decisions.parent.glob(".*")), "written atomically: no temporary file is left"
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--num-perm", "10", "--bands", "20"], "num_perm=10"),
+    (["--languages", "en,xx"], "does not know the codes xx"),
+    (["--tokenizer", "gpt2_bpe"], "needs data.tokenizer_dir (--tokenizer-dir)"),
+    (["--chunk-mb", "0", "--shard-tokens", "0"], "data.prepare.shard_tokens must be >= 1"),
+])
+def test_bad_settings_exit_2_with_one_line_before_any_work(tmp_path, capsys, flags, expected):
+    from gptjax.cli import main as gptjax_main
+
+    source = write_jsonl(tmp_path / "in" / "docs.jsonl", PARAGRAPHS[:5])
+    assert gptjax_main(["prepare", "--input", str(source), "--out", str(tmp_path / "out"), "--quiet", *flags]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gptjax: error:")]
+    assert len(errors) == 1 and expected in errors[0], errors
+    assert not (tmp_path / "out").exists() and not work_dir_for(tmp_path / "out").exists()

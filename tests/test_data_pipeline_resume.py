@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from gptjax.data import pipeline, stages
+from gptjax.cli import main as gptjax_main
 from gptjax.data.pipeline import FAULT_KILL_AFTER_PARTS, FAULT_KILL_WORKER_AT_PART, read_report, work_dir_for
+from gptjax.data.pipeline import chunk_files
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PARAGRAPHS = [json.loads(line)["text"] for line in
@@ -32,14 +33,13 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def uninterrupted(corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference") / "out"
-    assert pipeline.main(["--input", str(corpus), "--out", str(out), *FLAGS[2:], "--workers", "1"]) == 0
+    assert gptjax_main(["prepare", "--input", str(corpus), "--out", str(out), *FLAGS[2:], "--workers", "1"]) == 0
     return out
 
 
 def prepare_subprocess(corpus: Path, out: Path, env: dict) -> subprocess.CompletedProcess:
-    code = "import sys; from gptjax.data.pipeline import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, "--input", str(corpus), "--out", str(out), *FLAGS],
-                          cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "gptjax", "prepare", "--input", str(corpus), "--out", str(out), *FLAGS]
+    return subprocess.run(command, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
 
 
 def finished_parts(out: Path) -> set[int]:
@@ -50,14 +50,14 @@ def finished_parts(out: Path) -> set[int]:
 def resume_recording_writes(out: Path, corpus: Path, monkeypatch) -> list[int]:
     """Reruns the prepare in this process; returns the chunks whose token parts it wrote."""
     written: list[int] = []
-    original = stages.write_token_part
+    original = chunk_files.write_token_part
 
-    def recording(parts_dir, chunk, result, fingerprint):
+    def recording(parts_dir, chunk, *args):
         written.append(chunk)
-        return original(parts_dir, chunk, result, fingerprint)
+        return original(parts_dir, chunk, *args)
 
-    monkeypatch.setattr(stages, "write_token_part", recording)
-    assert pipeline.main(["--input", str(corpus), "--out", str(out), *FLAGS[2:], "--workers", "1"]) == 0
+    monkeypatch.setattr(chunk_files, "write_token_part", recording)
+    assert gptjax_main(["prepare", "--input", str(corpus), "--out", str(out), *FLAGS[2:], "--workers", "1"]) == 0
     return written
 
 
@@ -93,13 +93,13 @@ def test_killed_prepare_process_resumes_without_redoing_parts(corpus, uninterrup
 def test_killed_worker_is_one_clear_error_and_the_rerun_resumes(corpus, uninterrupted, tmp_path, monkeypatch):
     out = tmp_path / "out"
     failed = prepare_subprocess(corpus, out, {FAULT_KILL_WORKER_AT_PART: "4"})
-    assert failed.returncode == 1
+    assert failed.returncode == 2
     assert failed.stderr.strip().splitlines()[-1].startswith("gptjax: error: a worker process of `gptjax prepare` died")
     assert not out.exists()
     done_before = finished_parts(out)
     assert 4 not in done_before
     for chunk in done_before:
-        paths = stages.part_paths(work_dir_for(out) / "parts", chunk)
+        paths = chunk_files.part_paths(work_dir_for(out) / "parts", chunk)
         assert all(paths[name].is_file() for name in paths), "a done marker is written after its part's files"
     written = resume_recording_writes(out, corpus, monkeypatch)
     assert 4 in written and not set(written) & done_before
@@ -110,7 +110,7 @@ def test_changed_settings_start_the_work_over(corpus, tmp_path):
     out = tmp_path / "out"
     assert prepare_subprocess(corpus, out, {FAULT_KILL_AFTER_PARTS: "2"}).returncode == -signal.SIGKILL
     assert finished_parts(out)
-    assert pipeline.main(["--input", str(corpus), "--out", str(out), *FLAGS[2:], "--workers", "1",
-                          "--val-fraction", "0.2"]) == 0
+    assert gptjax_main(["prepare", "--input", str(corpus), "--out", str(out), *FLAGS[2:], "--workers", "1",
+                        "--val-fraction", "0.2"]) == 0
     resume = read_report(out)["resume"]
     assert resume["token_parts"]["reused"] == 0 and resume["clean_chunks"]["reused"] == 0

@@ -313,7 +313,7 @@ def test_glob_and_folder_without_matches_raise(tmp_path):
 
 
 def test_reader_config_validation():
-    with pytest.raises(ValueError, match="separator"):
+    with pytest.raises(GptjaxError, match="separator"):
         ReaderConfig(txt_mode="separator")
-    with pytest.raises(ValueError, match="txt_mode"):
+    with pytest.raises(GptjaxError, match="txt_mode"):
         ReaderConfig(txt_mode="lines")

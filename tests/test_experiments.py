@@ -1,6 +1,8 @@
-"""Every experiment file loads, validates, and builds its model abstractly (no weights materialised)."""
+"""Every experiment file loads, validates, builds its model abstractly (no weights materialised) and reruns from
+the config.json a run of it saves."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -24,3 +26,13 @@ def test_experiment_builds(path: Path):
     n = count_params(shapes["params"])
     low, high = EXPECTED_PARAMS.get(path.stem, (1e4, 1e9))
     assert low <= n <= high, n
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_experiment_reruns_from_its_saved_json(tmp_path, path: Path):
+    cfg = config_lib.to_config(config_lib.load_experiment(path))
+    saved = tmp_path / "config.json"
+    saved.write_text(config_lib.to_json(cfg))
+    assert config_lib.to_config(config_lib.load_experiment(saved)) == cfg
+    changes = config_lib.resume_changes(json.loads(saved.read_text()), config_lib.to_dict(cfg))
+    assert changes.recorded == changes.forbidden == []

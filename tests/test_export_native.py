@@ -157,26 +157,101 @@ def test_load_rejects_a_truncated_weights_file(exported):
         gptjax.load(exported)
 
 
-def test_load_rejects_weights_that_do_not_fit_the_config(exported):
+@pytest.mark.parametrize("edit, fragment", [
+    ({"d_model": 64}, "holds 32 embedding width, but its config has model.d_model=64"),
+    ({"n_layer": 3}, "holds 2 layers, but its config has model.n_layer=3"),
+    ({"n_layer": 1}, "holds 2 layers, but its config has model.n_layer=1"),
+    ({"n_head": 8}, "holds 4 query heads, but its config has model.n_head=8"),
+    ({"n_kv_head": 2}, "holds 4 key/value heads, but its config has model.n_kv_head=2"),
+    ({"vocab_size": 300}, "holds 128 vocabulary rows, but its config has model.vocab_size=300"),
+    ({"vocab_multiple": 256}, "holds 128 vocabulary rows, but its config has model.vocab_size=101 (padded to a "
+                              "multiple of model.vocab_multiple=256), which needs 256"),
+    ({"vocab_size": 90}, "char tokenizer in"),  # same padded rows: only the tokenizer's 101 ids show the edit
+    ({"d_ff": 64}, "holds 128 MLP width, but its config has model.d_ff=64"),
+    ({"max_positions": 32}, "holds 16 position rows, but its config has model.max_positions=32"),
+    ({"tie_embeddings": False}, "lacks param 'lm_head' that the config needs (check model.tie_embeddings)"),
+    ({"use_bias": False}, "bias' (and 16 more) that the config does not have (check model.use_bias"),
+    ({"position": "rope"}, "has param 'pos_embedding' that the config does not have (check model.position)"),
+])
+def test_load_rejects_a_config_edited_to_not_fit_the_weights(exported, edit, fragment):
     config = json.loads((exported / native.CONFIG_FILE).read_text())
-    config["model"]["d_model"] = 64
+    config["model"].update(edit)
     (exported / native.CONFIG_FILE).write_text(json.dumps(config))
-    with pytest.raises(GptjaxError, match=r"param 'embedding' has shape \[128, 32\], the config needs \[128, 64\]"):
+    with pytest.raises(GptjaxError) as failure:
         gptjax.load(exported)
-    config["model"].update(d_model=32, n_layer=3)
-    (exported / native.CONFIG_FILE).write_text(json.dumps(config))
-    with pytest.raises(GptjaxError, match="lacks param 'layer_2/"):
+    message = str(failure.value)
+    assert fragment in message and "\n" not in message, message
+    if "vocab_size" in edit and edit["vocab_size"] < 101:
+        assert "101 tokens, more than model.vocab_size=90" in message and "config.json was edited" in message
+
+
+def rewrite_weights(path: Path, change) -> None:
+    """Replaces the tensors of the safetensors file at `path` by `change(tensors)`."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(path), framework="numpy") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    save_file(change(tensors), str(path))
+
+
+@pytest.mark.parametrize("name, spoil, fragment", [
+    ("layer_0/attn/query/kernel", lambda t: t.astype(np.int32), "is stored as I32, not a float type"),
+    ("embedding", lambda t: (t > 0), "is stored as BOOL, not a float type"),
+    ("layer_1/mlp/fc/bias", lambda t: np.where(np.arange(t.size) == 3, np.nan, t).astype(t.dtype),
+     "holds 1 NaN or infinite value(s)"),
+    ("norm_f/scale", lambda t: np.full_like(t, np.inf), "holds 32 NaN or infinite value(s)"),
+    ("embedding", lambda t: np.full(t.shape, 1e300), "holds 4096 NaN or infinite value(s) (as float32)"),
+])
+def test_load_rejects_non_float_and_non_finite_tensors(exported, name, spoil, fragment):
+    rewrite_weights(exported / native.WEIGHTS_FILE, lambda tensors: {**tensors, name: spoil(tensors[name])})
+    with pytest.raises(GptjaxError) as failure:
         gptjax.load(exported)
+    message = str(failure.value)
+    assert f"tensor '{name}' " in message and fragment in message and "\n" not in message, message
+
+
+def test_a_model_without_tokenizer_exports_and_loads(tmp_path):
+    source = random_lm(variant_model(), seed=5)
+    lm = LM(source.cfg, source.params, None, 7, source.meta)
+    out = native.export_native(lm, tmp_path / "export")
+    assert not (out / native.TOKENIZER_DIR).exists()
+    assert json.loads((out / EXPORT_MARKER).read_text())["has_tokenizer"] is False
+
+    loaded = gptjax.load(out)
+    assert loaded.tokenizer is None and loaded.step == 7 and loaded.cfg == lm.cfg
+    assert_same_params(lm.params, loaded.params)
+    ids = np.random.default_rng(2).integers(0, 101, (2, 16))
+    np.testing.assert_array_equal(loaded.logits(ids), source.logits(ids))
+    with pytest.raises(GptjaxError, match="needs a tokenizer"):
+        loaded.generate("hi")
+    assert json.loads((tmp_path / "export" / EXPORT_MARKER).read_text())["format_version"] == native.FORMAT_VERSION
 
 
 @pytest.mark.parametrize("damage, message", [
     (lambda out: (out / native.WEIGHTS_FILE).unlink(), "model.safetensors is missing"),
-    (lambda out: (out / native.CONFIG_FILE).unlink(), "config.json is missing"),
+    (lambda out: (out / native.CONFIG_FILE).unlink(), r"export config not found: .*config\.json"),
     (lambda out: [p.unlink() for p in (out / native.TOKENIZER_DIR).iterdir()], "no tokenizer at"),
     (lambda out: (out / EXPORT_MARKER).write_text(json.dumps({"format_version": 99})), "format_version 99"),
-    (lambda out: (out / EXPORT_MARKER).write_text("{not json"), "is not valid JSON"),
+    (lambda out: (out / EXPORT_MARKER).write_text("{not json"), r"is corrupt \(invalid JSON"),
+    (lambda out: (out / EXPORT_MARKER).write_text("[1]"), "holds a JSON list, not an object"),
+    (lambda out: (out / native.TOKENIZER_DIR / "tokenizer.json").rename(out / "moved.json"), "no tokenizer at"),
 ])
 def test_load_rejects_an_incomplete_export(exported, damage, message):
     damage(exported)
     with pytest.raises(GptjaxError, match=message):
         gptjax.load(exported)
+
+
+def test_experiment_source_reproduces_the_config_with_nested_sections(tmp_path):
+    import dataclasses
+
+    from gptjax import config as config_lib
+
+    base = Config(name="nested", model=variant_model(position="rope", norm="rmsnorm"))
+    prepare = dataclasses.replace(base.data.prepare, jaccard=0.7, languages=("en", "de"))
+    cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, dataset="", path="/d", prepare=prepare))
+    experiment = tmp_path / "experiment.py"
+    experiment.write_text(native.experiment_source(cfg, "a header\nof two lines"))
+    assert experiment.read_text().startswith("# a header\n# of two lines\n")
+    assert config_lib.to_config(config_lib.load_experiment(str(experiment))) == cfg

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_model
+from gptjax.errors import GptjaxError
 from gptjax.generate import SamplingParams, generate_ids, sample
 from gptjax.model.transformer import Transformer
 
@@ -99,3 +100,12 @@ def test_padded_vocabulary_is_never_sampled():
     model, params = make(cfg)
     ids = generate_ids(model, params, [[1]] * 8, 40, eot_id=10_000, sp=SamplingParams(temperature=50.0), seed=0)
     assert max(max(r) for r in ids) < 66
+
+
+def test_generate_ids_refuses_ids_and_sampling_out_of_range_before_decoding():
+    cfg = tiny_model(block_size=32)
+    model, params = make(cfg)
+    with pytest.raises(GptjaxError, match=r"token id 66 at position 1 of sequence 1 .*\[0, 66\)"):
+        generate_ids(model, params, [[1, 2], [3, 66]], 4, eot_id=65)
+    with pytest.raises(GptjaxError, match=r"top_k=-2 must be >= 0"):
+        generate_ids(model, params, [[1, 2]], 4, eot_id=65, sp=SamplingParams(1.0, top_k=-2))

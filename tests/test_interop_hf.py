@@ -5,6 +5,8 @@ HF models are built locally from configs with random weights; nothing is downloa
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 import jax
@@ -447,11 +449,11 @@ def hf_dir(tmp_path) -> Path:
     return src
 
 
-def expect_import_error(src: Path, workdir: Path, *fragments: str) -> None:
+def expect_import_error(src: Path, workdir: Path, *fragments: str, tokenizer_dir: Path | None = None) -> None:
     """`gptjax import` fails with one GptjaxError mentioning `fragments`, and the workdir is untouched."""
     before = sorted(p.name for p in workdir.parent.iterdir())
     with pytest.raises(GptjaxError) as failure:
-        hf.import_hf(src, workdir)
+        hf.import_hf(src, workdir, tokenizer_dir=tokenizer_dir)
     for fragment in fragments:
         assert fragment in str(failure.value), str(failure.value)
     assert "\n" not in str(failure.value)
@@ -515,9 +517,154 @@ def test_import_rejects_truncated_safetensors(hf_dir, tmp_path):
     expect_import_error(hf_dir, tmp_path / "wd", "not a readable safetensors file")
 
 
-def test_import_needs_a_tokenizer(hf_dir, tmp_path):
+def test_import_refuses_tokenizer_files_it_cannot_read(hf_dir, tmp_path):
+    """Tokenizer files that are there but unusable are an error, never silently dropped."""
+    spec = json.loads((hf_dir / "tokenizer.json").read_text())
+    (hf_dir / "tokenizer.json").write_text(json.dumps({**spec, "model": {"type": "BPE", "vocab": {}, "merges": []}}))
+    expect_import_error(hf_dir, tmp_path / "wd", "holds tokenizer files gptjax cannot read (tokenizer.json)",
+                        "--tokenizer-dir")
     (hf_dir / "tokenizer.json").unlink()
-    expect_import_error(hf_dir, tmp_path / "wd", "has no tokenizer gptjax can read")
+    (hf_dir / "vocab.json").write_text("{}")
+    expect_import_error(hf_dir, tmp_path / "wd", "cannot read (vocab.json)")
+
+
+def test_import_checks_the_tokenizer_dir(hf_dir, tmp_path):
+    expect_import_error(hf_dir, tmp_path / "wd", "--tokenizer-dir", "is not a directory",
+                        tokenizer_dir=tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    expect_import_error(hf_dir, tmp_path / "wd", "holds no tokenizer gptjax can read", "vocab.json + merges.txt",
+                        tokenizer_dir=tmp_path / "empty")
+    too_big = tmp_path / "too-big"
+    bigger = gptjax_model("gpt2", vocab_size=300)
+    hf.export_hf(Config(model=bigger), random_params(bigger), char_tokenizer(300), too_big)
+    expect_import_error(hf_dir, tmp_path / "wd", "char tokenizer in", "has 300 tokens, more than model.vocab_size=257",
+                        "--tokenizer-dir whose vocabulary fits", tokenizer_dir=too_big)
+
+
+def spoil_tensor(path: Path, name: str, spoil) -> None:
+    """Rewrites the safetensors file at `path` with tensor `name` replaced by `spoil(tensor)`."""
+    from safetensors.numpy import save_file
+
+    tensors = dict(native.read_safetensors_lazily(path, None))
+    save_file({**tensors, name: spoil(tensors[name])}, str(path), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("name, spoil, fragment", [
+    ("transformer.h.0.attn.c_attn.weight", lambda t: t.astype(np.int64), "is stored as I64, not a float type"),
+    ("transformer.ln_f.bias", lambda t: t.astype(np.uint8), "is stored as U8, not a float type"),
+    ("transformer.wte.weight", lambda t: np.where(t > 0.3, np.nan, t), "NaN or infinite value(s)"),
+    ("transformer.h.1.mlp.c_proj.weight", lambda t: np.where(t > 0.3, -np.inf, t), "NaN or infinite value(s)"),
+])
+def test_import_refuses_non_float_and_non_finite_tensors(hf_dir, tmp_path, name, spoil, fragment):
+    spoil_tensor(hf_dir / hf.WEIGHTS_FILE, name, spoil)
+    expect_import_error(hf_dir, tmp_path / "wd", f"tensor '{name}' ", fragment)
+
+
+def test_import_reads_float16_and_bfloat16_weights(hf_dir):
+    import ml_dtypes
+
+    expected = native.flatten_params(hf.read_hf_dir(hf_dir).params)
+    spoil_tensor(hf_dir / hf.WEIGHTS_FILE, "transformer.wte.weight", lambda t: t.astype(np.float16))
+    spoil_tensor(hf_dir / hf.WEIGHTS_FILE, "transformer.wpe.weight", lambda t: t.astype(ml_dtypes.bfloat16))
+    imported = native.flatten_params(hf.read_hf_dir(hf_dir).params)
+    np.testing.assert_array_equal(imported["embedding"][:257],
+                                  expected["embedding"][:257].astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(imported["pos_embedding"],
+                                  expected["pos_embedding"].astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+# ---------------------------------------------------------------- weights-only checkpoints (no tokenizer files)
+
+WEIGHTS_ONLY_GPT2 = dict(vocab_size=257, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+
+
+def weights_only_hf_dir(path: Path, fields: dict, seed: int = 0):
+    """A research-style checkpoint: a GPT2LMHeadModel's save_pretrained output (config + safetensors), no tokenizer."""
+    model = build_hf("gpt2", fields, seed)
+    model.save_pretrained(path)
+    assert (path / "config.json").is_file() and (path / hf.WEIGHTS_FILE).is_file()
+    assert not [name for name in hf.TOKENIZER_FILES if (path / name).exists()]
+    return model
+
+
+def test_weights_only_hf_dir_imports_without_tokenizer(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("GPTJAX_CACHE", str(tmp_path / "cache"))
+    model = weights_only_hf_dir(tmp_path / "hf", WEIGHTS_ONLY_GPT2)
+    workdir = tmp_path / "wd"
+    assert cli.main(["import", "--format", "hf", "--src", str(tmp_path / "hf"), "--workdir", str(workdir)]) == 0
+    printed = capsys.readouterr().out
+    assert "imported GPT2LMHeadModel" in printed and "no tokenizer" in printed
+    assert "training" in printed and "--tokenizer-dir" in printed and "gptjax train" not in printed
+    assert not (workdir / native.TOKENIZER_DIR).exists() and not (workdir / native.EXPERIMENT_FILE).exists()
+
+    from gptjax.train.checkpoint import restore_params
+
+    _, meta, step = restore_params(workdir)
+    assert step == 0 and meta["tokenizer"] is None and meta["tokenizer_fingerprint"] is None
+
+    lm = gptjax.load(workdir)
+    assert lm.tokenizer is None
+    ids = random_ids(257)
+    diff = max_abs_diff(lm.logits(ids), hf_logits(model, ids))
+    assert diff <= LOGIT_TOLERANCE
+    with pytest.raises(GptjaxError, match="needs a tokenizer"):
+        lm.generate("hello")
+    prompt = random_ids(256, (7,), seed=3).tolist()
+    assert lm.generate_ids([prompt], max_new_tokens=8, temperature=0.0)[0] == hf_greedy(model, prompt, 257)[:8]
+
+    hf_out = tmp_path / "hf-again"
+    assert cli.main(["export", "--workdir", str(workdir), "--format", "hf", "--out", str(hf_out)]) == 0
+    assert "no tokenizer" in capsys.readouterr().out
+    assert sorted(p.name for p in hf_out.iterdir()) == ["config.json", hf.WEIGHTS_FILE]
+    config = json.loads((hf_out / "config.json").read_text())
+    assert config["eos_token_id"] is None and config["bos_token_id"] is None
+    assert max_abs_diff(hf_logits(load_hf(hf_out), ids), hf_logits(model, ids)) == 0.0
+    assert hf.read_hf_dir(hf_out).tokenizer is None
+
+    native_out = tmp_path / "native"
+    assert cli.main(["export", "--workdir", str(workdir), "--format", "safetensors", "--out", str(native_out)]) == 0
+    np.testing.assert_array_equal(gptjax.load(native_out).logits(ids), lm.logits(ids))
+
+
+def test_weights_only_hf_dir_imports_with_a_tokenizer_dir(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("GPTJAX_CACHE", str(tmp_path / "cache"))
+    fields = dict(vocab_size=50257, n_positions=64, n_embd=16, n_layer=1, n_head=2)
+    model = weights_only_hf_dir(tmp_path / "hf", fields, seed=2)
+    tokenizer_dir = tmp_path / "gpt2-tokenizer"
+    tokenizer_dir.mkdir()
+    (tokenizer_dir / "vocab.json").write_bytes((FIXTURES / "gpt2_vocab.json").read_bytes())
+    (tokenizer_dir / "merges.txt").write_bytes((FIXTURES / "gpt2_merges.txt").read_bytes())
+    workdir = tmp_path / "wd"
+    assert cli.main(["import", "--format", "hf", "--src", str(tmp_path / "hf"), "--workdir", str(workdir),
+                     "--tokenizer-dir", str(tokenizer_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "gpt2_bpe tokenizer" in printed
+    assert f"--tokenizer gpt2_bpe --tokenizer-dir {workdir.absolute() / native.TOKENIZER_DIR}" in printed
+    assert f"gptjax train --config {workdir.absolute() / native.EXPERIMENT_FILE}" in printed
+    assert (workdir / native.EXPERIMENT_FILE).is_file()
+
+    lm = gptjax.load(workdir)
+    expected = tokenizers.Gpt2BpeAdapter.from_dir(tokenizer_dir)
+    assert tokenizers.fingerprint(lm.tokenizer) == tokenizers.fingerprint(expected)
+    assert tokenizers.fingerprint(tokenizers.load(workdir / native.TOKENIZER_DIR)) == tokenizers.fingerprint(expected)
+    assert_greedy_parity(lm, model, "Four score and seven years ago")
+
+    # the tokenizer dir may also be a gptjax tokenizer directory (here: the imported workdir's own)
+    again = tmp_path / "wd-again"
+    hf.import_hf(tmp_path / "hf", again, tokenizer_dir=workdir / native.TOKENIZER_DIR)
+    assert tokenizers.fingerprint(gptjax.load(again).tokenizer) == tokenizers.fingerprint(expected)
+
+    # the printed advice, followed literally (a few flags added to make it a seconds-long run), trains the import
+    prepare, train = re.findall(r"`gptjax ([^`]*)`", printed)
+    prepare = prepare.replace("TEXT...", str(FIXTURES / "tinystories_sample.txt"))
+    assert cli.main(shlex.split(prepare) + ["--raw", "--txt-mode", "blank_lines", "--workers", "1", "--quiet"]) == 0
+    assert cli.main(shlex.split(train) + ["--config.train.steps=1", "--config.train.eval_batches=1",
+                                          "--config.train.tensorboard=false"]) == 0
+    assert gptjax.load(workdir).step == 1
 
 
 def test_import_leaves_an_existing_workdir_untouched(hf_dir, tmp_path):

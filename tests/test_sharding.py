@@ -16,13 +16,8 @@ SCRIPT = textwrap.dedent('''
     import jax, jax.numpy as jnp, numpy as np
     sys.path.insert(0, "tests")
     from conftest import tiny_config
-    from gptjax.model.transformer import Transformer
     from gptjax.parallel.mesh import make_mesh
-    from gptjax.parallel.rules import batch_sharding, use_rules
-    from gptjax.config import MeshConfig
-    from gptjax.train.optim import make_optimizer
-    from gptjax.train.state import create_state, state_shardings
-    from gptjax.train.step import train_step
+    from gptjax.train.step import build_step
     import pathlib
 
     assert jax.device_count() == 8
@@ -35,17 +30,13 @@ SCRIPT = textwrap.dedent('''
                           train={"batch_size": 16, "grad_accum": 2}, mesh=dict(zip(("data", "fsdp", "tensor"), shape)))
         devices = jax.devices()[: int(np.prod(shape))]
         mesh = make_mesh(cfg.mesh, devices)
-        model, opt = Transformer(cfg.model), make_optimizer(cfg.train)
-        shardings, _ = state_shardings(model, opt, cfg, mesh)
-        state = create_state(model, opt, cfg, mesh, shardings)
-        with use_rules(mesh):
-            step = jax.jit(functools.partial(train_step, model=model, optimizer=opt, cfg=cfg),
-                           in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None))
-            losses = []
-            for i in range(3):
-                batch = jax.random.randint(jax.random.PRNGKey(i), (16, 17), 0, 65)
-                state, metrics = step(state, jax.device_put(batch, batch_sharding(mesh)))
-                losses.append(float(metrics["loss"]))
+        step = build_step(cfg, mesh)
+        state = step.init_state()
+        losses = []
+        for i in range(3):
+            batch = np.asarray(jax.random.randint(jax.random.PRNGKey(i), (16, 17), 0, 65))
+            state, metrics = step.train(state, step.to_global(step.format_batch(batch)))
+            losses.append(float(metrics["loss"]))
         params = state.params["layers"] if "layers" in state.params else state.params["layer_0"]
         specs = {
             "embedding": spec_list(state.params["embedding"]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -20,6 +21,7 @@ from gptjax.config import TrainConfig
 from gptjax.model.transformer import Transformer
 from gptjax.train.optim import decay_mask, lr_schedule, make_optimizer
 from gptjax.train.state import TrainState
+from gptjax.train.objectives import NextTokenLM, lm_batch
 from gptjax.train.step import train_step
 
 
@@ -37,7 +39,8 @@ def test_k_microbatches_equal_one_batch_k_times_larger(cache_dir, packed):
         model, opt = Transformer(cfg.model), make_optimizer(cfg.train)
         params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16), jnp.int32))["params"])
         state = TrainState(jnp.zeros((), jnp.int32), params, opt.init(params), jax.random.PRNGKey(1))
-        state, metrics = jax.jit(functools.partial(train_step, model=model, optimizer=opt, cfg=cfg))(state, batch)
+        step = jax.jit(functools.partial(train_step, model=model, optimizer=opt, objective=NextTokenLM(), cfg=cfg))
+        state, metrics = step(state, lm_batch(jax.tree_util.tree_map(np.asarray, batch)))
         results.append((state, metrics))
     (s1, m1), (s4, m4) = results
     assert abs(float(m1["loss"]) - float(m4["loss"])) < 1e-5
@@ -78,12 +81,17 @@ def test_weight_decay_only_on_matrices():
 
 
 def test_cli_train_eval_generate_end_to_end(tmp_path, cache_dir):
+    import gptjax
+    from gptjax.data import store
+
     workdir = tmp_path / "run"
     train = run_cli(["train", "--config", "experiments/shakespeare_char_cpu.py", "--workdir", str(workdir),
                      *tiny_overrides(steps=30)])
     assert train.returncode == 0, train.stderr[-2000:]
     summary = json.loads(train.stdout.strip().splitlines()[-1])
-    assert summary["step"] == 30 and summary["val_loss"] < 4.0
+    first_loss = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    assert first_loss > 4.0  # untrained: about ln(65) = 4.17
+    assert summary["step"] == 30 and summary["val_loss"] < 3.85, summary
     for name in ("config.json", "record.json", "metrics.jsonl", "tokenizer/tokenizer.json"):
         assert (workdir / name).is_file()
     record = json.loads((workdir / "record.json").read_text())
@@ -91,7 +99,20 @@ def test_cli_train_eval_generate_end_to_end(tmp_path, cache_dir):
     evaluated = run_cli(["eval", "--workdir", str(workdir), "--max-tokens", "2000"])
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     result = json.loads(evaluated.stdout.strip().splitlines()[-1])
-    assert result["tokens"] > 1900 and 0 < result["loss"] < 4.5 and result["bpb"] > 0
+    # The same loss computed independently: numpy log-softmax of the model's logits over consecutive windows.
+    lm = gptjax.load(workdir)
+    data_dir = Path(lm.meta["data_dir"])
+    tokens = np.concatenate([store.read_tokens(p) for p in store.split_shards(data_dir, "val")])[:2001].astype(np.int64)
+    block = lm.config.block_size
+    windows = np.stack([tokens[i * block: i * block + block + 1] for i in range((len(tokens) - 1) // block)])
+    logits = lm.logits(windows[:, :-1]).astype(np.float64)
+    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    nll = -np.take_along_axis(log_probs, windows[:, 1:, None], axis=-1).mean()
+    assert result["tokens"] == windows[:, 1:].size
+    assert abs(result["loss"] - nll) < 1e-5 and abs(result["ppl"] - math.exp(nll)) < 1e-3
+    split = store.read_manifest(data_dir)["splits"]["val"]
+    assert abs(result["bpb"] - nll / math.log(2) * split["n_tokens"] / split["n_bytes"]) < 1e-5
     sample = run_cli(["generate", "--workdir", str(workdir), "--prompt", "ROMEO:", "--max-new-tokens", "40"])
     assert sample.returncode == 0, sample.stderr[-2000:]
     assert sample.stdout.startswith("ROMEO:") and len(sample.stdout.strip()) > 20

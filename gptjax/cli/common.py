@@ -25,7 +25,8 @@ def split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def load_config(path: str, overrides: list[str]):
-    """The validated config; on CPU also splits the host into per-core devices (before JAX starts)."""
+    """The validated config of an experiment file or a run's saved config.json (`path`) with `overrides` applied;
+    on CPU also splits the host into per-core devices (before JAX starts)."""
     from gptjax import config as config_lib
     from gptjax.parallel.mesh import configure_cpu_devices
 

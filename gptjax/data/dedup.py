@@ -1,11 +1,13 @@
 """Deduplication: exact (normalized-text hash), near-duplicate (MinHash + LSH + union-find), boilerplate lines.
 
-Everything a stage computes per document (exact keys, shingle hashes, MinHash signatures, line
-keys) is a pure function of that document's text and is identical in every process, so it can run
-on parallel workers; only the cluster step (``NearDuplicateIndex``) and line counting see the whole
-corpus, each in a single pass. MinHash is a vectorized numpy implementation: each word is hashed
-once (CRC-32 in C), shingle hashes are combined from word hashes with array arithmetic, and the
-``num_perm`` permutations are ``(a*x + b) mod p`` over uint64 (see benchmarks/results/dedup_choice.md for why not datasketch).
+Everything computed per document (exact keys, shingle hashes, MinHash signatures, LSH band hashes, line keys) is
+a pure function of that document's text and is identical in every process, so it runs on parallel workers. Only
+clustering sees the whole corpus: `first_occurrences` over exact keys, and `near_duplicate_roots` band by band over
+band-hash columns (one uint64 per document and band), verifying each candidate pair with `similar`. Its memory is
+a few arrays per document, never the corpus's bytes; `gptjax prepare` runs it over files, `near_duplicate_clusters`
+over texts in memory. MinHash is a vectorized numpy implementation: each word is hashed once (CRC-32 in C),
+shingle hashes are combined from word hashes with array arithmetic, and the ``num_perm`` permutations are
+``(a*x + b) mod p`` over uint64 (see benchmarks/results/dedup_choice.md for why not datasketch).
 """
 from __future__ import annotations
 
@@ -14,13 +16,15 @@ import hashlib
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from gptjax.data.documents import Document, with_text
+from gptjax.data.hashing import mix64
+from gptjax.errors import GptjaxError
 
 Unit = Literal["line", "paragraph"]
 
@@ -41,14 +45,44 @@ def exact_key(text: str) -> bytes:
     return hashlib.blake2b(exact_normal_form(text).encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-def exact_dedup(documents: Iterable[Document]) -> Iterator[Document]:
-    """Yield each document whose normalized text has not been seen before (the first copy survives)."""
-    seen: set[bytes] = set()
-    for document in documents:
-        key = exact_key(document.text)
-        if key not in seen:
-            seen.add(key)
-            yield document
+def exact_keys(texts: list[str]) -> np.ndarray:
+    """The exact keys of `texts` as a uint64 [n, 2] array."""
+    keys = np.frombuffer(b"".join(exact_key(text) for text in texts), dtype=np.uint64)
+    return keys.reshape(len(texts), 2)
+
+
+def first_occurrences(keys_N2: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    """Mask of the alive documents whose 128-bit key was not seen at an earlier alive document."""
+    keep = np.zeros(len(keys_N2), dtype=bool)
+    alive_index = np.flatnonzero(alive)
+    if alive_index.size == 0:
+        return keep
+    _, first = np.unique(_as_void(keys_N2[alive_index]), return_index=True)
+    keep[alive_index[first]] = True
+    return keep
+
+
+def exact_roots(keys_N2: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    """For every document the first alive document with its key (itself when dead or first)."""
+    roots = np.arange(len(keys_N2), dtype=np.int64)
+    alive_index = np.flatnonzero(alive)
+    if alive_index.size:
+        _, first, inverse = np.unique(_as_void(keys_N2[alive_index]), return_index=True, return_inverse=True)
+        roots[alive_index] = alive_index[first[inverse.ravel()]]
+    return roots
+
+
+def _as_void(keys_N2: np.ndarray) -> np.ndarray:
+    """Each 16-byte key as one opaque element, so np.unique compares whole keys."""
+    return np.ascontiguousarray(keys_N2).view(np.dtype((np.void, 16))).ravel()
+
+
+def exact_dedup(documents: Iterable[Document]) -> list[Document]:
+    """The documents whose normalized text was not seen before, in order (the first copy survives)."""
+    kept_documents = list(documents)
+    keys = exact_keys([document.text for document in kept_documents])
+    keep = first_occurrences(keys, np.ones(len(kept_documents), dtype=bool))
+    return [document for document, kept in zip(kept_documents, keep) if kept]
 
 
 @dataclass(frozen=True)
@@ -72,28 +106,17 @@ class MinHashConfig:
 
     def __post_init__(self) -> None:
         if self.ngram < 1 or self.num_perm < 1 or self.bands < 1 or self.rows < 1:
-            raise ValueError("MinHashConfig.ngram, num_perm, bands and rows must all be >= 1")
+            raise GptjaxError("near-dedup settings: ngram, num_perm, bands and rows must all be >= 1")
         if self.bands * self.rows > self.num_perm:
-            raise ValueError(
-                f"MinHashConfig uses bands*rows={self.bands * self.rows} signature values but num_perm={self.num_perm}; "
-                "raise num_perm or lower bands/rows"
-            )
+            raise GptjaxError(f"near-dedup settings use bands*rows={self.bands * self.rows} signature values but "
+                              f"num_perm={self.num_perm}; raise num_perm or lower bands")
         if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"MinHashConfig.threshold={self.threshold} must lie in (0, 1]")
+            raise GptjaxError(f"near-dedup threshold (jaccard) {self.threshold} must lie in (0, 1]")
 
 
 def candidate_probability(jaccard: float, bands: int, rows: int) -> float:
     """Probability that LSH with ``bands`` x ``rows`` makes a pair of this Jaccard similarity a candidate."""
     return 1.0 - (1.0 - jaccard**rows) ** bands
-
-
-def _mix64(values: np.ndarray) -> np.ndarray:
-    """SplitMix64 finalizer: scrambles uint64 values so every output bit depends on every input bit."""
-    values = values ^ (values >> np.uint64(30))
-    values = values * np.uint64(0xBF58476D1CE4E5B9)
-    values = values ^ (values >> np.uint64(27))
-    values = values * np.uint64(0x94D049BB133111EB)
-    return values ^ (values >> np.uint64(31))
 
 
 def word_hashes(words: list[str]) -> np.ndarray:
@@ -106,7 +129,7 @@ def word_hashes(words: list[str]) -> np.ndarray:
     encoded = "\x00".join(words).encode("utf-8", "surrogatepass").split(b"\x00")
     checksums = np.fromiter(map(zlib.crc32, encoded), dtype=np.uint64, count=len(encoded))
     lengths = np.fromiter(map(len, encoded), dtype=np.uint64, count=len(encoded))
-    return _mix64(checksums | (lengths << np.uint64(32)))
+    return mix64(checksums | (lengths << np.uint64(32)))
 
 
 def shingle_hashes(text: str, ngram: int = 5) -> np.ndarray:
@@ -122,7 +145,7 @@ def shingle_hashes(text: str, ngram: int = 5) -> np.ndarray:
     combined = hashes[: hashes.size - width + 1].copy()
     for offset in range(1, width):
         combined = combined * _SHINGLE_MULTIPLIER + hashes[offset: hashes.size - width + 1 + offset]
-    return np.unique((_mix64(combined) >> np.uint64(32)) % MINHASH_PRIME)
+    return np.unique((mix64(combined) >> np.uint64(32)) % MINHASH_PRIME)
 
 
 @functools.lru_cache(maxsize=8)
@@ -141,7 +164,7 @@ def minhash_signature(shingles: np.ndarray, num_perm: int = 120, seed: int = 1) 
 
     Each value is the minimum of ``(a*x + b) mod p`` over the shingles; with ``x, a, b < p < 2**32``
     the product fits in uint64. Shingles are processed in chunks so memory stays bounded. An empty
-    set gets the all-``p`` signature, which ``NearDuplicateIndex`` never matches.
+    set gets the all-``p`` signature, which ``cluster_signatures`` never matches.
     """
     multipliers, increments = permutation_parameters(num_perm, seed)
     signature = np.full(num_perm, MINHASH_PRIME, dtype=np.uint64)
@@ -167,123 +190,126 @@ def jaccard(shingles_a: np.ndarray, shingles_b: np.ndarray) -> float:
     return shared / (union - shared)
 
 
+def band_hashes(signatures_NP: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """One 64-bit LSH key per band of each MinHash signature: uint64 [..., bands] from [..., num_perm]."""
+    values = signatures_NP[..., : bands * rows].astype(np.uint64).reshape(*signatures_NP.shape[:-1], bands, rows)
+    combined = np.zeros(values.shape[:-1], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for row in range(rows):
+            combined = combined * np.uint64(0x100000001B3) + values[..., row] + np.uint64(row + 1)
+    return mix64(combined)
+
+
 class UnionFind:
-    """Disjoint sets over 0..n-1 whose representative is always the smallest member."""
+    """Disjoint sets over 0..n-1 in an int64 array; the representative is always the smallest member."""
 
-    def __init__(self) -> None:
-        self._parent: list[int] = []
-
-    def __len__(self) -> int:
-        return len(self._parent)
-
-    def add(self) -> int:
-        """Create a new singleton set and return its element."""
-        self._parent.append(len(self._parent))
-        return len(self._parent) - 1
+    def __init__(self, n: int):
+        self.parent = np.arange(n, dtype=np.int64)
 
     def find(self, element: int) -> int:
-        """Representative (smallest member) of ``element``'s set, compressing the path walked."""
-        root = element
-        while self._parent[root] != root:
-            root = self._parent[root]
-        while self._parent[element] != root:
-            self._parent[element], element = root, self._parent[element]
-        return root
+        parent = self.parent
+        while parent[element] != element:
+            parent[element] = parent[parent[element]]
+            element = int(parent[element])
+        return element
 
     def union(self, first: int, second: int) -> int:
-        """Merge two sets; the smaller representative becomes the representative of both."""
+        """Merges two sets; the smaller representative becomes the representative of both."""
         root_first, root_second = self.find(first), self.find(second)
         keep, merged = min(root_first, root_second), max(root_first, root_second)
-        self._parent[merged] = keep
+        self.parent[merged] = keep
         return keep
 
+    def roots(self) -> np.ndarray:
+        """Representative of every element (pointer jumping until every element points at its root)."""
+        roots = self.parent.copy()
+        while True:
+            jumped = roots[roots]
+            if np.array_equal(jumped, roots):
+                return roots
+            roots = jumped
 
-class NearDuplicateIndex:
-    """One pass over MinHash signatures that groups near-duplicates into clusters.
 
-    Documents are numbered in the order they are added. Each band of each signature is looked up
-    in that band's buckets; the new document is compared with the bucket's members from other
-    clusters and merged with those that pass (Jaccard of shingles >= threshold under ``verify``,
-    else every one). A document that merged with a bucket member is not stored in that bucket, so
-    exact-duplicate floods keep buckets small. Exactly one document per cluster survives: the
-    one added first.
+def candidate_groups(band_column: np.ndarray, alive: np.ndarray) -> Iterable[np.ndarray]:
+    """Ascending indices of alive documents that share a band hash, one array per hash shared by two or more."""
+    alive_index = np.flatnonzero(alive)
+    if alive_index.size < 2:
+        return
+    hashes = band_column[alive_index]
+    order = np.argsort(hashes, kind="stable")
+    sorted_hashes = hashes[order]
+    boundaries = np.flatnonzero(sorted_hashes[1:] != sorted_hashes[:-1]) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(order)]])
+    for start, end in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
+        yield alive_index[order[start:end]]
+
+
+def cluster_band_group(group: np.ndarray, clusters: UnionFind, similar: Callable[[int, int], bool]) -> int:
+    """Merges the near-duplicates among one band group (ascending indices); returns the comparisons made.
+
+    In corpus order, each member is compared with the group's members that represent other clusters; one that
+    joined a cluster represents nothing new, so a flood of copies keeps the comparisons linear.
     """
-
-    def __init__(self, config: MinHashConfig = MinHashConfig()):
-        self.config = config
-        self._clusters = UnionFind()
-        self._buckets: list[dict[bytes, list[int]]] = [{} for _ in range(config.bands)]
-        self._shingles: list[np.ndarray] = []
-        self.candidate_pairs = 0
-        self.verified_pairs = 0
-
-    def __len__(self) -> int:
-        return len(self._clusters)
-
-    def _similar(self, document: int, other: int) -> bool:
-        self.candidate_pairs += 1
-        if not self.config.verify:
-            return True
-        similar = jaccard(self._shingles[document], self._shingles[other]) >= self.config.threshold
-        self.verified_pairs += similar
-        return similar
-
-    def add(self, signature: np.ndarray, shingles: np.ndarray | None = None) -> int:
-        """Add the next document's signature (and shingle hashes, needed under ``verify``); return its number."""
-        if signature.shape != (self.config.num_perm,):
-            raise ValueError(f"signature has shape {signature.shape}, expected ({self.config.num_perm},)")
-        if self.config.verify and shingles is None:
-            raise ValueError("MinHashConfig.verify is on: pass the document's shingle hashes to add()")
-        document = self._clusters.add()
-        if self.config.verify:
-            self._shingles.append(shingles)
-        if bool((signature == MINHASH_PRIME).all()):
-            return document
-        rows = self.config.rows
-        for band, buckets in enumerate(self._buckets):
-            key = signature[band * rows: (band + 1) * rows].tobytes()
-            members = buckets.get(key)
-            if members is None:
-                buckets[key] = [document]
-                continue
-            root = self._clusters.find(document)
-            represented = False
-            for other in members:
-                if self._clusters.find(other) == root:
+    representatives = [int(group[0])]
+    comparisons = 0
+    for member in map(int, group[1:]):
+        represented = False
+        for other in representatives:
+            if clusters.find(other) == clusters.find(member):
+                represented = True
+            else:
+                comparisons += 1
+                if similar(member, other):
+                    clusters.union(member, other)
                     represented = True
-                elif self._similar(document, other):
-                    root = self._clusters.union(document, other)
-                    represented = True
-            if not represented:
-                members.append(document)
-        return document
+        if not represented:
+            representatives.append(member)
+    return comparisons
 
-    def cluster_of(self, document: int) -> int:
-        """The surviving (first-added) document of ``document``'s cluster."""
-        return self._clusters.find(document)
 
-    def clusters(self) -> list[int]:
-        """Cluster representative of every document, in the order added."""
-        return [self._clusters.find(document) for document in range(len(self._clusters))]
+def near_duplicate_roots(n_docs: int, band_columns: Iterable[np.ndarray], alive: np.ndarray,
+                         similar: Callable[[int, int], bool]) -> tuple[np.ndarray, dict[str, int]]:
+    """Cluster representative (first member) of every document, itself when unclustered or dead, and counters of
+    the work (`candidate_groups`, `verified_comparisons`). `band_columns` yields one uint64 [n_docs] column per band."""
+    clusters = UnionFind(n_docs)
+    groups = comparisons = 0
+    for column in band_columns:
+        for group in candidate_groups(column, alive):
+            groups += 1
+            comparisons += cluster_band_group(group, clusters, similar)
+    return clusters.roots(), {"candidate_groups": groups, "verified_comparisons": comparisons}
 
-    def keep_mask(self) -> list[bool]:
-        """True for the documents that survive near dedup (each cluster's first document)."""
-        return [representative == document for document, representative in enumerate(self.clusters())]
+
+def cluster_signatures(signatures: list[np.ndarray], shingles: list[np.ndarray] | None,
+                       config: MinHashConfig = MinHashConfig()) -> tuple[np.ndarray, dict[str, int]]:
+    """`near_duplicate_roots` over in-memory signatures; candidates verified by shingle Jaccard unless `shingles`
+    is None. Documents without words (the all-p signature) are never near-duplicates."""
+    n_docs = len(signatures)
+    if n_docs == 0:
+        return np.zeros(0, np.int64), {"candidate_groups": 0, "verified_comparisons": 0}
+    signatures_NP = np.stack(signatures)
+    alive = ~(signatures_NP == MINHASH_PRIME).all(axis=1)
+    columns_BN = band_hashes(signatures_NP, config.bands, config.rows).T
+
+    def similar(first: int, second: int) -> bool:
+        return shingles is None or jaccard(shingles[first], shingles[second]) >= config.threshold
+
+    return near_duplicate_roots(n_docs, iter(columns_BN), alive, similar)
 
 
 def near_duplicate_clusters(texts: Iterable[str], config: MinHashConfig = MinHashConfig()) -> list[int]:
-    """Cluster representative (index of the surviving text) for every text, in one pass."""
-    index = NearDuplicateIndex(config)
-    for text in texts:
-        shingles, signature = text_signature(text, config)
-        index.add(signature, shingles if config.verify else None)
-    return index.clusters()
+    """Cluster representative (index of the surviving text) for every text."""
+    pairs = [text_signature(text, config) for text in texts]
+    shingles, signatures = [pair[0] for pair in pairs], [pair[1] for pair in pairs]
+    roots, _ = cluster_signatures(signatures, shingles if config.verify else None, config)
+    return roots.tolist()
 
 
 def near_dedup(documents: Iterable[Document], config: MinHashConfig = MinHashConfig()) -> list[Document]:
     """The documents that survive near-duplicate removal, in input order (one per cluster)."""
     kept_documents = list(documents)
-    representatives = near_duplicate_clusters((document.text for document in kept_documents), config)
+    representatives = near_duplicate_clusters([document.text for document in kept_documents], config)
     return [document for position, document in enumerate(kept_documents) if representatives[position] == position]
 
 
@@ -326,22 +352,34 @@ def count_units(texts: Iterable[str], unit: Unit = "line") -> Counter[int]:
     return counts
 
 
-def drop_frequent_units(text: str, counts: Counter[int], max_count: int = 1, unit: Unit = "line") -> tuple[str, int]:
-    """Remove the lines (or paragraphs) of ``text`` seen more than ``max_count`` times corpus-wide.
+def drop_units(text: str, frequent_keys: Container[int], unit: Unit = "line") -> tuple[str, int]:
+    """`text` without its lines (or paragraphs) whose keys are in `frequent_keys`, and how many were dropped.
 
-    Returns the remaining text and how many units were dropped. Blank lines are never dropped.
-    """
+    Blank lines are never dropped."""
     kept, dropped = [], 0
     for unit_text in _split_units(text, unit):
         content = _unit_content(unit_text, unit)
-        if content.strip() and counts[unit_key(content)] > max_count:
+        if content.strip() and unit_key(content) in frequent_keys:
             dropped += 1
         else:
             kept.append(unit_text)
     return "".join(kept), dropped
 
 
+def frequent_keys(counts: Counter[int], max_count: int) -> frozenset[int]:
+    """The unit keys counted more than `max_count` times."""
+    return frozenset(key for key, count in counts.items() if count > max_count)
+
+
+def drop_frequent_units(text: str, counts: Counter[int], max_count: int = 1, unit: Unit = "line") -> tuple[str, int]:
+    """Remove the lines (or paragraphs) of ``text`` seen more than ``max_count`` times corpus-wide.
+
+    Returns the remaining text and how many units were dropped. Blank lines are never dropped.
+    """
+    return drop_units(text, frequent_keys(counts, max_count), unit)
+
+
 def remove_boilerplate(documents: list[Document], max_count: int = 1, unit: Unit = "line") -> list[Document]:
     """Drop lines (or paragraphs) occurring more than ``max_count`` times across ``documents``; two passes."""
-    counts = count_units((document.text for document in documents), unit)
-    return [with_text(document, drop_frequent_units(document.text, counts, max_count, unit)[0]) for document in documents]
+    frequent = frequent_keys(count_units((document.text for document in documents), unit), max_count)
+    return [with_text(document, drop_units(document.text, frequent, unit)[0]) for document in documents]

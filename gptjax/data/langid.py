@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from gptjax.data.documents import Document
+from gptjax.errors import GptjaxError
 
 DEFAULT_SAMPLE_CHARS = 2000
 SAMPLE_WINDOWS = 4
@@ -32,17 +33,15 @@ class LangIdConfig:
 
     def __post_init__(self) -> None:
         if not self.languages:
-            raise ValueError("LangIdConfig.languages is empty; name at least one ISO 639 code such as 'en'")
+            raise GptjaxError("language filter: no language given; name at least one ISO 639 code such as 'en'")
         if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"LangIdConfig.threshold={self.threshold} must lie in [0, 1]")
+            raise GptjaxError(f"language filter: threshold {self.threshold} must lie in [0, 1]")
         if self.sample_chars < SAMPLE_WINDOWS:
-            raise ValueError(f"LangIdConfig.sample_chars={self.sample_chars} must be at least {SAMPLE_WINDOWS}")
+            raise GptjaxError(f"language filter: sample_chars={self.sample_chars} must be at least {SAMPLE_WINDOWS}")
         unknown = sorted(set(map(canonical_language, self.languages)) - set(supported_languages()))
         if unknown:
-            raise ValueError(
-                f"LangIdConfig.languages has codes py3langid does not know: {', '.join(unknown)}; "
-                f"use codes from gptjax.data.langid.supported_languages()"
-            )
+            raise GptjaxError(f"language filter: py3langid does not know the codes {', '.join(unknown)}; use codes "
+                              f"from gptjax.data.langid.supported_languages(), e.g. en, de, fr")
 
 
 @functools.lru_cache(maxsize=1)
@@ -96,12 +95,16 @@ def detect(text: str, sample_chars: int = DEFAULT_SAMPLE_CHARS) -> tuple[str, fl
     return language, float(probability)
 
 
-def target_probability(text: str, config: LangIdConfig) -> tuple[str, float]:
-    """The target language ``text`` most likely is, and that probability."""
-    probabilities = language_probabilities(text, config.sample_chars)
+def best_target(probabilities: dict[str, float], config: LangIdConfig) -> tuple[str, float]:
+    """The most probable of the target languages under ``probabilities``, and its probability."""
     targets = [canonical_language(code) for code in config.languages]
     best = max(targets, key=lambda code: probabilities.get(code, 0.0))
     return best, probabilities.get(best, 0.0)
+
+
+def target_probability(text: str, config: LangIdConfig) -> tuple[str, float]:
+    """The target language ``text`` most likely is, and that probability."""
+    return best_target(language_probabilities(text, config.sample_chars), config)
 
 
 def keep_language(text: str, config: LangIdConfig) -> bool:

@@ -18,10 +18,11 @@ import grain
 import numpy as np
 
 from gptjax.data import store
-from gptjax.data.packing import DocumentTable, PackedSampler, shuffled_order, splitmix64
+from gptjax.data.hashing import splitmix64
+from gptjax.data.packing import DocumentTable, PackedSampler, shuffled_order
 from gptjax.errors import GptjaxError
 
-__all__ = ["WindowSampler", "PackedSampler", "eval_batches", "mixture_rows", "splitmix64", "train_iterator"]
+__all__ = ["WindowSampler", "PackedSampler", "eval_batches", "mixture_rows", "train_iterator"]
 
 
 class WindowSampler:

@@ -17,23 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from gptjax.data import store
+from gptjax.data.hashing import splitmix64
 from gptjax.errors import GptjaxError
-
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """A fast, well-mixed 64-bit hash (SplitMix64 finaliser), vectorised over uint64."""
-    with np.errstate(over="ignore"):
-        x = (np.asarray(x, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
-        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
-        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
-        return x ^ (x >> np.uint64(31))
 
 
 def shuffled_order(n: int, seed: int, salt: int) -> np.ndarray:
     """A permutation of range(n) determined by (seed, salt) alone: indices sorted by a hash of each."""
-    key = splitmix64(splitmix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF)) ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF))
+    mask = 0xFFFFFFFFFFFFFFFF
+    key = splitmix64(splitmix64(np.uint64(seed & mask)) ^ np.uint64(salt & mask))
     return np.argsort(splitmix64(key ^ np.arange(n, dtype=np.uint64)), kind="stable")
 
 

@@ -2,20 +2,22 @@
 
 `prepare` runs the staged pipeline (gptjax.data.pipeline) with every filter off, so simple text is tokenized as it
 is; `gptjax prepare` on the command line turns the filters on. The output directory appears only when complete.
-Experiment configs name their data; `resolve_data` prepares it on first use into a cache keyed by the inputs and
-settings, and reuses it after.
+Experiment configs name their data (`data.dataset` or `data.inputs`, cleaned as `data.prepare` says: raw by
+default); `resolve_data` prepares it on first use into a cache keyed by the inputs and settings, and reuses it.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 from pathlib import Path
 
-from gptjax.config import DataConfig
+from gptjax.config import DataConfig, PrepareConfig
 from gptjax.data import readers, store
 from gptjax.data.pipeline import FORMAT_VERSION, run_pipeline
-from gptjax.data.stages import PipelineConfig, doc_in_val
+from gptjax.data.pipeline.settings import OUTPUT_INDEPENDENT
+from gptjax.data.stages import doc_in_val
 from gptjax.errors import GptjaxError
 
 BUNDLED = {
@@ -24,7 +26,7 @@ BUNDLED = {
 }
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 __all__ = ["BUNDLED", "BUNDLED_DIR", "FORMAT_VERSION", "cache_root", "doc_in_val", "expand_inputs", "mixture_entries",
-           "prepare", "raw_config", "resolve_data"]
+           "prepare", "resolve_data"]
 
 
 def expand_inputs(patterns: list[str] | tuple[str, ...]) -> list[Path]:
@@ -34,20 +36,12 @@ def expand_inputs(patterns: list[str] | tuple[str, ...]) -> list[Path]:
     return list(dict.fromkeys(p.resolve() for p in readers.resolve_inputs(list(patterns))))
 
 
-def raw_config(tokenizer: str = "char", vocab_size: int = 4096, val_fraction: float = 0.1,
-               tokenizer_dir: str | None = None, **overrides) -> PipelineConfig:
-    """Pipeline settings that tokenize text as it is: no normalization, filters or dedup, whole files as documents."""
-    settings = dict(tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction, tokenizer_dir=tokenizer_dir,
-                    normalize=False, languages=(), quality=False, dedup="none", boilerplate="none",
-                    max_doc_bytes=1 << 30, workers=1)
-    settings.update(overrides)
-    return PipelineConfig(**settings)
-
-
 def prepare(inputs: list[str] | tuple[str, ...], out_dir: str | Path, tokenizer: str = "char", vocab_size: int = 4096,
             val_fraction: float = 0.1, tokenizer_dir: str | None = None) -> dict:
     """Prepares `inputs` into `out_dir` (which must not hold data yet) with every filter off; returns the manifest."""
-    return run_pipeline(list(inputs), out_dir, raw_config(tokenizer, vocab_size, val_fraction, tokenizer_dir))
+    data = DataConfig(dataset="", tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction,
+                      tokenizer_dir=tokenizer_dir or "")
+    return run_pipeline(list(inputs), out_dir, data)
 
 
 def cache_root(data_cfg: DataConfig) -> Path:
@@ -106,18 +100,27 @@ def resolve_data(data_cfg: DataConfig) -> Path:
         "val_fraction": data_cfg.val_fraction,
         "inputs": [(p, os.path.getsize(p), _file_sha256(Path(p))) for p in inputs],
     }
+    if _changed_prepare_settings(data_cfg.prepare):
+        key_src["prepare"] = _changed_prepare_settings(data_cfg.prepare)
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
     out_dir = cache_root(data_cfg) / "data" / f"{data_cfg.dataset or 'custom'}-{key}"
     if (out_dir / store.MANIFEST).exists():
         return out_dir
     try:
-        run_pipeline(inputs, out_dir, raw_config(kind, data_cfg.vocab_size or 4096, data_cfg.val_fraction,
-                                                 data_cfg.tokenizer_dir or None))
+        run_pipeline(inputs, out_dir, dataclasses.replace(data_cfg, tokenizer=kind))
     except GptjaxError:
         if (out_dir / store.MANIFEST).exists():  # another process prepared it first
             return out_dir
         raise
     return out_dir
+
+
+def _changed_prepare_settings(prepare: PrepareConfig) -> dict:
+    """The `data.prepare` settings that differ from the raw defaults and change the output: only these enter the
+    cache key, so a config without prepare settings keeps the key (and cache) it always had."""
+    default = PrepareConfig()
+    return {field.name: getattr(prepare, field.name) for field in dataclasses.fields(prepare)
+            if field.name not in OUTPUT_INDEPENDENT and getattr(prepare, field.name) != getattr(default, field.name)}
 
 
 def _file_sha256(path: Path) -> str:

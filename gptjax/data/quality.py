@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gptjax.errors import GptjaxError
+
 GOPHER_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 GOPHER_TOP_NGRAM_MAX_CHAR_FRACTIONS = ((2, 0.20), (3, 0.18), (4, 0.16))
 GOPHER_DUPLICATE_NGRAM_MAX_CHAR_FRACTIONS = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
@@ -61,7 +63,7 @@ class QualityConfig:
     def __post_init__(self) -> None:
         ngram_sizes = [n for n, _ in self.top_ngram_max_char_fractions + self.duplicate_ngram_max_char_fractions]
         if any(n < 1 for n in ngram_sizes):
-            raise ValueError(f"QualityConfig n-gram sizes must be >= 1, got {ngram_sizes}")
+            raise GptjaxError(f"quality settings: n-gram sizes must be >= 1, got {ngram_sizes}")
 
 
 def words_of(text: str) -> list[str]:

@@ -71,11 +71,11 @@ class ReaderConfig:
 
     def __post_init__(self) -> None:
         if self.txt_mode not in ("file", "blank_lines", "separator"):
-            raise ValueError(f"ReaderConfig.txt_mode={self.txt_mode!r}: use 'file', 'blank_lines' or 'separator'")
+            raise GptjaxError(f"reader settings: txt_mode={self.txt_mode!r} is not one of file, blank_lines, separator")
         if self.txt_mode == "separator" and not self.separator:
-            raise ValueError("ReaderConfig.txt_mode='separator' needs a non-empty separator string")
+            raise GptjaxError("reader settings: txt_mode='separator' needs a non-empty separator string")
         if self.max_record_bytes < 1 or self.parquet_batch_rows < 1:
-            raise ValueError("ReaderConfig.max_record_bytes and parquet_batch_rows must be positive")
+            raise GptjaxError("reader settings: max_record_bytes and parquet_batch_rows must be positive")
 
 
 @dataclass

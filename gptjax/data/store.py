@@ -11,14 +11,13 @@ document k spans [start_k, start_{k+1} - 1) and the last one ends at the shard's
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
-from gptjax.fileio import fsync_dir, read_json, temp_path, write_json_atomic
+from gptjax.fileio import fsync_dir, read_json, temp_path
 from gptjax.errors import GptjaxError
 
 MAGIC = b"GPTJAXTK"
@@ -155,13 +154,21 @@ def doc_spans(doc_starts: np.ndarray, n_tokens: int) -> tuple[np.ndarray, np.nda
 
 
 MANIFEST = "manifest.json"
+_MANIFEST_TOKENIZER_KEYS = ("kind", "fingerprint", "vocab_size", "eot_id")
 
 
 def read_manifest(data_dir: str | Path) -> dict:
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
         raise GptjaxError(f"{data_dir} holds no prepared data (no {MANIFEST}); run `gptjax prepare --out {data_dir} ...`")
-    return read_json(path, "manifest", f"re-run `gptjax prepare --out {data_dir} ...` to rebuild it")
+    fix = f"re-run `gptjax prepare --out {data_dir} ...` to rebuild it"
+    manifest = read_json(path, "manifest", fix)
+    tokenizer = manifest.get("tokenizer") if isinstance(manifest, dict) else None
+    if not isinstance(tokenizer, dict) or not isinstance(manifest.get("splits"), dict) or any(
+            key not in tokenizer for key in _MANIFEST_TOKENIZER_KEYS):
+        raise GptjaxError(f"manifest {path} lacks its splits or tokenizer ({', '.join(_MANIFEST_TOKENIZER_KEYS)}); "
+                          f"{fix}")
+    return manifest
 
 
 def split_shards(data_dir: str | Path, split: str) -> list[Path]:

@@ -16,6 +16,8 @@ from typing import Iterable, Iterator, Protocol
 from gptjax.fileio import write_bytes_atomic
 from gptjax.errors import GptjaxError
 
+KINDS = ("char", "sentencepiece", "gpt2_bpe")
+SENTENCEPIECE_MODEL_TYPES = ("bpe", "unigram")
 EOT = "<|endoftext|>"
 SPEC_FILE = "tokenizer.json"
 SENTENCEPIECE_SEED = 0  # fixes sentencepiece's sentence sampling, so the same texts train the same model
@@ -206,16 +208,20 @@ class Gpt2BpeAdapter:
 def from_files(files: dict[str, bytes]) -> Tokenizer:
     """Rebuilds a tokenizer from its files (as saved by `save` or stored in a checkpoint)."""
     if SPEC_FILE not in files:
-        raise GptjaxError(f"tokenizer files lack {SPEC_FILE}")
-    spec = json.loads(files[SPEC_FILE])
-    kind = spec.get("kind")
-    if kind == "char":
-        return CharTokenizer(spec["chars"])
-    if kind == "sentencepiece":
-        return SentencePieceTokenizer(files["sp.model"])
-    if kind == "gpt2_bpe":
-        return Gpt2BpeAdapter(files["vocab.json"], files["merges.txt"])
-    raise GptjaxError(f"unknown tokenizer kind '{kind}' in {SPEC_FILE}")
+        raise GptjaxError(f"tokenizer files lack {SPEC_FILE}; save the tokenizer again (gptjax prepare writes one)")
+    try:
+        spec = json.loads(files[SPEC_FILE])
+        kind = spec.get("kind")
+        if kind == "char":
+            return CharTokenizer(spec["chars"])
+        if kind == "sentencepiece":
+            return SentencePieceTokenizer(files["sp.model"])
+        if kind == "gpt2_bpe":
+            return Gpt2BpeAdapter(files["vocab.json"], files["merges.txt"])
+    except (ValueError, KeyError, AttributeError) as e:
+        raise GptjaxError(f"the tokenizer files are corrupt or incomplete ({type(e).__name__}: {e}); save the "
+                          f"tokenizer again (gptjax prepare writes one)") from None
+    raise GptjaxError(f"unknown tokenizer kind '{kind}' in {SPEC_FILE} (known: {', '.join(KINDS)})")
 
 
 def encode_many(tok: Tokenizer, texts: list[str], num_threads: int = 1) -> list[list[int]]:
@@ -254,7 +260,8 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, model_type
     if kind == "char":
         return CharTokenizer.train(texts)
     if kind == "sentencepiece":
-        if model_type not in ("bpe", "unigram"):
-            raise GptjaxError(f"sentencepiece model type '{model_type}' is not supported (use bpe or unigram)")
+        if model_type not in SENTENCEPIECE_MODEL_TYPES:
+            raise GptjaxError(f"sentencepiece model type '{model_type}' is not supported (use "
+                              f"{' or '.join(SENTENCEPIECE_MODEL_TYPES)})")
         return SentencePieceTokenizer.train(texts, vocab_size, model_type=model_type, byte_fallback=byte_fallback)
     raise GptjaxError(f"tokenizer '{kind}' is not trained from text; for gpt2_bpe pass its vocab.json/merges.txt dir")

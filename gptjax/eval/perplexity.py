@@ -1,21 +1,41 @@
-"""The one definition of loss / perplexity / bits-per-byte over a prepared split, used by `gptjax eval`,
-the quickstart and the training loop."""
+"""The one definition of loss / perplexity / bits-per-byte over a prepared split.
+
+`evaluate_batches` reduces any scorer's (summed NLL, target count) over batches into the reported metrics; the
+training loop feeds it its sharded eval step over fixed validation batches, `gptjax eval` and the quickstart feed it
+the model's own scorer over every consecutive window of a split (`evaluate_split`).
+"""
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from gptjax.data import store
+from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import GptjaxError
 
+Scorer = Callable[[object], tuple[float, float]]  # a batch -> (summed NLL in nats, number of scored targets)
 
-def summarize(nll_sum: float, n_tokens: int, bytes_per_token: float) -> dict:
+
+def summarize(nll_sum: float, n_tokens: float, bytes_per_token: float) -> dict:
     """loss (mean NLL in nats per token), perplexity and bits per byte from a summed NLL over `n_tokens`."""
-    loss = nll_sum / max(n_tokens, 1)
+    if n_tokens <= 0:
+        raise GptjaxError("evaluation scored no tokens (every target was masked out); check the data")
+    loss = nll_sum / n_tokens
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bpb": loss / math.log(2) / max(bytes_per_token, 1e-12)}
+
+
+def evaluate_batches(score: Scorer, batches: Iterable, bytes_per_token: float) -> dict:
+    """`summarize` over the scorer's sums of every batch; also returns the scored token count as `tokens`."""
+    nll, count = 0.0, 0.0
+    for batch in batches:
+        batch_nll, batch_count = score(batch)
+        nll += float(batch_nll)
+        count += float(batch_count)
+    return {"tokens": int(count), **summarize(nll, count, bytes_per_token)}
 
 
 def bytes_per_token(data_dir: str | Path, split: str) -> float:
@@ -24,23 +44,45 @@ def bytes_per_token(data_dir: str | Path, split: str) -> float:
     return info["n_bytes"] / max(info["n_tokens"], 1)
 
 
-def split_tokens(data_dir: str | Path, split: str, max_tokens: int = 0) -> np.ndarray:
+def check_data_matches(data_dir: str | Path, tokenizer: tokenizers.Tokenizer | None) -> None:
+    """Refuses data prepared with another tokenizer than `tokenizer` (by fingerprint)."""
+    if tokenizer is None:
+        return
+    prepared = store.read_manifest(data_dir)["tokenizer"]
+    if prepared["fingerprint"] != tokenizers.fingerprint(tokenizer):
+        raise GptjaxError(f"{data_dir} was prepared with another tokenizer ({prepared.get('kind')}, vocab "
+                          f"{prepared.get('vocab_size')}) than the model's ({tokenizer.kind}, vocab "
+                          f"{tokenizer.vocab_size}); prepare it with the model's tokenizer "
+                          f"(`gptjax prepare ... --tokenizer-dir WORKDIR/tokenizer`)")
+
+
+def split_tokens(data_dir: str | Path, split: str, vocab_size: int, max_tokens: int = 0) -> np.ndarray:
+    """A split's tokens in order (the first `max_tokens` + 1 when given), checked to lie in [0, vocab_size)."""
     tokens = np.concatenate([np.asarray(store.read_tokens(p)) for p in store.split_shards(data_dir, split)])
-    return tokens[: max_tokens + 1] if max_tokens else tokens
+    tokens = tokens[: max_tokens + 1] if max_tokens else tokens
+    if tokens.size and int(tokens.max()) >= vocab_size:
+        where = int(np.argmax(tokens >= vocab_size))
+        raise GptjaxError(f"{data_dir} ({split}) holds token id {int(tokens[where])} at position {where}, outside the "
+                          f"model's vocabulary [0, {vocab_size}); it was prepared for another model")
+    return tokens
 
 
 def evaluate_split(lm, data_dir: Path, split: str, batch_size: int, max_tokens: int = 0) -> dict:
     """Exact loss over a split in consecutive non-overlapping windows of block_size (+1 target)."""
+    check_data_matches(data_dir, lm.tokenizer)
     block = lm.config.block_size
-    tokens = split_tokens(data_dir, split, max_tokens)
+    tokens = split_tokens(data_dir, split, lm.config.vocab_size, max_tokens)
     n_windows = (len(tokens) - 1) // block
     if n_windows == 0:
         raise GptjaxError(f"the {split} split has {len(tokens)} tokens, fewer than block_size + 1 = {block + 1}")
-    nll, count = 0.0, 0
-    for start in tqdm(range(0, n_windows, batch_size), desc=f"eval {split}", unit="batch"):
-        rows = [tokens[i * block: i * block + block + 1].astype(np.int32).tolist()
+
+    def windows(start: int) -> list[list[int]]:
+        return [tokens[i * block: i * block + block + 1].astype(np.int32).tolist()
                 for i in range(start, min(start + batch_size, n_windows))]
-        for lp in lm.token_logprobs(rows):
-            nll -= float(lp.sum())
-            count += len(lp)
-    return {"split": split, "tokens": count, **summarize(nll, count, bytes_per_token(data_dir, split))}
+
+    def score(rows: list[list[int]]) -> tuple[float, float]:
+        logprobs = lm.token_logprobs(rows)
+        return -sum(float(lp.sum()) for lp in logprobs), sum(len(lp) for lp in logprobs)
+
+    batches = (windows(start) for start in tqdm(range(0, n_windows, batch_size), desc=f"eval {split}", unit="batch"))
+    return {"split": split, **evaluate_batches(score, batches, bytes_per_token(data_dir, split))}

@@ -2,7 +2,8 @@
 
   export --format safetensors   a self-contained gptjax export directory (gptjax.interop.native)
   export --format hf            a transformers GPT-2 / Llama directory (gptjax.interop.hf)
-  import --format hf            a transformers directory -> a new gptjax workdir at step 0 (gptjax.interop.hf)
+  import --format hf            a transformers directory -> a new gptjax workdir at step 0 (gptjax.interop.hf);
+                                --tokenizer-dir pairs a weights-only directory with a tokenizer
 """
 from __future__ import annotations
 
@@ -36,15 +37,16 @@ def export_cli(args: argparse.Namespace) -> int:
 
 
 def import_cli(args: argparse.Namespace) -> int:
-    """`gptjax import --format hf --src HF_DIR --workdir DIR`: a new workdir with a step-0 checkpoint."""
-    from gptjax.interop import hf, native
+    """`gptjax import --format hf --src HF_DIR --workdir DIR [--tokenizer-dir TOK_DIR]`: a new workdir with a
+    step-0 checkpoint."""
+    from gptjax.interop import hf
 
     if args.format != "hf":
         raise GptjaxError(f"unknown import format '{args.format}' (hf)")
-    cfg, model = hf.import_hf(args.src, args.workdir)
+    cfg, model = hf.import_hf(args.src, args.workdir, tokenizer_dir=args.tokenizer_dir)
     workdir = Path(args.workdir).absolute()
-    print(f"imported {hf.ARCHITECTURES[model.family]} from {args.src} into {workdir} (step 0, "
-          f"{model.tokenizer.kind} tokenizer, vocab {cfg.model.vocab_size}, block_size {cfg.model.block_size}); "
-          f"to continue training prepare data into {workdir / 'data'} and run "
-          f"`gptjax train --config {workdir / native.EXPERIMENT_FILE} --workdir {workdir}`")
+    tokenizer = "no" if model.tokenizer is None else model.tokenizer.kind
+    advice = hf.next_steps(model.tokenizer, workdir)
+    print(f"imported {hf.ARCHITECTURES[model.family]} from {args.src} into {workdir} (step 0, {tokenizer} tokenizer, "
+          f"vocab {cfg.model.vocab_size}, block_size {cfg.model.block_size}); {advice}")
     return 0

@@ -25,6 +25,13 @@ Tokenizers:
   * char: HF has no character tokenizer class, so it is written as a `tokenizers` tokenizer.json (a WordLevel
     vocabulary of the characters, split per character, fused on decode) loadable with AutoTokenizer; that exact
     shape is recognised on import and becomes a char tokenizer again.
+  * none: a weights-only directory (config.json + safetensors, no tokenizer files) imports as a model without a
+    tokenizer (token ids only), or paired with `--tokenizer-dir DIR` (any of the above, or a gptjax tokenizer
+    directory); such a model exports as weights + config.json only. Tokenizer files gptjax cannot read are an
+    error, never silently dropped.
+
+Imports trust nothing: every tensor read must be a finite float (F16/BF16/F32/F64), named and shaped as
+config.json implies, and the tokenizer's vocabulary must fit config.json's vocab_size.
 """
 from __future__ import annotations
 
@@ -59,6 +66,9 @@ BLOCK_SIZE_CAP = 2048
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 PICKLE_WEIGHTS_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt")
+READABLE_TOKENIZERS = ("vocab.json + merges.txt (GPT-2 BPE), tokenizer.model (sentencepiece), a tokenizer.json "
+                       "written by gptjax's char export, or a gptjax tokenizer directory")
 IGNORED_TENSOR_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 QKV = ("query", "key", "value")
 LLAMA_PROJECTIONS = {"query": "q_proj", "key": "k_proj", "value": "v_proj"}
@@ -87,8 +97,8 @@ def hf_family(m: ModelConfig) -> str:
     return family
 
 
-def hf_config(m: ModelConfig, eot_id: int, dtype: str) -> dict:
-    """The config.json of the HF twin of `m` (see `hf_family`)."""
+def hf_config(m: ModelConfig, eot_id: int | None, dtype: str) -> dict:
+    """The config.json of the HF twin of `m` (see `hf_family`); bos/eos ids are None for a model without tokenizer."""
     family = hf_family(m)
     common = {"architectures": [ARCHITECTURES[family]], "model_type": family, "vocab_size": m.vocab_size,
               "tie_word_embeddings": m.tie_embeddings, "bos_token_id": eot_id, "eos_token_id": eot_id,
@@ -466,13 +476,7 @@ def hf_tokenizer_files(tok: tokenizers.Tokenizer, model_max_length: int) -> tupl
 
 
 def _json_file(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise GptjaxError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise GptjaxError(f"{path} must hold a JSON object")
-    return data
+    return native.read_json_object(path, "Hugging Face file", "fix it or save the model again with save_pretrained")
 
 
 def _token_text(value: Any) -> str | None:
@@ -553,7 +557,8 @@ def tokenizer_from_hf_dir(src: Path, hf: Mapping[str, Any]) -> tokenizers.Tokeni
     """The gptjax tokenizer of an HF model directory, or None when it holds no tokenizer gptjax can use.
 
     vocab.json + merges.txt -> gpt2_bpe; tokenizer.model -> sentencepiece (see `sentencepiece_with_eot`); a
-    tokenizer.json written by `char_tokenizer_json` -> char."""
+    tokenizer.json written by `char_tokenizer_json` -> char; a gptjax tokenizer directory (its tokenizer.json
+    names a `kind`, as `gptjax.data.tokenizer.save` writes it) -> that tokenizer."""
     if (src / "vocab.json").is_file() and (src / "merges.txt").is_file():
         return tokenizers.Gpt2BpeAdapter.from_dir(src)
     if (src / "tokenizer.model").is_file():
@@ -565,8 +570,29 @@ def tokenizer_from_hf_dir(src: Path, hf: Mapping[str, Any]) -> tokenizers.Tokeni
                                        eos_id, str(src / "tokenizer.model"))
         return tokenizers.SentencePieceTokenizer(proto)
     if (src / "tokenizer.json").is_file():
-        return _char_tokenizer_from_json(_json_file(src / "tokenizer.json"))
+        spec = _json_file(src / "tokenizer.json")
+        return tokenizers.load(src) if "kind" in spec else _char_tokenizer_from_json(spec)
     return None
+
+
+def model_tokenizer(src: Path, hf: Mapping[str, Any], tokenizer_dir: Path | None) -> tokenizers.Tokenizer | None:
+    """The tokenizer to pair with the model in `src`: the one in `tokenizer_dir` when given (which must hold
+    one), else the one in `src`; None when `src` holds no tokenizer files at all (a weights-only checkpoint)."""
+    if tokenizer_dir is not None:
+        if not tokenizer_dir.is_dir():
+            raise GptjaxError(f"--tokenizer-dir {tokenizer_dir} is not a directory")
+        tokenizer = tokenizer_from_hf_dir(tokenizer_dir, hf)
+        if tokenizer is None:
+            raise GptjaxError(f"--tokenizer-dir {tokenizer_dir} holds no tokenizer gptjax can read: "
+                              f"{READABLE_TOKENIZERS}")
+        return tokenizer
+    tokenizer = tokenizer_from_hf_dir(src, hf)
+    present = [name for name in TOKENIZER_FILES if (src / name).is_file()]
+    if tokenizer is None and present:
+        raise GptjaxError(f"{src} holds tokenizer files gptjax cannot read ({', '.join(present)}); pass "
+                          f"--tokenizer-dir DIR with {READABLE_TOKENIZERS}, or import the weights alone from a copy "
+                          f"of {src} without them")
+    return tokenizer
 
 
 # ---------------------------------------------------------------- files
@@ -664,10 +690,12 @@ class HfModel:
     hf_config: dict
 
 
-def read_hf_dir(src: str | Path, block_size: int | None = None) -> HfModel:
+def read_hf_dir(src: str | Path, block_size: int | None = None, tokenizer_dir: str | Path | None = None) -> HfModel:
     """Reads a local `save_pretrained` directory (config.json + safetensors weights [+ tokenizer files]).
 
-    Every tensor's name and shape is checked against config.json before any weight is read."""
+    The tokenizer comes from `tokenizer_dir` when given, else from `src` (none for a weights-only directory).
+    Every tensor's name and shape is checked against config.json before any weight is read, and every tensor
+    read must be finite floats; the tokenizer's vocabulary must fit config.json's vocab_size."""
     src = Path(src)
     if not src.is_dir():
         raise GptjaxError(f"--src {src} is not a directory (give a local transformers save_pretrained directory)")
@@ -677,71 +705,92 @@ def read_hf_dir(src: str | Path, block_size: int | None = None) -> HfModel:
     family, model = model_config_from_hf(hf, block_size, str(src / "config.json"))
     located = weight_files(src)
     stored_as = stored_tensor_names(located, model, family)
-    tokenizer = tokenizer_from_hf_dir(src, hf)
-    if tokenizer is not None and tokenizer.vocab_size > model.vocab_size:
-        raise GptjaxError(f"the tokenizer in {src} has {tokenizer.vocab_size} tokens, more than the model's "
-                          f"vocab_size={model.vocab_size}")
+    tokenizer = model_tokenizer(src, hf, None if tokenizer_dir is None else Path(tokenizer_dir))
+    if tokenizer is not None:
+        native.check_tokenizer_fits(tokenizer, model, f"in {tokenizer_dir or src}",
+                                    f"pass a --tokenizer-dir whose vocabulary fits the model ({src / 'config.json'})")
     params = params_from_hf(model, family, read_hf_tensors(located, stored_as))
     native.check_param_shapes({k: v.shape for k, v in native.flatten_params(params).items()},
                               native.expected_param_shapes(model), f"the params converted from {src}")
     return HfModel(family, model, params, tokenizer, hf)
 
 
-def imported_config(model: ModelConfig, tokenizer: tokenizers.Tokenizer, name: str, workdir: Path) -> Config:
+def imported_config(model: ModelConfig, tokenizer: tokenizers.Tokenizer | None, name: str, workdir: Path) -> Config:
     """The Config of an imported workdir: the model as read, default training settings, and data expected in
-    WORKDIR/data (prepared with the imported tokenizer), so `gptjax train` can continue from step 0."""
-    data = DataConfig(dataset="", path=str(workdir / "data"), tokenizer=tokenizer.kind,
-                      vocab_size=tokenizer.vocab_size if tokenizer.kind == "sentencepiece" else 0)
+    WORKDIR/data (prepared with the imported tokenizer), so `gptjax train` can continue from step 0. Without a
+    tokenizer the config names no data: such a model cannot be trained."""
+    if tokenizer is None:
+        data = DataConfig(dataset="", path="")
+    else:
+        data = DataConfig(dataset="", path=str(workdir / "data"), tokenizer=tokenizer.kind,
+                          vocab_size=tokenizer.vocab_size if tokenizer.kind == "sentencepiece" else 0)
     cfg = Config(name=name, model=model, data=data)
     config_lib.validate(cfg)
     return cfg
 
 
-def import_hf(src: str | Path, workdir: str | Path, block_size: int | None = None) -> tuple[Config, HfModel]:
-    """Imports an HF model directory into a new gptjax workdir (step-0 checkpoint); returns (config, model read)."""
+def next_steps(tokenizer: tokenizers.Tokenizer | None, workdir: Path) -> str:
+    """What an imported workdir is good for and how to continue training it (one sentence, for the user)."""
+    if tokenizer is None:
+        return (f"it works on token ids only (gptjax.load('{workdir}').logits / token_logprobs / generate_ids); text "
+                f"generation, eval and training need a tokenizer: to continue training, import again with "
+                f"--tokenizer-dir DIR (HF tokenizer files, or GPT-2 vocab.json + merges.txt)")
+    return (f"to continue training prepare data with its tokenizer (`gptjax prepare --input TEXT... --out "
+            f"{workdir / 'data'} --tokenizer {tokenizer.kind} --tokenizer-dir {workdir / native.TOKENIZER_DIR}`) and "
+            f"run `gptjax train --config {workdir / native.EXPERIMENT_FILE} --workdir {workdir}`")
+
+
+def import_hf(src: str | Path, workdir: str | Path, block_size: int | None = None,
+              tokenizer_dir: str | Path | None = None) -> tuple[Config, HfModel]:
+    """Imports an HF model directory into a new gptjax workdir (step-0 checkpoint); returns (config, model read).
+
+    The tokenizer is `tokenizer_dir`'s when given, else `src`'s; a weights-only `src` imports without one."""
     src = Path(src)
     workdir = Path(workdir).absolute()
     fileio.require_empty_destination(workdir, "--workdir")
-    hf_model = read_hf_dir(src, block_size)
-    if hf_model.tokenizer is None:
-        raise GptjaxError(f"{src} has no tokenizer gptjax can read: it needs vocab.json + merges.txt (GPT-2 BPE), "
-                          f"tokenizer.model (sentencepiece) or a tokenizer.json written by gptjax's char export")
+    hf_model = read_hf_dir(src, block_size, tokenizer_dir)
     cfg = imported_config(hf_model.model, hf_model.tokenizer, f"{hf_model.family}-{src.absolute().name}", workdir)
     provenance = {"format": "hf", "src": str(src.absolute()), "model_type": hf_model.family,
                   "architectures": hf_model.hf_config.get("architectures"),
-                  "transformers_version": hf_model.hf_config.get("transformers_version")}
+                  "transformers_version": hf_model.hf_config.get("transformers_version"),
+                  "tokenizer_dir": None if tokenizer_dir is None else str(Path(tokenizer_dir).absolute())}
+    advice = next_steps(hf_model.tokenizer, workdir)
     header = (f"Imported from {src.absolute()} ({ARCHITECTURES[hf_model.family]}).\n\n"
-              f"To continue training: prepare data with this model's tokenizer into {workdir / 'data'}, then\n"
-              f"    gptjax train --config {workdir / native.EXPERIMENT_FILE} --workdir {workdir}\n"
+              f"{advice[0].upper()}{advice[1:]}.\n"
               f"Only the fields gptjax lets a resumed run change (e.g. train.steps) may differ from this file.\n")
     native.write_workdir(cfg, hf_model.params, hf_model.tokenizer, workdir, provenance, header)
     return cfg, hf_model
 
 
-def export_hf(cfg: Config, params: Mapping[str, Any], tokenizer: tokenizers.Tokenizer, out: str | Path,
+def export_hf(cfg: Config, params: Mapping[str, Any], tokenizer: tokenizers.Tokenizer | None, out: str | Path,
               dtype: str = "float32") -> list[str]:
     """Writes the HF twin of a gptjax model into `out` (absent or empty; appears only when complete).
 
+    A model without a tokenizer is written as weights + config.json only (no bos/eos ids, no generation config).
     Returns notes for the user (how the tokenizer was written, zero biases)."""
     m = cfg.model
     family = hf_family(m)
     if dtype not in native.EXPORT_DTYPES:
         raise GptjaxError(f"export dtype '{dtype}' is not one of {', '.join(native.EXPORT_DTYPES)}")
-    if tokenizer.vocab_size > m.vocab_size:
-        raise GptjaxError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than model.vocab_size={m.vocab_size}")
+    if tokenizer is not None:
+        native.check_tokenizer_fits(tokenizer, m, "of the model", "the workdir's config and tokenizer do not match")
     tensors = to_hf_tensors(m, jax.device_get(params))
     expected = hf_tensor_shapes(m, family)
     if {name: tensor.shape for name, tensor in tensors.items()} != expected:
         raise RuntimeError("gptjax bug: the converted tensors do not match the HF layout of hf_tensor_shapes")
     max_length = m.position_limit if family == GPT2 else m.block_size
-    tokenizer_files, tokenizer_note = hf_tokenizer_files(tokenizer, max_length)
+    if tokenizer is None:
+        tokenizer_files, tokenizer_note, eot_id = {}, "no tokenizer (the model has none): weights and config only", None
+    else:
+        (tokenizer_files, tokenizer_note), eot_id = hf_tokenizer_files(tokenizer, max_length), tokenizer.eot_id
     notes = [tokenizer_note]
     if family == GPT2 and not m.use_bias:
         notes.append("model.use_bias=False written as zero biases (HF GPT-2 always has biases; outputs are the same)")
     with fileio.staged_directory(Path(out), "--out directory") as staging:
         native.write_safetensors(staging / WEIGHTS_FILE, tensors, dtype, {"format": "pt"})
-        native.write_json(staging / "config.json", hf_config(m, tokenizer.eot_id, dtype))
-        native.write_json(staging / "generation_config.json", generation_config(tokenizer.eot_id))
+        native.write_json(staging / "config.json", hf_config(m, eot_id, dtype))
+        if eot_id is not None:
+            native.write_json(staging / "generation_config.json", generation_config(eot_id))
         for name, data in tokenizer_files.items():
-            (staging / name).write_bytes(data)
+            fileio.write_bytes_atomic(staging / name, data)
     return notes

@@ -1,4 +1,4 @@
-"""The device mesh from config, and multi-host initialisation."""
+"""The device mesh from config, and the CPU host split into per-core devices."""
 from __future__ import annotations
 
 import os
@@ -67,16 +67,3 @@ def configure_cpu_devices(requested: int, microbatch: int) -> int | None:
     if n > 1 and "xla_cpu_multi_thread_eigen" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
     return n
-
-
-def maybe_initialize_distributed() -> None:
-    """Joins a multi-process JAX job when the environment describes one (TPU pods set it up themselves)."""
-    coordinator = os.environ.get("GPTJAX_COORDINATOR")
-    if coordinator:
-        jax.distributed.initialize(
-            coordinator_address=coordinator,
-            num_processes=int(os.environ["GPTJAX_NUM_PROCESSES"]),
-            process_id=int(os.environ["GPTJAX_PROCESS_ID"]),
-        )
-    elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()

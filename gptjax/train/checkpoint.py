@@ -1,23 +1,37 @@
 """orbax checkpoints of a run: params, optimizer state + step + RNG, data-iterator state, and metadata.
 
-Items per step: `params` (restorable alone, for `gptjax.load`), `opt` (opt_state, step, rng), `data` (grain
-iterator state, JSON) and `meta` (resolved config, tokenizer files, reproducibility record, JSON).
+Items per step: `params` (restorable alone, for `gptjax.load`), `opt` (opt_state, step, rng, spike statistics),
+`data` (grain iterator state, JSON) and `meta` (resolved config, tokenizer files, reproducibility record, JSON).
+Frozen params (e.g. a DPO reference) are not saved: they are rebuilt from `train.init_from` when a run resumes.
+
+A checkpoint that does not restore (truncated, corrupt) is never deleted and never silently skipped: readers fall
+back to the newest one that restores with a warning naming the bad step, and the trainer moves the bad one aside
+(`checkpoints_unreadable/`) so the run can save that step again.
 """
 from __future__ import annotations
 
 import logging
+import shutil
+import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
 
-from gptjax.train.state import TrainState
+from gptjax.errors import GptjaxError
+from gptjax.train.state import TrainState, abstract_params
 
 ITEMS = ("params", "opt", "data", "meta")
 CHECKPOINT_DIR = "checkpoints"
+UNREADABLE_DIR = "checkpoints_unreadable"
 
 logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def warn(message: str) -> None:
+    print(f"gptjax: warning: {message}", file=sys.stderr, flush=True)
 
 
 def with_shardings(abstract_tree, shardings):
@@ -25,81 +39,154 @@ def with_shardings(abstract_tree, shardings):
     return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)
 
 
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200] if text else ''}"
+
+
+def _opt_item(state: TrainState) -> dict:
+    item = {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+    if state.loss_ema is not None:
+        item.update(loss_ema=state.loss_ema, skipped_steps=state.skipped_steps)
+    return item
+
+
+def newest_restorable(steps: list[int], restore: Callable[[int], Any], directory: Path) -> tuple[int, Any, list[int]]:
+    """(step, restored, unreadable steps) for the newest of `steps` that `restore` reads, warning per bad one."""
+    bad = []
+    for step in sorted(steps, reverse=True):
+        try:
+            return step, restore(step), bad
+        except Exception as error:  # orbax/tensorstore raise many types for truncated or corrupt files
+            bad.append(step)
+            older = [s for s in steps if s < step]
+            warn(f"checkpoint step {step} in {directory} cannot be restored ({_short(error)}); "
+                 + (f"falling back to step {max(older)}" if older else "no older checkpoint remains"))
+    raise GptjaxError(f"no checkpoint in {directory} restores (steps {', '.join(map(str, sorted(steps)))} are all "
+                      f"unreadable); nothing was deleted: inspect or move them, or use a new --workdir")
+
+
 class Checkpoints:
-    """A run's CheckpointManager: async saves, keep the last K, restore with shardings."""
+    """A run's CheckpointManager: async saves, keep the last K, restore with shardings, fall back past bad steps."""
 
     def __init__(self, workdir: str | Path, keep: int = 3, async_save: bool = True):
-        self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+        self.workdir = Path(workdir).absolute()
+        self.directory = self.workdir / CHECKPOINT_DIR
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        self._saving: int | None = None
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, state: TrainState, data_state: dict, meta: dict, force: bool = False) -> bool:
+    def save(self, state: TrainState, data_state: dict, meta: dict) -> bool:
+        """Starts an async save of `state` (a finished earlier save is checked first); errors are GptjaxErrors."""
         step = int(state.step)
         if step in self.manager.all_steps():
             return False
-        opt = {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
-        return self.manager.save(step, force=force, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(state.params),
-            opt=ocp.args.StandardSave(opt),
-            data=ocp.args.JsonSave(data_state),
-            meta=ocp.args.JsonSave(meta),
-        ))
+        self.wait()
+        try:
+            started = self.manager.save(step, force=True, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(state.params),
+                opt=ocp.args.StandardSave(_opt_item(state)),
+                data=ocp.args.JsonSave(data_state),
+                meta=ocp.args.JsonSave(meta),
+            ))
+        except Exception as error:
+            raise self._save_failed(step, error) from error
+        self._saving = step
+        return started
+
+    def _save_failed(self, step: int, error: BaseException) -> GptjaxError:
+        intact = [s for s in self.manager.all_steps() if s != step]
+        latest = f"the latest intact checkpoint is step {max(intact)}" if intact else "no earlier checkpoint exists"
+        return GptjaxError(f"saving checkpoint step {step} to {self.directory} failed ({_short(error)}); {latest}; "
+                           f"fix the cause (disk space, permissions) and run the same command to resume from it")
+
+    def wait(self) -> None:
+        """Blocks until the pending async save is on disk; its failure is one GptjaxError."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:
+            step, self._saving = self._saving, None
+            raise self._save_failed(step if step is not None else -1, error) from error
+        self._saving = None
 
     def read_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    def restore(self, step: int, abstract_state: TrainState, shardings: TrainState) -> tuple[TrainState, dict]:
-        """(state placed in `shardings`, data-iterator state)."""
+    def _restore(self, step: int, abstract_state: TrainState, shardings: TrainState) -> tuple[TrainState, dict, dict]:
         target = with_shardings(abstract_state, shardings)
-        opt_target = {"opt_state": target.opt_state, "step": target.step, "rng": target.rng}
         restored = self.manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(target.params),
-            opt=ocp.args.StandardRestore(opt_target),
+            opt=ocp.args.StandardRestore(_opt_item(target)),
             data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore(),
         ))
         opt = restored["opt"]
-        state = TrainState(step=opt["step"], params=restored["params"], opt_state=opt["opt_state"], rng=opt["rng"])
-        return state, restored["data"]
+        state = TrainState(step=opt["step"], params=restored["params"], opt_state=opt["opt_state"], rng=opt["rng"],
+                           frozen=None, loss_ema=opt.get("loss_ema"), skipped_steps=opt.get("skipped_steps"))
+        return state, restored["data"], restored["meta"]
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
+    def restore_latest(self, abstract_state: TrainState, shardings: TrainState) -> tuple[TrainState, dict, dict] | None:
+        """(state placed in `shardings`, data-iterator state, meta) of the newest checkpoint that restores, or None
+        when there is none. Unreadable newer ones are moved to `checkpoints_unreadable/` (never deleted)."""
+        steps = self.all_steps()
+        if not steps:
+            return None
+        step, restored, bad = newest_restorable(
+            steps, lambda s: self._restore(s, abstract_state, shardings), self.directory)
+        for bad_step in bad:
+            self._set_aside(bad_step)
+        return restored
+
+    def _set_aside(self, step: int) -> None:
+        if jax.process_index() != 0:
+            return
+        aside = self.workdir / UNREADABLE_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.parent.mkdir(exist_ok=True)
+        shutil.move(str(self.directory / str(step)), str(aside))
+        warn(f"moved the unreadable checkpoint step {step} to {aside}")
+        self.manager.reload()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
-
-
-def abstract_params(model_cfg) -> Any:
-    """ShapeDtypeStructs of a model's params, placed on this process's first device."""
-    import flax.linen as nn
-
-    from gptjax.model.transformer import Transformer
-    from gptjax.train.state import init_params
-
-    model = Transformer(model_cfg)
-    shapes = jax.eval_shape(lambda: nn.unbox(init_params(model, 0, min(model_cfg.block_size, 8))))
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes)
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
 
 def restore_params(workdir: str | Path, step: int | None = None) -> tuple[Any, dict, int]:
-    """(params on one device, meta, step) from a run's checkpoint (latest unless `step`), with no optimizer.
+    """(params on one device, meta, step) from a run's checkpoint (latest restorable unless `step`), no optimizer.
 
     The target comes from the checkpoint's own config, so a run saved on any mesh restores here."""
     from gptjax import config as config_lib
+    import flax.linen as nn
 
-    manager = ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, item_names=ITEMS)
+    directory = Path(workdir).absolute() / CHECKPOINT_DIR
+    manager = ocp.CheckpointManager(directory, item_names=ITEMS)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def restore(s: int) -> tuple[Any, dict]:
+        meta = manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        shapes = nn.unbox(abstract_params(config_lib.from_dict(meta["config"]).model))
+        target = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes)
+        params = manager.restore(s, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
+        return params, meta
+
     try:
-        step = manager.latest_step() if step is None else step
-        if step is None:
+        steps = list(manager.all_steps()) if step is None else [step]
+        if not steps:
             raise FileNotFoundError(f"no checkpoint in {workdir}")
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        target = abstract_params(config_lib.from_dict(meta["config"]).model)
-        restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
-        return restored["params"], meta, step
+        if step is not None and step not in manager.all_steps():
+            raise GptjaxError(f"{workdir} has no checkpoint at step {step} (it has {sorted(manager.all_steps())})")
+        found, (params, meta), bad = newest_restorable(steps, restore, directory)
+        if bad:
+            warn(f"loaded step {found} of {workdir}")
+        return params, meta, found
     finally:
         manager.close()

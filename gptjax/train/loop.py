@@ -1,56 +1,42 @@
-"""The training loop: the one place with I/O. Resumes exactly from the latest checkpoint in the workdir."""
+"""The training loop: the one place with I/O. Resumes exactly from the newest restorable checkpoint in the workdir.
+
+`train(cfg, workdir, hooks=...)` opens a `Run` (data, tokenizer, mesh, the step from `build_step`, checkpoints,
+metric sinks, the workdir lock) and drives it step by step. Evaluation, checkpointing and logging are hooks; extra
+hooks (the fault injection the tests use, a profiler) are passed in and never live in this file. Step n+1 is
+dispatched before step n's metrics are read, so the host never waits on the device between steps.
+"""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any, Protocol, Sequence
 
 import jax
+import numpy as np
 from tqdm.auto import tqdm
 
 from gptjax import config as config_lib
+from gptjax import fileio
 from gptjax.config import Config
 from gptjax.data import loader, store
 from gptjax.data import tokenizer as tokenizers
 from gptjax.data.prepare import cache_root, resolve_data
 from gptjax.errors import GptjaxError, RunInterrupted
-from gptjax.model.transformer import Transformer, count_params, flops_per_token
+from gptjax.eval.perplexity import evaluate_batches
+from gptjax.model.transformer import count_params, flops_per_token
 from gptjax.parallel.mesh import make_mesh
-from gptjax.parallel.rules import batch_sharding, use_rules
-from gptjax.train.checkpoint import Checkpoints
+from gptjax.train.checkpoint import Checkpoints, warn
 from gptjax.train.metrics import MetricWriter, peak_flops_per_device, reproducibility_record
-from gptjax.train.optim import make_optimizer
-from gptjax.train.state import create_state, state_shardings
-from gptjax.train.step import eval_step, train_step
+from gptjax.train.optim import schedule_horizon
+from gptjax.train.state import TrainState
+from gptjax.train.step import Step, build_step
 
-# Fields a resumed run may change; any other difference from the checkpoint's config is an error.
-RESUMABLE_KEYS = {
-    "name", "train.steps", "train.eval_every", "train.eval_batches", "train.log_every", "train.checkpoint_every",
-    "train.keep_checkpoints", "train.tensorboard", "train.compilation_cache", "train.peak_flops",
-    "data.prefetch_threads", "data.cache_dir", "train.cpu_devices", "mesh.data", "mesh.fsdp", "mesh.tensor",
-}
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """'key: saved -> current' for every non-resumable field that differs."""
-    a, b = _flatten(saved), _flatten(current)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if k not in RESUMABLE_KEYS and a.get(k) != b.get(k)]
+LOCK_FILE = ".gptjax-train.lock"
 
 
 def setup_compilation_cache(cfg: Config) -> None:
@@ -73,6 +59,10 @@ def with_vocab(cfg: Config, tok_vocab: int) -> Config:
     return cfg
 
 
+def with_train(cfg: Config, **changes) -> Config:
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
+
+
 class StopSignals:
     """Turns SIGTERM/SIGINT into a flag the loop checks between steps (TPU preemption, Ctrl-C)."""
 
@@ -93,179 +83,412 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def _check_workdir(workdir: Path) -> None:
-    if workdir.exists() and not workdir.is_dir():
-        raise GptjaxError(f"--workdir {workdir} exists and is not a directory")
+# ---- opening a run ---------------------------------------------------------------------------------------------
 
 
-def train(cfg: Config, workdir: str | Path, show_progress: bool = True) -> dict:
-    """Trains (or resumes) a run in `workdir`; returns the final metrics."""
-    workdir = Path(workdir)
-    _check_workdir(workdir)
-    setup_compilation_cache(cfg)
+def open_data(cfg: Config) -> tuple[Path, dict, tokenizers.Tokenizer]:
+    """(prepared data dir, its manifest, its tokenizer), checked to agree with each other."""
     data_dir = resolve_data(cfg.data)
     manifest = store.read_manifest(data_dir)
     tok = tokenizers.load(data_dir / "tokenizer")
+    if manifest["tokenizer"]["fingerprint"] != tokenizers.fingerprint(tok):
+        raise GptjaxError(f"{data_dir}: tokenizer/ does not match the tokenizer its {store.MANIFEST} was prepared "
+                          f"with (fingerprints differ); re-run `gptjax prepare` for this directory")
+    return data_dir, manifest, tok
+
+
+def resume_config(cfg: Config, saved: dict, step: int, workdir: Path) -> tuple[Config, list[str]]:
+    """The config a resumed run uses, and the recorded changes ("changed at step N: key old -> new").
+
+    Fields that may not change on resume are an error; the LR schedule keeps the horizon of the run that started
+    unless train.schedule_steps is set explicitly."""
+    saved_train = saved.get("train", {})
+    if not cfg.train.schedule_steps:
+        cfg = with_train(cfg, schedule_steps=saved_train.get("schedule_steps") or saved_train.get("steps", cfg.train.steps))
+    changes = config_lib.resume_changes(saved, config_lib.to_dict(cfg))
+    if changes.forbidden:
+        key, old, new = changes.forbidden[0]
+        more = f" and {len(changes.forbidden) - 1} more" if len(changes.forbidden) > 1 else ""
+        raise GptjaxError(f"{workdir} holds a checkpoint (step {step}) of an incompatible config ({key}: {old!r} -> "
+                          f"{new!r}{more}); use a new --workdir or the checkpoint's config ({workdir / 'config.json'})")
+    notes = [f"changed at step {step}: {key} {old!r} -> {new!r}" for key, old, new in changes.recorded]
+    if saved_train.get("steps") != cfg.train.steps:
+        horizon = schedule_horizon(cfg.train)
+        past = (f"; steps past {horizon} run at train.min_lr={cfg.train.min_lr}" if cfg.train.steps > horizon
+                and cfg.train.schedule != "constant" else "")
+        notes.append(f"train.steps {saved_train.get('steps')} -> {cfg.train.steps} at step {step}: the LR schedule keeps "
+                     f"its horizon of {horizon} steps{past} (set train.schedule_steps to change it)")
+    return cfg, notes
+
+
+def init_params_from(source: str, cfg: Config, tok: tokenizers.Tokenizer, step: Step) -> tuple[Any, dict]:
+    """`train.init_from`'s params placed in the run's shardings, checked against the model; and its record."""
+    import gptjax
+
+    lm = gptjax.load(source)
+    if lm.tokenizer is None:
+        tqdm.write(f"gptjax: note: train.init_from={source} has no tokenizer; its token ids are taken to mean what "
+                   f"{tok.kind} (vocab {tok.vocab_size}) of the data means", file=sys.stderr)
+    elif tokenizers.fingerprint(lm.tokenizer) != tokenizers.fingerprint(tok):
+        raise GptjaxError(f"train.init_from={source} was trained with another tokenizer than the data's; prepare "
+                          f"the data with its tokenizer (`gptjax prepare ... --tokenizer-dir {source}/tokenizer`)")
+    want = jax.tree_util.tree_flatten_with_path(step.abstract_state.params)[0]
+    have = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(lm.params)[0])
+    for path, abstract in want:
+        key = jax.tree_util.keystr(path)
+        if key not in have or tuple(have[key].shape) != tuple(abstract.shape):
+            found = "missing" if key not in have else f"shape {tuple(have[key].shape)}"
+            raise GptjaxError(f"train.init_from={source} does not fit this model: param {key} is {found}, the config "
+                              f"needs {tuple(abstract.shape)}; use a model config equal to the source's")
+    params = jax.tree_util.tree_map(lambda a, abstract, s: jax.device_put(np.asarray(a, abstract.dtype), s),
+                                    lm.params, step.abstract_state.params, step.shardings.params)
+    return params, {"path": str(Path(source).absolute()), "step": lm.step}
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a training run holds open; built by `open_run`, closed by `close`."""
+
+    cfg: Config
+    workdir: Path
+    data_dir: Path
+    tokenizer: tokenizers.Tokenizer
+    step: Step
+    state: TrainState
+    iterator: Any
+    checkpoints: Checkpoints
+    writer: MetricWriter
+    meta: dict
+    start_step: int
+    val_batches: list
+    val_bytes_per_token: float
+    stop: StopSignals
+    lock: Any = None
+    summary: dict = dataclasses.field(default_factory=dict)
+    last_batch: Any = None
+    stopping: str | None = None  # the stop signal as seen at the current step (hooks and the loop agree on it)
+
+    @property
+    def is_main(self) -> bool:
+        return jax.process_index() == 0
+
+    def evaluate(self, params) -> dict:
+        """val loss / ppl / bpb over the fixed validation batches, with the sharded eval step."""
+        def score(host_batch):
+            sums = self.step.evaluate(params, self.state.frozen, self.step.to_global(local_rows(host_batch)))
+            return float(sums["loss"]), float(sums["weight"])
+
+        result = evaluate_batches(score, (self.step.format_batch(b) for b in self.val_batches), self.val_bytes_per_token)
+        return {"val_loss": result["loss"], "val_ppl": result["ppl"], "val_bpb": result["bpb"]}
+
+    def save(self, state: TrainState) -> None:
+        self.checkpoints.save(state, {"grain": self.iterator.get_state(), "step": int(state.step)}, self.meta)
+
+    def close(self, failing: bool) -> None:
+        """Closes sinks and waits for the pending save; while another error is in flight a save failure is only
+        reported, so it never masks the original error."""
+        self.stop.restore()
+        self.writer.close()
+        try:
+            self.checkpoints.close()
+        except GptjaxError as error:
+            if not failing:
+                raise
+            warn(str(error))
+        finally:
+            if self.lock is not None:
+                self.lock.__exit__(None, None, None)
+
+
+def local_rows(global_batch):
+    """This process's rows of a global host batch (an array or a dict of arrays)."""
+    def rows(x):
+        per = x.shape[0] // jax.process_count()
+        return x[jax.process_index() * per:(jax.process_index() + 1) * per]
+
+    return jax.tree_util.tree_map(rows, global_batch)
+
+
+def _remove_orphaned_temp_files(workdir: Path) -> None:
+    for path in workdir.glob(".*.tmp-*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+
+
+def _take_lock(workdir: Path):
+    if jax.process_index() != 0:
+        return None
+    lock = fileio.exclusive_lock(workdir / LOCK_FILE, f"workdir {workdir} (another `gptjax train`)")
+    lock.__enter__()
+    return lock
+
+
+def open_run(cfg: Config, workdir: str | Path) -> Run:
+    """Sets up (or resumes) the run in `workdir`: validated config, data, state, step, checkpoints, sinks."""
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise GptjaxError(f"--workdir {workdir} exists and is not a directory")
+    setup_compilation_cache(cfg)
+    data_dir, manifest, tok = open_data(cfg)
     cfg = with_vocab(cfg, tok.vocab_size)
     config_lib.validate(cfg)
-    t = cfg.train
     mesh = make_mesh(cfg.mesh)
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if (t.batch_size // t.grad_accum) % batch_shards:
-        raise GptjaxError(f"the microbatch (train.batch_size / grad_accum = {t.batch_size // t.grad_accum}) must divide "
-                          f"by the data*fsdp mesh size {batch_shards}")
-
+    if (cfg.train.batch_size // cfg.train.grad_accum) % batch_shards:
+        raise GptjaxError(f"the microbatch (train.batch_size / grad_accum = {cfg.train.batch_size // cfg.train.grad_accum})"
+                          f" must divide by the data*fsdp mesh size {batch_shards}")
     workdir.mkdir(parents=True, exist_ok=True)
-    checkpoints = Checkpoints(workdir, keep=t.keep_checkpoints)
-    latest = checkpoints.latest_step()
-    if latest is not None:
-        saved = checkpoints.read_meta(latest)
-        diffs = config_differences(saved["config"], config_lib.to_dict(cfg))
-        if diffs:
-            checkpoints.close()
-            raise GptjaxError(f"{workdir} holds a checkpoint (step {latest}) of an incompatible config ({diffs[0]}"
-                              f"{f' and {len(diffs) - 1} more' if len(diffs) > 1 else ''}); use a new --workdir "
-                              f"or the checkpoint's config ({workdir / 'config.json'})")
-        if saved["tokenizer_fingerprint"] != tokenizers.fingerprint(tok):
-            checkpoints.close()
-            raise GptjaxError(f"{workdir} was trained with another tokenizer than {data_dir} holds; use a new --workdir")
+    lock = _take_lock(workdir)
+    try:
+        return _open_locked(cfg, workdir, data_dir, manifest, tok, mesh, lock)
+    except BaseException:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+        raise
 
-    model = Transformer(cfg.model)
-    optimizer = make_optimizer(t)
-    shardings, abstract_state = state_shardings(model, optimizer, cfg, mesh)
+
+def _open_locked(cfg, workdir, data_dir, manifest, tok, mesh, lock) -> Run:
+    _remove_orphaned_temp_files(workdir)
+    checkpoints = Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
+    try:
+        return _open_with_checkpoints(cfg, workdir, data_dir, manifest, tok, mesh, lock, checkpoints)
+    except BaseException:
+        checkpoints.manager.close()
+        raise
+
+
+def _open_with_checkpoints(cfg, workdir, data_dir, manifest, tok, mesh, lock, checkpoints) -> Run:
+    previous_record = _read_record(workdir)
+    changes: list[str] = list(previous_record.get("changes", []))
+    restored = None
+    if checkpoints.all_steps():
+        newest = _newest_meta(checkpoints)
+        if newest is not None:  # an incompatible config is refused before anything is restored into its shapes
+            resume_config(cfg, newest[1]["config"], newest[0], workdir)
+        # The step's shapes depend only on fields a resume may not change, so build it from the current config.
+        probe = build_step(cfg, mesh)
+        restored = checkpoints.restore_latest(probe.abstract_state, probe.shardings)
+    if restored is not None:
+        state, data_state, saved_meta = restored
+        if saved_meta.get("tokenizer") is None:
+            raise GptjaxError(f"{workdir} holds a weights-only import without a tokenizer, so it cannot be trained on "
+                              f"{data_dir}; import it again with `gptjax import ... --tokenizer-dir DIR`, or start a "
+                              f"new --workdir with --config.train.init_from={workdir}")
+        if saved_meta["tokenizer_fingerprint"] != tokenizers.fingerprint(tok):
+            raise GptjaxError(f"{workdir} was trained with another tokenizer than {data_dir} holds; use a new --workdir")
+        cfg, notes = resume_config(cfg, saved_meta["config"], int(state.step), workdir)
+        changes += [n for n in notes if n.startswith("changed at")]
+        for note in notes:
+            if jax.process_index() == 0:
+                tqdm.write(f"gptjax: {note}", file=sys.stderr)
+        init_record = previous_record.get("init_from")
+    else:
+        cfg = with_train(cfg, schedule_steps=schedule_horizon(cfg.train))
+        state, data_state, init_record = None, None, None
+    step = build_step(cfg, mesh)
+    if state is None:
+        state = step.init_state()
+        if cfg.train.init_from:
+            params, init_record = init_params_from(cfg.train.init_from, cfg, tok, step)
+            state = state.replace(params=params)
+
     record = reproducibility_record(dict(mesh.shape))
+    record["changes"] = changes
+    if init_record:
+        record["init_from"] = init_record
     meta = {"config": config_lib.to_dict(cfg), "tokenizer": tokenizers.to_json_dict(tok),
             "tokenizer_fingerprint": tokenizers.fingerprint(tok), "record": record, "data_dir": str(data_dir)}
     if jax.process_index() == 0:
-        store.write_json_atomic(workdir / "config.json", config_lib.to_dict(cfg))
-        store.write_json_atomic(workdir / "record.json", record)
+        fileio.write_json_atomic(workdir / "config.json", config_lib.to_dict(cfg))
+        fileio.write_json_atomic(workdir / "record.json", record)
         tokenizers.save(tok, workdir / "tokenizer")
 
+    t = cfg.train
     iterator = loader.train_iterator(data_dir, cfg.model.block_size, t.batch_size, t.seed, max(t.steps, 1),
                                      jax.process_index(), jax.process_count(), cfg.data.prefetch_threads, data=cfg.data)
-    if latest is not None:
-        state, data_state = checkpoints.restore(latest, abstract_state, shardings)
+    if data_state is not None:
         iterator.set_state(data_state["grain"])
-    else:
-        state = create_state(model, optimizer, cfg, mesh, shardings)
-    start_step = int(state.step)
-
-    in_sharding = batch_sharding(mesh)
-    with use_rules(mesh):
-        train_fn = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer, cfg=cfg),
-                           in_shardings=(shardings, in_sharding), out_shardings=(shardings, None), donate_argnums=0)
-        eval_fn = jax.jit(functools.partial(eval_step, model=model), in_shardings=(shardings.params, in_sharding))
     val_batches = loader.eval_batches(data_dir, cfg.model.block_size, t.batch_size // t.grad_accum, t.eval_batches,
                                       data=cfg.data)
-    val_tokens_per_byte = manifest["splits"]["val"]["n_tokens"] / max(manifest["splits"]["val"]["n_bytes"], 1)
+    val = manifest["splits"]["val"]
+    return Run(cfg=cfg, workdir=workdir, data_dir=data_dir, tokenizer=tok, step=step, state=state, iterator=iterator,
+               checkpoints=checkpoints, writer=MetricWriter(workdir, t.tensorboard), meta=meta,
+               start_step=int(state.step), val_batches=val_batches,
+               val_bytes_per_token=val["n_bytes"] / max(val["n_tokens"], 1), stop=StopSignals(), lock=lock)
 
-    def to_global(local_batch):
-        """Assembles each process's rows into global arrays (a dict batch leaf by leaf)."""
-        return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(in_sharding, x), local_batch)
 
-    def evaluate(params) -> dict:
-        with use_rules(mesh):
-            sums = [eval_fn(params, to_global(_local_rows(b))) for b in val_batches]
-        nll, count = (float(sum(float(s[i]) for s in sums)) for i in (0, 1))
-        loss = nll / count
-        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)),
-                "val_bpb": loss / math.log(2) * val_tokens_per_byte}
+def _newest_meta(checkpoints: Checkpoints) -> tuple[int, dict] | None:
+    """(step, meta) of the newest checkpoint whose metadata reads (restoring reports the unreadable ones)."""
+    for step in sorted(checkpoints.all_steps(), reverse=True):
+        try:
+            return step, checkpoints.read_meta(step)
+        except Exception:
+            continue
+    return None
 
-    n_params = count_params(state.params)
-    tokens_per_step = t.batch_size * cfg.model.block_size
-    flops_per_step = flops_per_token(cfg.model, cfg.model.block_size) * tokens_per_step
-    peak = peak_flops_per_device(t.peak_flops) * jax.device_count()
-    writer = MetricWriter(workdir, t.tensorboard)
-    stop = StopSignals()
-    if jax.process_index() == 0:
-        where = f"resuming from step {start_step}" if start_step else "starting at step 0"
-        tqdm.write(f"gptjax: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}, {jax.device_count()} "
-                   f"{jax.devices()[0].platform} devices, {tokens_per_step} tokens/step, {where} of {t.steps}")
-    bar = tqdm(total=t.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not show_progress or jax.process_index() != 0)
-    last = {"time": None, "step_seconds": None}
-    summary: dict = {}
 
-    def process(step: int, metrics: dict) -> None:
+def _read_record(workdir: Path) -> dict:
+    path = workdir / "record.json"
+    if not path.is_file():
+        return {}
+    return fileio.read_json(path, "run record", f"move {path} aside to start a fresh record")
+
+
+# ---- hooks -----------------------------------------------------------------------------------------------------
+
+
+class Hook(Protocol):
+    """Called after step `done` was dispatched, when `due`; may inspect or replace nothing but the run's files."""
+
+    def due(self, run: Run, done: int) -> bool: ...
+
+    def __call__(self, run: Run, done: int, state: TrainState) -> None: ...
+
+
+class MetricsLog:
+    """Reads each step's metrics one step late (so the device never idles), checks them, logs and shows them."""
+
+    def __init__(self, run: Run, show_progress: bool):
+        cfg = run.cfg
+        self.run = run
+        self.tokens_per_step = cfg.train.batch_size * cfg.model.block_size
+        self.flops_per_step = flops_per_token(cfg.model, cfg.model.block_size) * self.tokens_per_step
+        self.peak = peak_flops_per_device(cfg.train.peak_flops) * jax.device_count()
+        self.bar = tqdm(total=cfg.train.steps, initial=run.start_step, desc="train", unit="step", dynamic_ncols=True,
+                        disable=not show_progress or not run.is_main)
+        self.pending: tuple[int, dict] | None = None
+        self.last_time: float | None = None
+        self.step_seconds: float | None = None
+
+    def push(self, step: int, metrics: dict) -> None:
+        self.flush()
+        self.pending = (step, metrics)
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            step, metrics = self.pending
+            self.pending = None
+            self._process(step, metrics)
+
+    def _process(self, step: int, metrics: dict) -> None:
+        run, t = self.run, self.run.cfg.train
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
-            raise GptjaxError(f"loss is {values['loss']} (grad norm {values['grad_norm']}) at step {step}; stopped. "
-                              f"The last good checkpoint (step {checkpoints.latest_step()}) is intact in {workdir}; "
-                              f"lower train.lr or raise train.warmup_steps")
+            raise non_finite_error(run, f"loss is {values['loss']} (grad norm {values['grad_norm']}) at step {step + 1}")
         now = time.perf_counter()
-        if last["time"] is not None:
-            dt = now - last["time"]
-            last["step_seconds"] = dt if last["step_seconds"] is None else 0.9 * last["step_seconds"] + 0.1 * dt
-        last["time"] = now
+        if self.last_time is not None:
+            dt = now - self.last_time
+            self.step_seconds = dt if self.step_seconds is None else 0.9 * self.step_seconds + 0.1 * dt
+        self.last_time = now
         postfix = {"loss": f"{values['loss']:.4f}"}
-        if last["step_seconds"]:
-            values["tokens_per_s"] = tokens_per_step / last["step_seconds"]
+        if self.step_seconds:
+            values["tokens_per_s"] = self.tokens_per_step / self.step_seconds
             postfix["tok/s"] = f"{values['tokens_per_s']:.0f}"
-            if peak:
-                values["mfu"] = flops_per_step / last["step_seconds"] / peak
+            if self.peak:
+                values["mfu"] = self.flops_per_step / self.step_seconds / self.peak
                 postfix["mfu"] = f"{100 * values['mfu']:.1f}%"
-        bar.set_postfix(postfix, refresh=False)
-        bar.update(1)
-        summary.update(values)
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+        run.summary.update(values)
         if (step + 1) % t.log_every == 0 or step + 1 == t.steps:
-            writer.write(step + 1, values)
+            run.writer.write(step + 1, values)
 
-    def save(state) -> None:
-        checkpoints.save(state, {"grain": iterator.get_state(), "step": int(state.step)}, meta, force=True)
+    def close(self) -> None:
+        self.bar.close()
 
-    def _local_rows(global_batch):
-        """This process's rows of a global batch (an array or a dict of arrays)."""
-        def rows(x):
-            per = x.shape[0] // jax.process_count()
-            return x[jax.process_index() * per:(jax.process_index() + 1) * per]
 
-        return jax.tree_util.tree_map(rows, global_batch)
+def non_finite_error(run: Run, what: str) -> GptjaxError:
+    last = run.checkpoints.latest_step()
+    intact = (f"the last good checkpoint (step {last}) is intact in {run.workdir}" if last is not None
+              else f"no checkpoint was written to {run.workdir}")
+    return GptjaxError(f"{what}; stopped, {intact}. Resume it with a lower learning rate, e.g. the same command with "
+                       f"--config.train.lr={run.cfg.train.lr / 2:g} (or raise train.warmup_steps / set train.grad_clip); "
+                       f"the change is recorded in record.json")
 
-    # Fault injection for the resume tests: the process kills itself (SIGKILL, no cleanup) after this step.
-    fault_kill_step = int(os.environ.get("GPTJAX_FAULT_KILL_AFTER_STEP", "-1"))
-    pending = None
+
+@dataclasses.dataclass
+class EvalHook:
+    """Validation loss every `train.eval_every` steps and at the end."""
+
+    def due(self, run: Run, done: int) -> bool:
+        return done % run.cfg.train.eval_every == 0 or done == run.cfg.train.steps
+
+    def __call__(self, run: Run, done: int, state: TrainState) -> None:
+        result = run.evaluate(state.params)
+        run.summary.update(result)
+        run.writer.write(done, result)
+        if run.is_main:
+            tqdm.write(f"step {done}: val loss {result['val_loss']:.4f}, ppl {result['val_ppl']:.2f}, "
+                       f"bpb {result['val_bpb']:.4f}")
+
+
+@dataclasses.dataclass
+class CheckpointHook:
+    """Saves every `train.checkpoint_every` steps, at the end and on a stop signal — only params that are finite and
+    give a finite loss and gradient on the batch they were just trained on, so 'the last good checkpoint' can
+    always be resumed (with a lower learning rate)."""
+
+    def due(self, run: Run, done: int) -> bool:
+        t = run.cfg.train
+        return done % t.checkpoint_every == 0 or done == t.steps or run.stopping is not None
+
+    def __call__(self, run: Run, done: int, state: TrainState) -> None:
+        if not run.step.healthy(state.params, state.frozen, run.last_batch):
+            raise non_finite_error(run, f"the params after step {done} are not finite or give a non-finite loss or "
+                                        f"gradient, so they were not saved")
+        run.save(state)
+
+
+DEFAULT_HOOKS: tuple[Hook, ...] = (EvalHook(), CheckpointHook())
+
+
+def fit(run: Run, hooks: Sequence[Hook], show_progress: bool = True) -> dict:
+    """Steps `run` from its start to `train.steps`, calling each hook when it is due, in order."""
+    t = run.cfg.train
+    log = MetricsLog(run, show_progress)
+    if run.is_main:
+        where = f"resuming from step {run.start_step}" if run.start_step else "starting at step 0"
+        tqdm.write(f"gptjax: {count_params(run.state.params) / 1e6:.2f}M params, mesh {dict(run.step.mesh.shape)}, "
+                   f"{jax.device_count()} {jax.devices()[0].platform} devices, {log.tokens_per_step} tokens/step, "
+                   f"{where} of {t.steps}", file=sys.stderr)
+    state = run.state
     try:
-        for step in range(start_step, t.steps):
-            batch = to_global(next(iterator))
-            with use_rules(mesh):
-                state, metrics = train_fn(state, batch)
-            if pending is not None:
-                process(*pending)
-            pending = (step, metrics)
+        for step in range(run.start_step, t.steps):
+            batch = run.step.to_global(run.step.format_batch(next(run.iterator)))
+            state, metrics = run.step.train(state, batch)
+            run.state, run.last_batch = state, batch
+            log.push(step, metrics)
             done = step + 1
-            at_eval = done % t.eval_every == 0 or done == t.steps
-            at_save = done % t.checkpoint_every == 0 or done == t.steps
-            if at_eval or at_save or stop.received:
-                process(*pending)
-                pending = None
-            if at_eval:
-                result = evaluate(state.params)
-                summary.update(result)
-                writer.write(done, result)
-                if jax.process_index() == 0:
-                    bar.write(f"step {done}: val loss {result['val_loss']:.4f}, ppl {result['val_ppl']:.2f}, "
-                              f"bpb {result['val_bpb']:.4f}")
-            if at_save or stop.received:  # a signal may have arrived during the eval above
-                save(state)
-            if done == fault_kill_step:
-                checkpoints.wait()
-                os.kill(os.getpid(), signal.SIGKILL)
-            if stop.received:
-                checkpoints.wait()
-                if checkpoints.latest_step() != done:
-                    raise GptjaxError(f"stopped by {stop.received} at step {done} but its checkpoint did not complete; "
-                                      f"the latest checkpoint is step {checkpoints.latest_step()}")
-                raise RunInterrupted(f"stopped by {stop.received} at step {done}; checkpoint saved in {workdir}; "
-                                     f"run the same command to resume")
-        if pending is not None:
-            process(*pending)
-        if start_step >= t.steps and latest is not None:
-            summary.update(evaluate(state.params))
+            run.stopping = run.stop.received
+            due = [hook for hook in hooks if hook.due(run, done)]
+            if due:
+                log.flush()
+            for hook in due:
+                hook(run, done, state)
+            if run.stopping:
+                run.checkpoints.wait()
+                if run.checkpoints.latest_step() != done:
+                    raise GptjaxError(f"stopped by {run.stopping} at step {done} but its checkpoint did not "
+                                      f"complete; the latest checkpoint is step {run.checkpoints.latest_step()}")
+                raise RunInterrupted(f"stopped by {run.stopping} at step {done}; checkpoint saved in "
+                                     f"{run.workdir}; run the same command to resume")
+        log.flush()
+        if run.start_step >= t.steps and run.start_step > 0:
+            run.summary.update(run.evaluate(state.params))
     finally:
-        bar.close()
-        stop.restore()
-        writer.close()
-        checkpoints.close()
-    summary["step"] = int(state.step)
-    summary["params"] = n_params
-    return summary
+        log.close()
+    run.summary["step"] = int(state.step)
+    run.summary["params"] = count_params(state.params)
+    return run.summary
+
+
+def train(cfg: Config, workdir: str | Path, show_progress: bool = True, hooks: Sequence[Hook] = ()) -> dict:
+    """Trains (or resumes) a run in `workdir`; returns the final metrics. `hooks` run after the default ones."""
+    run = open_run(cfg, workdir)
+    failing = True
+    try:
+        summary = fit(run, (*DEFAULT_HOOKS, *hooks), show_progress)
+        failing = False
+        return summary
+    finally:
+        run.close(failing)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gptjax.config import Config
+from gptjax.config import Config, ModelConfig
 from gptjax.model.transformer import Transformer
 from gptjax.parallel.rules import tree_shardings, use_rules
 
@@ -21,6 +21,9 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array  # raw uint32[2] key: dropout keys are fold_in(rng, step)
+    frozen: Any = None  # params that are used but never trained (e.g. a DPO reference), sharded like params
+    loss_ema: jax.Array | None = None  # running mean of the loss (train.spike_factor)
+    skipped_steps: jax.Array | None = None  # updates skipped as loss spikes
 
 
 def init_params(model: Transformer, seed: int, seq_len: int):
@@ -29,26 +32,41 @@ def init_params(model: Transformer, seed: int, seq_len: int):
     return model.init(jax.random.PRNGKey(seed), tokens)["params"]
 
 
-def _init_state(model: Transformer, optimizer: optax.GradientTransformation, cfg: Config) -> TrainState:
-    boxed = init_params(model, cfg.train.seed, min(cfg.model.block_size, 8))
-    params = nn.unbox(boxed)
+def abstract_params(model_cfg: ModelConfig, seed: int = 0) -> Any:
+    """The boxed (logically partitioned) ShapeDtypeStructs of a model's params, without computing anything."""
+    return jax.eval_shape(lambda: init_params(Transformer(model_cfg), seed, min(model_cfg.block_size, 8)))
+
+
+def _init_state(model: Transformer, optimizer: optax.GradientTransformation, cfg: Config, frozen=None) -> TrainState:
+    params = nn.unbox(init_params(model, cfg.train.seed, min(cfg.model.block_size, 8)))
+    spike = cfg.train.spike_factor > 0
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                      rng=jax.random.PRNGKey(cfg.train.seed + 1))
+                      rng=jax.random.PRNGKey(cfg.train.seed + 1), frozen=frozen,
+                      loss_ema=jnp.zeros((), jnp.float32) if spike else None,
+                      skipped_steps=jnp.zeros((), jnp.int32) if spike else None)
 
 
-def state_shardings(model: Transformer, optimizer: optax.GradientTransformation, cfg: Config, mesh: Mesh):
-    """(shardings, abstract state): params sharded by the rules table, optimizer moments like their params."""
-    boxed_params = jax.eval_shape(lambda: init_params(model, cfg.train.seed, min(cfg.model.block_size, 8)))
-    param_shardings = nn.unbox(tree_shardings(boxed_params, mesh))
-    abstract_state = jax.eval_shape(lambda: _init_state(model, optimizer, cfg))
+def state_shardings(model: Transformer, optimizer: optax.GradientTransformation, cfg: Config, mesh: Mesh,
+                    frozen_example=None):
+    """(shardings, abstract state): params sharded by the rules table, optimizer moments like their params, frozen
+    params like the params they mirror."""
+    param_shardings = nn.unbox(tree_shardings(abstract_params(cfg.model, cfg.train.seed), mesh))
+    abstract_frozen = None if frozen_example is None else jax.eval_shape(lambda: frozen_example)
+    abstract_state = jax.eval_shape(lambda: _init_state(model, optimizer, cfg, abstract_frozen))
     replicated = NamedSharding(mesh, PartitionSpec())
-    opt_shardings = optax.tree_map_params(optimizer, lambda _, sharding: sharding, abstract_state.opt_state,
-                                          param_shardings, transform_non_params=lambda _: replicated)
-    shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated)
+    masked = lambda leaf: isinstance(leaf, optax.MaskedNode)  # a frozen param's (absent) optimizer state
+    opt_shardings = optax.tree_map_params(optimizer, lambda leaf, sharding: leaf if masked(leaf) else sharding,
+                                          abstract_state.opt_state, param_shardings,
+                                          transform_non_params=lambda _: replicated, is_leaf=masked)
+    scalar = lambda leaf: None if leaf is None else replicated
+    shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated,
+                           frozen=None if frozen_example is None else param_shardings,
+                           loss_ema=scalar(abstract_state.loss_ema), skipped_steps=scalar(abstract_state.skipped_steps))
     return shardings, abstract_state
 
 
-def create_state(model: Transformer, optimizer: optax.GradientTransformation, cfg: Config, mesh: Mesh, shardings):
+def create_state(model: Transformer, optimizer: optax.GradientTransformation, cfg: Config, mesh: Mesh, shardings,
+                 frozen=None):
     """Initialises the state directly into its shardings (never whole on one device first)."""
     with use_rules(mesh):
-        return jax.jit(lambda: _init_state(model, optimizer, cfg), out_shardings=shardings)()
+        return jax.jit(lambda f: _init_state(model, optimizer, cfg, f), out_shardings=shardings)(frozen)

@@ -1,88 +1,193 @@
-"""Pure train and eval steps: (state, batch) -> (state, metrics). No I/O, no Python state."""
+"""The one jitted, sharded train step and its eval twin, built in one place (`build_step`).
+
+`train_step(state, batch) -> (state, metrics)` and `eval_step` are pure; `build_step` binds them to a model,
+optimizer and objective, jits them with the state's and the batch's shardings, and exposes the abstract inputs so
+the loop, the benchmarks and an ahead-of-time compile all use the same step.
+"""
 from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
 
 from gptjax.config import Config
-from gptjax.model.losses import token_nll
 from gptjax.model.transformer import Transformer
-from gptjax.parallel.rules import constrain
-from gptjax.train.optim import lr_schedule
-from gptjax.train.state import TrainState
+from gptjax.parallel.rules import batch_sharding, use_rules
+from gptjax.train.objectives import Objective, batch_format, make_objective
+from gptjax.train.optim import lr_schedule, make_optimizer
+from gptjax.train.state import TrainState, create_state, state_shardings
+
+SPIKE_EMA = 0.95  # weight of the old running mean of the loss (train.spike_factor)
 
 
-def split_batch(batch) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
-    """(tokens, segment ids, positions), each [B, T+1]; a plain array is a batch of windows (no segments)."""
-    if isinstance(batch, dict):
-        return batch["tokens"], batch.get("segment_ids"), batch.get("positions")
-    return batch, None, None
+def _freeze(params, trainable):
+    """Stops gradients into frozen leaves so XLA skips their weight gradients."""
+    if trainable is None:
+        return params
+    return jax.tree_util.tree_map(lambda p, keep: p if keep else jax.lax.stop_gradient(p), params, trainable)
 
 
-def summed_loss(params, model: Transformer, batch, rng: jax.Array | None, z_loss: float):
-    """Sum over target tokens of NLL (+ z-loss); returns (objective, (nll_sum, token_count)).
-
-    With segment ids (packed documents), a target counts only inside its input's document; segment 0 is padding."""
-    tokens_BT1, segments_BT1, positions_BT1 = split_batch(batch)
-    inputs_BT = constrain(tokens_BT1[:, :-1], ("batch", "act_length"))
-    targets_BT = tokens_BT1[:, 1:]
-    segments_BT = positions_BT = None
-    if segments_BT1 is not None:
-        segments_BT = segments_BT1[:, :-1]
-        positions_BT = positions_BT1[:, :-1]
-        weights_BT = ((segments_BT1[:, 1:] == segments_BT) & (segments_BT != 0)).astype(jnp.float32)
-    else:
-        weights_BT = jnp.ones(targets_BT.shape, jnp.float32)
-    rngs = {"dropout": rng} if rng is not None else {}
-    logits_BTV = model.apply({"params": params}, inputs_BT, positions_BT, segments_BT, deterministic=rng is None,
-                             rngs=rngs)
-    nll_BT, log_z_BT = token_nll(logits_BTV, targets_BT)
-    nll_sum = (nll_BT * weights_BT).sum()
-    objective = nll_sum + z_loss * (jnp.square(log_z_BT) * weights_BT).sum() if z_loss else nll_sum
-    return objective, (nll_sum, weights_BT.sum())
-
-
-def train_step(state: TrainState, batch_BT1: jax.Array, *, model: Transformer, optimizer: optax.GradientTransformation,
-               cfg: Config) -> tuple[TrainState, dict]:
-    """One optimizer step over the global batch, accumulated over `grad_accum` microbatches.
-
-    Gradients of summed losses are added and divided by the total token count, so k microbatches give the same
-    update as one batch k times larger."""
+def _summed_grads(state: TrainState, batch: dict, *, model: Transformer, objective: Objective, cfg: Config,
+                  trainable) -> tuple[Any, dict]:
+    """Gradients and metrics of the objective, summed (not averaged) over the batch's `grad_accum` microbatches."""
     t = cfg.train
     dropout_on = cfg.model.dropout > 0.0
     step_rng = jax.random.fold_in(state.rng, state.step)
-    grad_fn = jax.grad(summed_loss, has_aux=True)
 
+    def loss(params, micro, rng):
+        return objective(_freeze(params, trainable), state.frozen, model, micro, rng)
+
+    grad_fn = jax.grad(loss, has_aux=True)
     if t.grad_accum == 1:
-        grads, (nll_sum, count) = grad_fn(state.params, model, batch_BT1, step_rng if dropout_on else None, t.z_loss)
-    else:
-        # Microbatch a takes rows a, a+A, a+2A, ...: each keeps an even share on every data-parallel device.
-        def to_micro(x_BT1):
-            b, t1 = x_BT1.shape
-            return x_BT1.reshape(b // t.grad_accum, t.grad_accum, t1).swapaxes(0, 1)
+        return grad_fn(state.params, batch, step_rng if dropout_on else None)
 
-        micro_AMT1 = jax.tree_util.tree_map(to_micro, batch_BT1)
+    # Microbatch a takes rows a, a+A, a+2A, ...: each keeps an even share on every data-parallel device.
+    def to_micro(x_B):
+        return x_B.reshape(x_B.shape[0] // t.grad_accum, t.grad_accum, *x_B.shape[1:]).swapaxes(0, 1)
 
-        def accumulate(carry, xs):
-            grads_acc, nll_acc, count_acc = carry
-            index, micro_MT1 = xs
-            rng = jax.random.fold_in(step_rng, index) if dropout_on else None
-            g, (nll, cnt) = grad_fn(state.params, model, micro_MT1, rng, t.z_loss)
-            return (jax.tree_util.tree_map(jnp.add, grads_acc, g), nll_acc + nll, count_acc + cnt), None
+    micro_A = jax.tree_util.tree_map(to_micro, batch)
 
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-        (grads, nll_sum, count), _ = jax.lax.scan(
-            accumulate, (zeros, jnp.float32(0.0), jnp.float32(0.0)), (jnp.arange(t.grad_accum), micro_AMT1))
+    def accumulate(carry, xs):
+        grads_acc, sums_acc = carry
+        index, micro = xs
+        rng = jax.random.fold_in(step_rng, index) if dropout_on else None
+        grads, sums = grad_fn(state.params, micro, rng)
+        return (jax.tree_util.tree_map(jnp.add, grads_acc, grads), jax.tree_util.tree_map(jnp.add, sums_acc, sums)), None
 
-    grads = jax.tree_util.tree_map(lambda g: g / count, grads)
+    sums_shape = jax.eval_shape(lambda: grad_fn(state.params, jax.tree_util.tree_map(lambda x: x[0], micro_A), None)[1])
+    zeros = (jax.tree_util.tree_map(jnp.zeros_like, state.params),
+             jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape))
+    (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(t.grad_accum), micro_A))
+    return grads, sums
+
+
+def train_step(state: TrainState, batch: dict, *, model: Transformer, optimizer: optax.GradientTransformation,
+               objective: Objective, cfg: Config, trainable=None) -> tuple[TrainState, dict]:
+    """One optimizer step over the global batch, accumulated over `grad_accum` microbatches.
+
+    Gradients of summed losses are added and divided by the total `weight`, so k microbatches give the same update
+    as one batch k times larger. With `train.spike_factor`, an update whose loss exceeds that many times the running
+    mean is skipped (params and optimizer state kept) and counted."""
+    t = cfg.train
+    grads, sums = _summed_grads(state, batch, model=model, objective=objective, cfg=cfg, trainable=trainable)
+    weight = jnp.maximum(sums["weight"], 1e-9)
+    grads = jax.tree_util.tree_map(lambda g: g / weight, grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": nll_sum / count, "grad_norm": optax.tree.norm(grads), "lr": lr_schedule(t)(state.step)}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    metrics = {k: v / weight for k, v in sums.items() if k != "weight"}
+    metrics.update(grad_norm=optax.tree.norm(grads), lr=lr_schedule(t)(state.step))
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    if t.spike_factor:
+        loss = metrics["loss"]
+        spike = (state.loss_ema > 0) & (loss > t.spike_factor * state.loss_ema)
+        keep_old = lambda new, old: jnp.where(spike, old, new)
+        new_state = new_state.replace(
+            params=jax.tree_util.tree_map(keep_old, params, state.params),
+            opt_state=jax.tree_util.tree_map(keep_old, opt_state, state.opt_state),
+            loss_ema=jnp.where(spike, state.loss_ema,
+                               jnp.where(state.loss_ema > 0, SPIKE_EMA * state.loss_ema + (1 - SPIKE_EMA) * loss, loss)),
+            skipped_steps=state.skipped_steps + spike.astype(jnp.int32))
+        metrics["skipped_steps"] = new_state.skipped_steps
+    return new_state, metrics
 
 
-def eval_step(params, batch_BT1: jax.Array, *, model: Transformer) -> tuple[jax.Array, jax.Array]:
-    """(summed NLL, token count) of a batch, deterministic."""
-    _, (nll_sum, count) = summed_loss(params, model, batch_BT1, None, 0.0)
-    return nll_sum, count
+def eval_step(params, frozen, batch: dict, *, model: Transformer, objective: Objective) -> dict:
+    """The objective's summed metrics (including `weight`) over a batch, deterministic."""
+    _, sums = objective(params, frozen, model, batch, None)
+    return sums
+
+
+def all_finite(tree) -> jax.Array:
+    """True when every float leaf of `tree` is finite (one fused reduction)."""
+    leaves = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.stack(leaves).all() if leaves else jnp.bool_(True)
+
+
+def healthy(params, frozen, batch: dict, *, model: Transformer, objective: Objective) -> jax.Array:
+    """True when `params` are finite and give a finite loss and gradient on `batch`: safe to checkpoint."""
+    grads, sums = jax.grad(lambda p: objective(p, frozen, model, batch, None), has_aux=True)(params)
+    return all_finite(params) & jnp.isfinite(sums["loss"]) & all_finite(grads)
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """A run's compiled functions and what they expect: the state's shardings and abstract form, the batch format."""
+
+    cfg: Config
+    mesh: Mesh
+    model: Transformer
+    optimizer: optax.GradientTransformation
+    objective: Objective
+    shardings: TrainState
+    abstract_state: TrainState
+    batch_sharding: NamedSharding
+    format_batch: Callable[[Any], dict]
+    train_jit: Callable
+    eval_jit: Callable
+    healthy_jit: Callable
+
+    def train(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        with use_rules(self.mesh):
+            return self.train_jit(state, batch)
+
+    def evaluate(self, params, frozen, batch: dict) -> dict:
+        with use_rules(self.mesh):
+            return self.eval_jit(params, frozen, batch)
+
+    def healthy(self, params, frozen, batch: dict) -> bool:
+        """Finite params, loss and gradient on `batch` (the checkpoint guard against NaN/inf)."""
+        with use_rules(self.mesh):
+            return bool(self.healthy_jit(params, frozen, batch))
+
+    def init_state(self, frozen=None) -> TrainState:
+        return create_state(self.model, self.optimizer, self.cfg, self.mesh, self.shardings, frozen)
+
+    def to_global(self, local_batch: dict) -> dict:
+        """Assembles each process's rows of a host batch (already formatted) into global sharded arrays."""
+        return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x),
+                                      local_batch)
+
+    def abstract_batch(self, global_batch: int) -> dict:
+        """ShapeDtypeStructs (with shardings) of one global training batch, for ahead-of-time lowering."""
+        example = self.format_batch(np.zeros((global_batch, self.cfg.model.block_size + 1), np.int32))
+        return jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.batch_sharding), example)
+
+    def lower_train(self):
+        """The train step lowered for the abstract state and batch (`.compile()` it, read its memory analysis)."""
+        state = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                       self.abstract_state, self.shardings)
+        with use_rules(self.mesh):
+            return self.train_jit.lower(state, self.abstract_batch(self.cfg.train.batch_size))
+
+
+def build_step(cfg: Config, mesh: Mesh, *, objective: Objective | None = None, trainable=None,
+               frozen_example=None) -> Step:
+    """The jitted, sharded train and eval steps for `cfg` on `mesh`.
+
+    `objective` defaults to `train.objective`; `trainable` (a bool tree shaped like the params) freezes the False
+    leaves (no gradient, no optimizer state); `frozen_example` (a params-shaped tree, e.g. a DPO reference) is
+    carried in the state beside the trainable params, sharded like them."""
+    model = Transformer(cfg.model)
+    optimizer = make_optimizer(cfg.train, trainable)
+    objective = objective or make_objective(cfg.train)
+    shardings, abstract_state = state_shardings(model, optimizer, cfg, mesh, frozen_example)
+    in_sharding = batch_sharding(mesh)
+    train_fn = functools.partial(train_step, model=model, optimizer=optimizer, objective=objective, cfg=cfg,
+                                 trainable=trainable)
+    train_jit = jax.jit(train_fn, in_shardings=(shardings, in_sharding), out_shardings=(shardings, None),
+                        donate_argnums=0)
+    eval_jit = jax.jit(functools.partial(eval_step, model=model, objective=objective),
+                       in_shardings=(shardings.params, shardings.frozen, in_sharding))
+    healthy_jit = jax.jit(functools.partial(healthy, model=model, objective=objective),
+                          in_shardings=(shardings.params, shardings.frozen, in_sharding))
+    return Step(cfg=cfg, mesh=mesh, model=model, optimizer=optimizer, objective=objective, shardings=shardings,
+                abstract_state=abstract_state, batch_sharding=in_sharding, format_batch=batch_format(cfg.train),
+                train_jit=train_jit, eval_jit=eval_jit, healthy_jit=healthy_jit)
+

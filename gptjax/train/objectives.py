@@ -1,0 +1,87 @@
+"""Training objectives: what the shared step differentiates. The trainer takes one of these; it never knows the loss.
+
+An objective maps (trainable params, frozen params, model, batch, rng) to a summed loss and summed metrics, one of
+which is `weight`, the normaliser: the step divides the gradient and every metric by the batch's total `weight`, so
+k microbatches give the update of one batch k times larger. Batches are dicts; `loss_weights` says which targets
+count (and how much), so masking (padding, packed-document boundaries, SFT prompts) is the data's business.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gptjax.errors import GptjaxError
+from gptjax.model.losses import token_nll
+from gptjax.model.transformer import Transformer
+from gptjax.parallel.rules import constrain
+
+Batch = dict[str, jax.Array]
+
+
+class Objective(Protocol):
+    name: str
+
+    def __call__(self, params: Any, frozen: Any, model: Transformer, batch: Batch,
+                 rng: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """(summed loss to differentiate, summed metrics including `weight`)."""
+
+
+def lm_batch(batch: Any) -> dict[str, np.ndarray]:
+    """The loader's batch as the LM objective's dict: `tokens` [B, T+1] and `loss_weights` [B, T] (+ packing keys).
+
+    A plain [B, T+1] array is a batch of windows: every target counts. With segment ids (packed documents) a target
+    counts only inside its input's document, and segment 0 is padding."""
+    if not isinstance(batch, dict):
+        tokens_BT1 = np.asarray(batch)
+        return {"tokens": tokens_BT1, "loss_weights": np.ones((tokens_BT1.shape[0], tokens_BT1.shape[1] - 1), np.float32)}
+    if "loss_weights" in batch:
+        return batch
+    out = dict(batch)
+    segments_BT1 = np.asarray(batch["segment_ids"])
+    same_document_BT = (segments_BT1[:, 1:] == segments_BT1[:, :-1]) & (segments_BT1[:, :-1] != 0)
+    out["loss_weights"] = same_document_BT.astype(np.float32)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class NextTokenLM:
+    """Next-token cross-entropy over the weighted targets, plus optional z-loss (PaLM) on log Z."""
+
+    z_loss: float = 0.0
+    name: str = "lm"
+
+    def __call__(self, params, frozen, model, batch, rng):
+        tokens_BT1 = batch["tokens"]
+        weights_BT = batch["loss_weights"].astype(jnp.float32)
+        inputs_BT = constrain(tokens_BT1[:, :-1], ("batch", "act_length"))
+        segments_BT = batch["segment_ids"][:, :-1] if "segment_ids" in batch else None
+        positions_BT = batch["positions"][:, :-1] if "positions" in batch else None
+        rngs = {"dropout": rng} if rng is not None else {}
+        logits_BTV = model.apply({"params": params}, inputs_BT, positions_BT, segments_BT, deterministic=rng is None,
+                                 rngs=rngs)
+        nll_BT, log_z_BT = token_nll(logits_BTV, tokens_BT1[:, 1:])
+        nll_sum = (nll_BT * weights_BT).sum()
+        loss_sum = nll_sum + self.z_loss * (jnp.square(log_z_BT) * weights_BT).sum() if self.z_loss else nll_sum
+        return loss_sum, {"loss": nll_sum, "weight": weights_BT.sum()}
+
+
+OBJECTIVES: dict[str, Callable[..., Objective]] = {
+    "lm": lambda train_cfg: NextTokenLM(z_loss=train_cfg.z_loss),
+}
+BATCH_FORMATS: dict[str, Callable[[Any], dict]] = {"lm": lm_batch}
+
+
+def make_objective(train_cfg) -> Objective:
+    """The objective `train.objective` names."""
+    if train_cfg.objective not in OBJECTIVES:
+        raise GptjaxError(f"train.objective='{train_cfg.objective}' is not one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[train_cfg.objective](train_cfg)
+
+
+def batch_format(train_cfg) -> Callable[[Any], dict]:
+    """The host-side function that turns the loader's batches into the objective's dict."""
+    return BATCH_FORMATS[train_cfg.objective]

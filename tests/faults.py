@@ -1,0 +1,54 @@
+"""Fault injection for the resume tests, kept out of the product: `gptjax train` with extra loop hooks.
+
+    python tests/faults.py --kill-after-step 13 [--kill-during-save] -- --config X --workdir W [--config.a.b=v ...]
+
+`--kill-after-step N` SIGKILLs the process (no cleanup) once step N's checkpoints are on disk;
+`--kill-during-save` SIGKILLs it right after the async save of step N has started, before it can finish.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout this file belongs to
+
+
+@dataclasses.dataclass
+class KillAfterStep:
+    step: int
+    during_save: bool = False
+
+    def due(self, run, done: int) -> bool:
+        return done == self.step
+
+    def __call__(self, run, done: int, state) -> None:
+        if not self.during_save:
+            run.checkpoints.wait()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kill-after-step", type=int, required=True)
+    parser.add_argument("--kill-during-save", action="store_true")
+    split = argv.index("--")
+    args = parser.parse_args(argv[:split])
+    from gptjax.cli.common import load_config, split_config_overrides
+    from gptjax.train.loop import train
+
+    rest, overrides = split_config_overrides(argv[split + 1:])
+    train_args = argparse.ArgumentParser()
+    train_args.add_argument("--config", required=True)
+    train_args.add_argument("--workdir", required=True)
+    known = train_args.parse_args(rest)
+    cfg = load_config(known.config, overrides)
+    train(cfg, known.workdir, hooks=[KillAfterStep(args.kill_after_step, args.kill_during_save)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
