@@ -540,6 +540,10 @@ def validate(cfg: Config) -> None:
     _check(t.batch_size % t.grad_accum == 0,
            f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
     _check(t.min_lr <= t.lr, f"train.min_lr={t.min_lr} must be <= train.lr={t.lr}")
+    if cfg.data.inputs:  # the pipeline will prepare them: check its settings now, not after minutes of work
+        from gptjax.data.pipeline import settings
+
+        settings.check(cfg.data)
 
 
 class Change(NamedTuple):

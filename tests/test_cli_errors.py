@@ -131,3 +131,65 @@ def test_incompatible_checkpoint_is_refused_and_kept(tmp_path, cache_dir):
 def test_generate_from_an_empty_workdir_errors(tmp_path, capsys):
     assert main(["generate", "--workdir", str(tmp_path), "--prompt", "hi"]) == 2
     assert "neither a training workdir" in one_error_line(capsys)
+
+
+# ---- data that does not belong to the model ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_data(tmp_path_factory):
+    """A char-level corpus over other characters than Shakespeare's (another tokenizer fingerprint)."""
+    from gptjax.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("other")
+    (root / "text.txt").write_text("0123456789 abc\n" * 400)
+    prepare([str(root / "text.txt")], root / "data", tokenizer="char")
+    return root / "data"
+
+
+def tiny_lm(vocab_size: int, tokenizer):
+    import flax.linen as nn
+
+    from conftest import tiny_model
+    from gptjax.api import LM
+    from gptjax.config import Config
+    from gptjax.model.transformer import Transformer
+    from gptjax.train.state import init_params
+
+    cfg = Config(model=tiny_model(vocab_size=vocab_size))
+    return LM(cfg, nn.unbox(init_params(Transformer(cfg.model), 0, 8)), tokenizer)
+
+
+def test_eval_refuses_data_prepared_with_another_tokenizer(shakespeare_dir, other_data):
+    from gptjax.data import tokenizer as tokenizers
+    from gptjax.errors import GptjaxError
+    from gptjax.eval.perplexity import evaluate_split
+
+    lm = tiny_lm(66, tokenizers.load(shakespeare_dir / "tokenizer"))
+    with pytest.raises(GptjaxError, match="prepared with another tokenizer .* prepare it with the model's tokenizer"):
+        evaluate_split(lm, other_data, "val", 4)
+    assert evaluate_split(lm, shakespeare_dir, "val", 4, max_tokens=200)["tokens"] == 192
+
+
+def test_eval_refuses_token_ids_outside_the_models_vocabulary(shakespeare_dir):
+    from gptjax.errors import GptjaxError
+    from gptjax.eval.perplexity import evaluate_split
+
+    lm = tiny_lm(20, None)  # a weights-only model: no fingerprint to compare, so the ids themselves are checked
+    with pytest.raises(GptjaxError, match=r"holds token id \d+ at position \d+, outside the model's vocabulary \[0, 20\)"):
+        evaluate_split(lm, shakespeare_dir, "val", 4)
+
+
+def test_training_refuses_a_data_dir_whose_tokenizer_does_not_match_its_manifest(tmp_path, shakespeare_dir,
+                                                                                  other_data, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(shakespeare_dir, data)
+    shutil.rmtree(data / "tokenizer")
+    shutil.copytree(other_data / "tokenizer", data / "tokenizer")
+    code = main(["train", "--config", "experiments/shakespeare_char_cpu.py", "--workdir", str(tmp_path / "run"),
+                 *tiny_overrides(steps=2), "--config.data.dataset=", f"--config.data.path={data}"])
+    assert code == 2
+    assert "does not match the tokenizer its manifest.json was prepared with" in one_error_line(capsys)
+    assert not (tmp_path / "run").exists()

@@ -334,12 +334,10 @@ def write_workdir(cfg: Config, params: Mapping[str, Any], tokenizer: tokenizers.
     from step 0) treat it as any other run. `workdir` must not exist or be empty; it appears only when complete.
     Without a tokenizer (a weights-only import) the checkpoint meta holds tokenizer=None and the workdir has no
     tokenizer/ and no experiment file: such a model works on token ids only and cannot be trained."""
-    from gptjax.model.transformer import Transformer
     from gptjax.parallel.mesh import make_mesh
-    from gptjax.train.checkpoint import Checkpoints
+    from gptjax.train.checkpoint import Checkpoints, checkpoint_meta
     from gptjax.train.metrics import reproducibility_record
-    from gptjax.train.optim import make_optimizer
-    from gptjax.train.state import create_state, state_shardings
+    from gptjax.train.step import build_step
 
     config_lib.validate(cfg)
     workdir = Path(workdir).absolute()
@@ -347,18 +345,12 @@ def write_workdir(cfg: Config, params: Mapping[str, Any], tokenizer: tokenizers.
                        "the imported params")
     with staged_directory(workdir, "--workdir") as staging:
         mesh = make_mesh(cfg.mesh)
-        model = Transformer(cfg.model)
-        optimizer = make_optimizer(cfg.train)
-        shardings, _ = state_shardings(model, optimizer, cfg, mesh)
-        state = create_state(model, optimizer, cfg, mesh, shardings)
+        step = build_step(cfg, mesh)
         placed = jax.device_put(jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), dict(params)),
-                                shardings.params)
-        state = state.replace(params=placed)
+                                step.shardings.params)
+        state = step.init_state().replace(params=placed)
         record = {**reproducibility_record(dict(mesh.shape)), "imported_from": provenance}
-        meta = {"config": config_lib.to_dict(cfg),
-                "tokenizer": None if tokenizer is None else tokenizers.to_json_dict(tokenizer),
-                "tokenizer_fingerprint": None if tokenizer is None else tokenizers.fingerprint(tokenizer),
-                "record": record, "data_dir": ""}
+        meta = checkpoint_meta(cfg, tokenizer, record, None)
         checkpoints = Checkpoints(staging, keep=cfg.train.keep_checkpoints, async_save=False)
         try:
             checkpoints.save(state, fresh_data_state(), meta)

@@ -51,6 +51,18 @@ def _opt_item(state: TrainState) -> dict:
     return item
 
 
+def checkpoint_meta(cfg, tokenizer, record: dict, data_dir: str | Path | None) -> dict:
+    """The `meta` item every checkpoint carries: resolved config, tokenizer files (None for a weights-only import)
+    and its fingerprint, the reproducibility record, the data dir it trained on."""
+    from gptjax import config as config_lib
+    from gptjax.data import tokenizer as tokenizers
+
+    return {"config": config_lib.to_dict(cfg),
+            "tokenizer": None if tokenizer is None else tokenizers.to_json_dict(tokenizer),
+            "tokenizer_fingerprint": None if tokenizer is None else tokenizers.fingerprint(tokenizer),
+            "record": record, "data_dir": str(data_dir or "")}
+
+
 def newest_restorable(steps: list[int], restore: Callable[[int], Any], directory: Path) -> tuple[int, Any, list[int]]:
     """(step, restored, unreadable steps) for the newest of `steps` that `restore` reads, warning per bad one."""
     bad = []

@@ -30,7 +30,7 @@ from gptjax.errors import GptjaxError, RunInterrupted
 from gptjax.eval.perplexity import evaluate_batches
 from gptjax.model.transformer import count_params, flops_per_token
 from gptjax.parallel.mesh import make_mesh
-from gptjax.train.checkpoint import Checkpoints, warn
+from gptjax.train.checkpoint import Checkpoints, checkpoint_meta, warn
 from gptjax.train.metrics import MetricWriter, peak_flops_per_device, reproducibility_record
 from gptjax.train.optim import schedule_horizon
 from gptjax.train.state import TrainState
@@ -296,8 +296,7 @@ def _open_with_checkpoints(cfg, workdir, data_dir, manifest, tok, mesh, lock, ch
     record["changes"] = changes
     if init_record:
         record["init_from"] = init_record
-    meta = {"config": config_lib.to_dict(cfg), "tokenizer": tokenizers.to_json_dict(tok),
-            "tokenizer_fingerprint": tokenizers.fingerprint(tok), "record": record, "data_dir": str(data_dir)}
+    meta = checkpoint_meta(cfg, tok, record, data_dir)
     if jax.process_index() == 0:
         fileio.write_json_atomic(workdir / "config.json", config_lib.to_dict(cfg))
         fileio.write_json_atomic(workdir / "record.json", record)
