@@ -70,3 +70,30 @@ def dir_snapshot(path: Path) -> dict:
         return {}
     return {str(p.relative_to(path)): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
             for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+GPT2_FIXTURES = REPO / "tests" / "fixtures" / "gpt2"
+
+
+@pytest.fixture(scope="session")
+def gpt2_bpe_model(tmp_path_factory) -> dict:
+    """A small random-init GPT-2-family model with the real GPT-2 BPE tokenizer (vocab 50257), as a native gptjax
+    export (`gptjax` dir, for gptjax.load) and the HF transformers export of the same weights (`hf` dir, with
+    tokenizer files): the pair the eval cross-checks against lm-evaluation-harness's HF backend use."""
+    import flax.linen as nn
+
+    from gptjax.api import LM
+    from gptjax.config import Config, ModelConfig
+    from gptjax.data.tokenizer import Gpt2BpeAdapter
+    from gptjax.interop import hf, native
+    from gptjax.model.transformer import Transformer
+    from gptjax.train.state import init_params
+
+    root = tmp_path_factory.mktemp("gpt2_bpe_model")
+    model_cfg = ModelConfig(vocab_size=50257, block_size=256, n_layer=2, n_head=4, d_model=64, init_std=0.2)
+    cfg = Config(name="gpt2_bpe_tiny", model=model_cfg)
+    params = nn.unbox(init_params(Transformer(model_cfg), 0, 8))
+    tokenizer = Gpt2BpeAdapter.from_dir(GPT2_FIXTURES)
+    native.export_native(LM(cfg, params, tokenizer), root / "gptjax")
+    hf.export_hf(cfg, params, tokenizer, root / "hf")
+    return {"gptjax": root / "gptjax", "hf": root / "hf", "config": cfg}
