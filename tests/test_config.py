@@ -215,7 +215,7 @@ def test_experiment_without_a_usable_get_config(tmp_path, source, expected):
 FREE_KEYS = {"name", "train.steps", "train.eval_every", "train.eval_batches", "train.log_every",
              "train.checkpoint_every", "train.keep_checkpoints", "train.tensorboard", "train.compilation_cache",
              "train.peak_flops", "train.cpu_devices", "data.prefetch_threads", "data.cache_dir", "mesh.data",
-             "mesh.fsdp", "mesh.tensor"}
+             "mesh.fsdp", "mesh.tensor", "train.eval_tasks", "train.eval_data"}
 RECORDED_KEYS = {f"train.{k}" for k in ("lr", "min_lr", "warmup_steps", "grad_clip", "weight_decay", "beta1", "beta2",
                                         "eps", "schedule", "decay_steps", "schedule_steps", "spike_factor", "z_loss")}
 

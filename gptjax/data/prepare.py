@@ -23,6 +23,7 @@ from gptjax.errors import GptjaxError
 BUNDLED = {
     "shakespeare_char": {"inputs": ("tinyshakespeare.txt",), "tokenizer": "char"},
     "shakespeare": {"inputs": ("tinyshakespeare.txt",), "tokenizer": "sentencepiece"},
+    "english": {"inputs": ("english",), "tokenizer": "sentencepiece"},  # State of the Union + inaugural addresses
 }
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 __all__ = ["BUNDLED", "BUNDLED_DIR", "FORMAT_VERSION", "cache_root", "doc_in_val", "expand_inputs", "mixture_entries",
@@ -88,7 +89,7 @@ def resolve_data(data_cfg: DataConfig) -> Path:
             raise GptjaxError(f"unknown bundled dataset '{data_cfg.dataset}' (known: {', '.join(BUNDLED)}); "
                               f"or set data.dataset='' and data.path / data.inputs")
         bundled = BUNDLED[data_cfg.dataset]
-        inputs = [str(BUNDLED_DIR / name) for name in bundled["inputs"]]
+        inputs = [str(p) for p in expand_inputs([str(BUNDLED_DIR / name) for name in bundled["inputs"]])]
         kind = bundled["tokenizer"]
     elif data_cfg.inputs:
         inputs, kind = [str(p) for p in expand_inputs(data_cfg.inputs)], data_cfg.tokenizer
