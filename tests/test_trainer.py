@@ -190,3 +190,26 @@ def test_the_train_step_lowers_ahead_of_time_from_abstract_inputs(cache_dir):
     compiled = step.lower_train().compile()
     assert compiled.memory_analysis() is not None
     assert set(step.abstract_batch(8)) == {"tokens", "loss_weights"}
+
+
+def test_eval_tasks_are_scored_during_training_and_logged(tmp_path, cache_dir):
+    from conftest import REPO, run_cli, tiny_overrides
+
+    fixtures = REPO / "tests" / "fixtures" / "eval"
+    args = tiny_overrides(steps=4, **{"train.eval_every": 2, "data.dataset": "shakespeare", "model.block_size": 96,
+                                      "data.tokenizer": "sentencepiece", "data.vocab_size": 512,
+                                      "train.eval_tasks": "hellaswag:8,lambada:8", "train.eval_data": str(fixtures)})
+    proc = run_cli(["train", "--config", "experiments/shakespeare_char_cpu.py", "--workdir", str(tmp_path / "run"),
+                    *args])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    scored = {r["step"]: r for r in records if "hellaswag/acc" in r}
+    assert sorted(scored) == [2, 4]
+    for record in scored.values():
+        assert 0.0 <= record["hellaswag/acc"] <= 1.0 and record["lambada/perplexity"] > 1.0
+        assert record["hellaswag/acc"] * 8 == round(record["hellaswag/acc"] * 8)  # 8 items scored
+
+    missing = run_cli(["train", "--config", "experiments/shakespeare_char_cpu.py", "--workdir", str(tmp_path / "bad"),
+                       *tiny_overrides(steps=2, **{"train.eval_tasks": "hellaswag", "train.eval_data": str(tmp_path)})])
+    assert missing.returncode == 2 and "hellaswag" in missing.stderr
+    assert (tmp_path / "bad" / "metrics.jsonl").read_text() == "", "the data is checked before any step"

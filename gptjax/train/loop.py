@@ -438,7 +438,59 @@ class CheckpointHook:
         run.save(state)
 
 
+def task_specs(entries: Sequence[str]) -> list[tuple[str, int | None]]:
+    """("hellaswag", 200) pairs from `train.eval_tasks` entries "TASK[:LIMIT]"."""
+    specs = []
+    for entry in entries:
+        name, _, limit = entry.partition(":")
+        if limit and not (limit.isdigit() and int(limit) > 0):
+            raise GptjaxError(f"train.eval_tasks entry {entry!r}: LIMIT must be a positive integer (TASK or TASK:LIMIT)")
+        specs.append((name.strip(), int(limit) if limit else None))
+    return specs
+
+
+class TaskEvalHook:
+    """Downstream tasks (`train.eval_tasks`) scored beside the val loss, logged as `TASK/METRIC`.
+
+    The tasks' data is read once, when the run opens, so a missing file fails before any training step."""
+
+    def __init__(self, cfg: Config):
+        import os
+
+        from gptjax.eval.tasks import load_task
+
+        data_dir = cfg.train.eval_data or os.environ.get("GPTJAX_EVAL_DATA", "")
+        if not data_dir:
+            raise GptjaxError("train.eval_tasks needs the tasks' data: set train.eval_data=DIR or GPTJAX_EVAL_DATA "
+                              "(a directory laid out as shared/data: hellaswag/, mmlu/, lambada/, ...)")
+        self.tasks = [load_task(name, Path(data_dir), 0, limit) for name, limit in task_specs(cfg.train.eval_tasks)]
+
+    def due(self, run: Run, done: int) -> bool:
+        return EvalHook().due(run, done)
+
+    def __call__(self, run: Run, done: int, state: TrainState) -> None:
+        from gptjax.api import LM
+        from gptjax.eval.suite import run_task
+
+        lm = LM(run.cfg, state.params, run.tokenizer, step=done)
+        values = {}
+        for task in self.tasks:
+            metrics = run_task(lm, task, batch_size=run.cfg.train.batch_size, bootstrap_iters=1000, progress=False).metrics
+            values.update({f"{task.name}/{key}": float(value) for key, value in metrics.items()
+                           if isinstance(value, (int, float)) and not isinstance(value, bool)
+                           and key not in ("n", "shots", "truncated", "skipped")})
+        run.summary.update(values)
+        run.writer.write(done, values)
+        if run.is_main:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if k.endswith(("/acc", "/ppl", "perplexity")))
+            tqdm.write(f"step {done}: {shown}")
+
+
 DEFAULT_HOOKS: tuple[Hook, ...] = (EvalHook(), CheckpointHook())
+
+
+def default_hooks(cfg: Config) -> tuple[Hook, ...]:
+    return (*DEFAULT_HOOKS, TaskEvalHook(cfg)) if cfg.train.eval_tasks else DEFAULT_HOOKS
 
 
 def fit(run: Run, hooks: Sequence[Hook], show_progress: bool = True) -> dict:
@@ -486,7 +538,7 @@ def train(cfg: Config, workdir: str | Path, show_progress: bool = True, hooks: S
     run = open_run(cfg, workdir)
     failing = True
     try:
-        summary = fit(run, (*DEFAULT_HOOKS, *hooks), show_progress)
+        summary = fit(run, (*default_hooks(run.cfg), *hooks), show_progress)
         failing = False
         return summary
     finally:
