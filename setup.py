@@ -19,21 +19,28 @@ CORE = [
 DATA = ["py3langid>=0.3", "zstandard>=0.22", "pyarrow>=15", "datasketch>=1.6"]
 HF = ["torch==2.13.0", "transformers>=4.45", "tokenizers>=0.19"]
 TEST = ["pytest>=8", "pytest-timeout>=2.3", "tiktoken>=0.7"]
+EVAL = ["lm-eval>=0.4"]
+LM_EVAL_HF = ["accelerate>=0.26"]  # lm-eval's HF backend, the reference the eval cross-checks run against
 
 setup(
     name="gptjax",
     version="0.1.0",
     description="Build GPT-style language models from scratch in JAX/Flax: data, pretraining, eval, finetuning, export.",
     packages=find_packages(include=["gptjax", "gptjax.*"]),
-    package_data={"gptjax": ["data/bundled/*"]},
+    package_data={"gptjax": ["data/bundled/*", "data/bundled/english/*/*"]},
     python_requires=">=3.10",
     install_requires=CORE + DATA,
     extras_require={
         "data": DATA,
         "hf": HF,
-        "test": TEST + HF,
+        "eval": EVAL,
+        "test": TEST + HF + EVAL + LM_EVAL_HF + ["jax[tpu]"],  # libtpu: compile-check AOT-compiles for TPU here
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
     },
-    entry_points={"console_scripts": ["gptjax=gptjax.cli:main"]},
+    entry_points={
+        "console_scripts": ["gptjax=gptjax.cli:main", "gptjax-lm-eval=gptjax.eval.harness:main"],
+        # read by lm-eval releases with plugin discovery (upstream PR #4013); 0.4.13 needs gptjax-lm-eval
+        "lm_eval.models": ["gptjax=gptjax.eval.harness:GptjaxHarnessLM"],
+    },
 )

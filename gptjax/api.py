@@ -10,11 +10,13 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from gptjax import config as config_lib
 from gptjax.config import Config
 from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import GptjaxError
+from gptjax.eval import requests as eval_requests
 from gptjax.generate import SamplingParams, check_sampling, check_token_ids, extrapolation, generate_ids
 from gptjax.model.transformer import Transformer
 from gptjax.model.losses import token_nll
@@ -137,6 +139,77 @@ class LM:
         ids = self.generate_ids(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, chunk,
                                 allow_extrapolation=allow_extrapolation, on_chunk=on_chunk)
         return [tokenizer.decode(t) for t in ids]
+
+    # lm-eval's three request kinds (definitions and batching: gptjax/eval/requests.py)
+
+    def loglikelihood_tokens(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 32,
+                             progress: bool = False) -> eval_requests.LoglikelihoodResults:
+        """(sum of log p(continuation | context), is_greedy) per (context ids, continuation ids), in input order.
+        A pair longer than block_size + 1 keeps its last block_size + 1 tokens (lm-eval's left truncation); the
+        result's `n_truncated` counts such pairs, `n_rows` the forward rows run (rows that are prefixes of others
+        are shared)."""
+        check_token_ids([list(c) + list(x) for c, x in pairs], self.config.vocab_size)
+        return eval_requests.score_pairs(self.model, self.params, pairs, self.config.block_size, batch_size, progress)
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]], batch_size: int = 32, progress: bool = False,
+                      prefix_eot: bool = False) -> eval_requests.LoglikelihoodResults:
+        """(sum of log p(continuation | context), is_greedy) per (context, continuation) text pair, tokenized as
+        lm-eval's HF backend does: by default (prefix_eot=False) only an empty context becomes <|endoftext|>;
+        prefix_eot=True puts <|endoftext|> before every context (as `score` and training documents do).
+        Truncation statistics as in `loglikelihood_tokens`."""
+        tokenizer = self._text_tokenizer("loglikelihood")
+        eot = tokenizer.eot_id
+        pairs = []
+        for context, continuation in requests:
+            context_ids, continuation_ids = eval_requests.encode_pair(tokenizer.encode, context, continuation, eot)
+            if prefix_eot and context:
+                context_ids = [eot] + context_ids
+            pairs.append((context_ids, continuation_ids))
+        return self.loglikelihood_tokens(pairs, batch_size, progress)
+
+    def loglikelihood_rolling_tokens(self, documents: Sequence[Sequence[int]], prefix_id: int, batch_size: int = 32,
+                                     progress: bool = False) -> list[float]:
+        """Summed log-likelihood of every token of each document, scored in disjoint block_size windows after
+        `prefix_id` (lm-eval's rolling windows with context_len 1)."""
+        windows = [eval_requests.rolling_windows(ids, prefix_id, self.config.block_size) for ids in documents]
+        scores = self.loglikelihood_tokens([w for doc in windows for w in doc], batch_size, progress)
+        return eval_requests.sum_rolling(scores, [len(doc) for doc in windows])
+
+    def loglikelihood_rolling(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> list[float]:
+        """Summed log-likelihood of each whole text (perplexity tasks), as lm-eval's HF loglikelihood_rolling: the
+        first window starts after <|endoftext|>."""
+        tokenizer = self._text_tokenizer("loglikelihood_rolling")
+        return self.loglikelihood_rolling_tokens([tokenizer.encode(t) for t in texts], tokenizer.eot_id, batch_size,
+                                                 progress)
+
+    def generate_until(self, requests: Sequence[tuple[str, dict]], batch_size: int = 32,
+                       progress: bool = False) -> list[str]:
+        """Continuation of each (context, gen_kwargs), cut at the first stop string, in input order. gen_kwargs as
+        lm-eval's: `until` (str or list; <|endoftext|> always stops), `max_gen_toks` (default 256), greedy unless
+        do_sample / temperature > 0 (then top_k, top_p, seed). Contexts keep their last block_size - max_gen_toks
+        tokens; requests run longest first, batched per distinct gen_kwargs. An empty context starts from
+        <|endoftext|> (lm-eval's HF backend would feed it as a row of padding only)."""
+        tokenizer = self._text_tokenizer("generate_until")
+        eot_text = tokenizer.decode([tokenizer.eot_id])
+        settings = [eval_requests.generation_settings(kwargs, eot_text) for _, kwargs in requests]
+        encoded = [tokenizer.encode(context) for context, _ in requests]
+        outputs: list[str] = [""] * len(requests)
+        bar = tqdm(total=len(requests), desc="generate_until", unit="req", disable=not progress)
+        for group_settings, indices in eval_requests.group_by_settings(settings):
+            indices = sorted(indices, key=lambda i: (-len(encoded[i]), requests[i][0]))
+            prompts = eval_requests.generation_prompts([encoded[i] for i in indices], group_settings,
+                                                       self.config.block_size, tokenizer.eot_id)
+            for start in range(0, len(indices), batch_size):
+                batch = prompts[start: start + batch_size]
+                # repeat the last prompt up to a power-of-two batch so few shapes compile
+                padded = batch + [batch[-1]] * (eval_requests.bucket_rows(len(batch), batch_size) - len(batch))
+                texts = eval_requests.generate_batch_until(self.generate_ids, tokenizer.decode, padded,
+                                                           group_settings)
+                for i, text in zip(indices[start: start + batch_size], texts):
+                    outputs[i] = text
+                bar.update(len(batch))
+        bar.close()
+        return outputs
 
 
 def load(path: str | Path, step: int | None = None) -> LM:

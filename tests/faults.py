@@ -1,6 +1,7 @@
 """Fault injection for the resume tests, kept out of the product: `gptjax train` with extra loop hooks.
 
     python tests/faults.py --kill-after-step 13 [--kill-during-save] -- --config X --workdir W [--config.a.b=v ...]
+        [--coordinator HOST:PORT --num-processes N --process-id I]   (the arguments of `gptjax train`)
 
 `--kill-after-step N` SIGKILLs the process (no cleanup) once step N's checkpoints are on disk;
 `--kill-during-save` SIGKILLs it right after the async save of step N has started, before it can finish.
@@ -37,15 +38,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--kill-during-save", action="store_true")
     split = argv.index("--")
     args = parser.parse_args(argv[:split])
-    from gptjax.cli.common import load_config, split_config_overrides
+    from gptjax.cli import train as train_cli
+    from gptjax.cli.common import split_config_overrides
     from gptjax.train.loop import train
 
     rest, overrides = split_config_overrides(argv[split + 1:])
     train_args = argparse.ArgumentParser()
-    train_args.add_argument("--config", required=True)
-    train_args.add_argument("--workdir", required=True)
+    train_cli.add_arguments(train_args)  # the train verb's arguments, multi-process flags included
     known = train_args.parse_args(rest)
-    cfg = load_config(known.config, overrides)
+    cfg = train_cli.joined_config(known, overrides)
     train(cfg, known.workdir, hooks=[KillAfterStep(args.kill_after_step, args.kill_during_save)])
     return 0
 

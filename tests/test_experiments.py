@@ -14,7 +14,8 @@ from gptjax import config as config_lib
 from gptjax.model.transformer import Transformer, count_params
 
 EXPERIMENTS = sorted((REPO / "experiments").glob("*.py"))
-EXPECTED_PARAMS = {"gpt2_124m": (124e6, 125e6), "gpt2_350m": (354e6, 356e6)}
+EXPECTED_PARAMS = {"gpt2_124m": (124e6, 125e6), "gpt2_350m": (354e6, 356e6), "gpt2_774m": (774e6, 775e6),
+                   "gpt2_1.5b": (1557e6, 1558e6), "llama_1b": (1100e6, 1101e6), "llama_7b": (6738e6, 6739e6)}
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)

@@ -13,7 +13,7 @@ from gptjax.cli.common import split_config_overrides
 from gptjax.errors import GptjaxError
 
 VERBS = {"prepare": "prepare", "train": "train", "eval": "eval", "generate": "generate", "quickstart": "quickstart",
-         "export": "export", "import": "import_"}
+         "export": "export", "import": "import_", "compile-check": "compile_check"}
 
 
 def _verb_module(verb: str):

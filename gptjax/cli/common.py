@@ -24,14 +24,15 @@ def split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
-def load_config(path: str, overrides: list[str]):
+def load_config(path: str, overrides: list[str], processes: int = 1):
     """The validated config of an experiment file or a run's saved config.json (`path`) with `overrides` applied;
-    on CPU also splits the host into per-core devices (before JAX starts)."""
+    on CPU also splits the host into per-core devices (before JAX starts) that divide this process's share of the
+    microbatch (one of `processes` equal shares)."""
     from gptjax import config as config_lib
     from gptjax.parallel.mesh import configure_cpu_devices
 
     cd = config_lib.load_experiment(path)
     config_lib.apply_overrides(cd, overrides)
     cfg = config_lib.to_config(cd)
-    configure_cpu_devices(cfg.train.cpu_devices, cfg.train.batch_size // cfg.train.grad_accum)
+    configure_cpu_devices(cfg.train.cpu_devices, max(cfg.train.batch_size // cfg.train.grad_accum // processes, 1))
     return cfg

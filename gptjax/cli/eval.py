@@ -1,13 +1,17 @@
-"""`gptjax eval --workdir DIR_OR_EXPORT [--data DIR] [--split val]`: loss, perplexity and bits/byte on a split."""
+"""`gptjax eval --workdir DIR_OR_EXPORT [--data DIR] [--split val] | --tasks hellaswag,mmlu,... [--data-dir PATH]`:
+loss / perplexity / bits-per-byte on a prepared split, or benchmark tasks scored as lm-evaluation-harness does."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
 from gptjax.errors import GptjaxError
 
-HELP = "loss / perplexity / bits-per-byte of a trained model on a data split"
+HELP = "loss / perplexity / bits-per-byte on a data split, or benchmark tasks (--tasks)"
+DATA_ENV = "GPTJAX_EVAL_DATA"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,9 +20,54 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="val")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=0, help="evaluate only the first N tokens (0 = all)")
+    tasks = p.add_argument_group("benchmark tasks")
+    tasks.add_argument("--tasks", help="comma-separated: hellaswag,mmlu,lambada,arc_easy,arc_challenge,piqa,"
+                                       "winogrande,wikitext2")
+    tasks.add_argument("--data-dir", help=f"benchmark data laid out as shared/data (default: ${DATA_ENV})")
+    tasks.add_argument("--limit", type=int, help="score only the first N items of each task (MMLU: of each subject)")
+    tasks.add_argument("--shots", type=int, default=0, help="few-shot examples (MMLU, from its dev split)")
+    tasks.add_argument("--out", help="write results.json here")
+    tasks.add_argument("--log-samples", help="write one JSON line per item here")
+
+
+def benchmark_data_dir(flag: str | None) -> Path:
+    value = flag or os.environ.get(DATA_ENV)
+    if not value:
+        raise GptjaxError(f"--tasks needs the benchmark data: pass --data-dir PATH or set {DATA_ENV} to a folder "
+                          "laid out as shared/data (hellaswag/, mmlu/, lambada/, llm_foundry_evals/, wikitext2/)")
+    path = Path(value)
+    if not path.is_dir():
+        raise GptjaxError(f"benchmark data dir {path} does not exist; pass --data-dir PATH or set {DATA_ENV}")
+    return path
+
+
+def check_task_arguments(args: argparse.Namespace) -> None:
+    for name, value, least in (("--limit", args.limit, 1), ("--shots", args.shots, 0),
+                               ("--batch-size", args.batch_size, 1)):
+        if value is not None and value < least:
+            raise GptjaxError(f"{name} must be at least {least}, got {value}")
+
+
+def run_tasks(args: argparse.Namespace) -> int:
+    import gptjax
+    from gptjax.eval.suite import evaluate, load_tasks, markdown_table
+    from gptjax.eval.tasks import parse_task_names
+
+    names = parse_task_names(args.tasks)
+    check_task_arguments(args)
+    tasks = load_tasks(names, benchmark_data_dir(args.data_dir), args.shots, args.limit)
+    lm = gptjax.load(args.workdir)
+    document = evaluate(lm, args.workdir, tasks, args.batch_size, args.out, args.log_samples)
+    zero_shot = [name for name, r in document["results"].items() if r["shots"] != args.shots]
+    if zero_shot:
+        print(f"gptjax: {', '.join(zero_shot)} ran 0-shot (no few-shot split in the data)", file=sys.stderr)
+    print(markdown_table(document["results"]))
+    return 0
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.tasks is not None:
+        return run_tasks(args)
     import gptjax
     from gptjax.eval.perplexity import evaluate_split
 

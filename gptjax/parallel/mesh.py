@@ -1,4 +1,5 @@
-"""The device mesh from config, and the CPU host split into per-core devices."""
+"""The device mesh from config (over several TPU slices: data parallelism across them), and the CPU host split
+into per-core devices."""
 from __future__ import annotations
 
 import os
@@ -29,14 +30,30 @@ def mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:
     return tuple(sizes)
 
 
+def slice_count(devices: list) -> int:
+    """TPU slices the devices span (1 for one slice, or where devices carry no slice index)."""
+    return len({getattr(d, "slice_index", 0) for d in devices})
+
+
 def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
-    """A (data, fsdp, tensor) Mesh with Auto axis types; topology-aware device order on TPU."""
+    """A (data, fsdp, tensor) Mesh with Auto axis types; topology-aware device order on TPU.
+
+    Over several TPU slices the data axis spans them (only gradients cross the slower DCN links, once a step):
+    data = slices x data-parallel groups inside each slice."""
     devices = list(devices if devices is not None else jax.devices())
     shape = mesh_shape(cfg, len(devices))
     if devices[0].platform == "tpu":
         from jax.experimental import mesh_utils
 
-        device_grid = mesh_utils.create_device_mesh(shape, devices=devices)
+        slices = slice_count(devices)
+        if slices == 1:
+            device_grid = mesh_utils.create_device_mesh(shape, devices=devices)
+        else:
+            if shape[0] % slices:
+                raise GptjaxError(f"mesh: data={shape[0]} must divide by the {slices} TPU slices (data parallelism "
+                                  f"spans slices); set mesh.data to a multiple of {slices}")
+            ici_shape = (shape[0] // slices, shape[1], shape[2])
+            device_grid = mesh_utils.create_hybrid_device_mesh(ici_shape, (slices, 1, 1), devices=devices)
     else:
         device_grid = np.array(devices).reshape(shape)
     return Mesh(device_grid, MESH_AXES)

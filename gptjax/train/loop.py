@@ -248,7 +248,8 @@ def open_run(cfg: Config, workdir: str | Path) -> Run:
 
 
 def _open_locked(cfg, workdir, data_dir, manifest, tok, mesh, lock) -> Run:
-    _remove_orphaned_temp_files(workdir)
+    if jax.process_index() == 0:  # the only writer of those files; another process could delete one mid-write
+        _remove_orphaned_temp_files(workdir)
     checkpoints = Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
     try:
         return _open_with_checkpoints(cfg, workdir, data_dir, manifest, tok, mesh, lock, checkpoints)
@@ -489,6 +490,21 @@ class TaskEvalHook:
 DEFAULT_HOOKS: tuple[Hook, ...] = (EvalHook(), CheckpointHook())
 
 
+def agreed_stop(run: Run, done: int) -> str | None:
+    """The stop signal every process acts on at step `done`: with several processes they agree (one small
+    all-gather every `train.log_every` steps and at the end), so all of them take the collective save together."""
+    if jax.process_count() == 1:
+        return run.stop.received
+    t = run.cfg.train
+    if done % t.log_every and done != t.steps:
+        return None
+    from jax.experimental import multihost_utils
+
+    flags = np.asarray(multihost_utils.process_allgather(np.int32(run.stop.received is not None)))
+    stopped = np.flatnonzero(flags)
+    return f"a signal to process {int(stopped[0])}" if stopped.size else None
+
+
 def default_hooks(cfg: Config) -> tuple[Hook, ...]:
     return (*DEFAULT_HOOKS, TaskEvalHook(cfg)) if cfg.train.eval_tasks else DEFAULT_HOOKS
 
@@ -510,7 +526,7 @@ def fit(run: Run, hooks: Sequence[Hook], show_progress: bool = True) -> dict:
             run.state, run.last_batch = state, batch
             log.push(step, metrics)
             done = step + 1
-            run.stopping = run.stop.received
+            run.stopping = agreed_stop(run, done)
             due = [hook for hook in hooks if hook.due(run, done)]
             if due:
                 log.flush()

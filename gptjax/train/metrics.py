@@ -21,13 +21,17 @@ PEAK_FLOPS = (
 CPU_FLOPS_PER_CORE = 160e9  # AVX-512 fp32 FMA estimate, close to the ~320 GFLOP/s measured on 2 cores here
 
 
+def peak_flops_of_kind(device_kind: str) -> float:
+    """The PEAK_FLOPS entry of a device kind (e.g. "TPU v5 lite"), 0 when the table has none."""
+    return next((flops for name, flops in PEAK_FLOPS if name.lower() in device_kind.lower()), 0.0)
+
+
 def peak_flops_per_device(override: float = 0.0) -> float:
     if override:
         return override
     device = jax.devices()[0]
-    for name, flops in PEAK_FLOPS:
-        if name.lower() in device.device_kind.lower():
-            return flops
+    if known := peak_flops_of_kind(device.device_kind):
+        return known
     if device.platform == "cpu":
         return CPU_FLOPS_PER_CORE * (os.cpu_count() or 1) / jax.local_device_count()
     return 0.0

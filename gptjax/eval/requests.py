@@ -1,0 +1,301 @@
+"""The scoring engine behind lm-eval's three request kinds: loglikelihood, loglikelihood_rolling, generate_until.
+
+Definitions follow lm-evaluation-harness 0.4.x's HF backend (`lm_eval/api/model.py` TemplateLM.loglikelihood and
+_encode_pair, `lm_eval/models/huggingface.py` _loglikelihood_tokens / loglikelihood_rolling / generate_until,
+`lm_eval/utils.py` get_rolling_token_windows + make_disjoint_window, `lm_eval/models/utils.py` stop handling), so
+scores equal `HFLM`'s on the same weights. Speed comes from batching and few compiled shapes:
+
+- every request becomes one input row `(context + continuation)[-(max_len + 1):][:-1]`; a row that is a prefix of
+  another row is not run at all, its scores are read from the longer row (identical (context, continuation) pairs,
+  MMLU's one-token answers " A".." D" after one context, a continuation that extends another);
+- rows run longest first (lm-eval's Collator order) in batches of `batch_size`, right-padded to a width bucket
+  (`bucket_width`) and, for a last partial batch, to a power-of-two row count, so only a handful of shapes compile;
+- one jitted call per batch returns just the queried log-probs and greedy flags, not [B, T, V] logits.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from gptjax.errors import GptjaxError
+from gptjax.model.transformer import Transformer
+
+TokenPair = tuple[Sequence[int], Sequence[int]]  # (context ids, continuation ids)
+DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HFLM.max_gen_toks
+MIN_WIDTH = 32
+
+
+class LoglikelihoodResults(list):
+    """(sum of log p(continuation | context), is_greedy) per request, in input order, with batch statistics:
+    `n_truncated` requests whose context was cut from the left to fit the model, `n_rows` forward rows run
+    (≤ requests: rows that are prefixes of others are shared), `shapes` the (rows, width) batch shapes used."""
+
+    def __init__(self, scores=(), n_truncated: int = 0, n_rows: int = 0, shapes: frozenset = frozenset()):
+        super().__init__(scores)
+        self.n_truncated = n_truncated
+        self.n_rows = n_rows
+        self.shapes = shapes
+
+
+def _widths() -> Iterator[int]:
+    """32, 48, 64, 96, 128, 192, ...: powers of two and their 1.5x midpoints (at most 1/3 of a row is padding)."""
+    power = MIN_WIDTH
+    while True:
+        yield power
+        yield power * 3 // 2
+        power *= 2
+
+
+def bucket_width(n_tokens: int, limit: int) -> int:
+    """The padded row width for `n_tokens`, capped at `limit`: a block of 256 compiles at most 7 widths, 1024 at
+    most 11, 2048 at most 13."""
+    return min(next(w for w in _widths() if w >= n_tokens), limit)
+
+
+def bucket_rows(n_rows: int, batch_size: int) -> int:
+    """Rows of a batch holding `n_rows` requests: `batch_size`, or for a last partial batch the next power of two."""
+    return min(batch_size, 1 << max(n_rows - 1, 0).bit_length())
+
+
+def encode_pair(encode: Callable[[str], list[int]], context: str, continuation: str,
+                prefix_id: int) -> tuple[list[int], list[int]]:
+    """Context and continuation ids as lm-eval's causal HF backend makes them (TemplateLM.loglikelihood).
+
+    Trailing whitespace of the context moves to the continuation; the continuation is the whole encoding minus the
+    context encoding's length (so merges across the boundary land in the continuation). An empty context becomes
+    [prefix_id], unless the continuation itself starts with that token, which then serves as the context."""
+    if not context:
+        continuation_ids = encode(continuation)
+        if continuation_ids and continuation_ids[0] == prefix_id:
+            return continuation_ids[:1], continuation_ids[1:]
+        return [prefix_id], continuation_ids
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    context_ids = encode(context)
+    return context_ids, encode(context + continuation)[len(context_ids):]
+
+
+def rolling_windows(token_ids: Sequence[int], prefix_id: int, max_len: int) -> list[tuple[list[int], list[int]]]:
+    """Disjoint (context, continuation) windows that score every token of a document exactly once, each window at
+    most `max_len` inputs long: lm-eval's get_rolling_token_windows(context_len=1) + make_disjoint_window.
+
+    The first window predicts up to max_len tokens after `prefix_id`; each later one predicts the next max_len
+    tokens from the one token before them — except the last, which predicts what is left with as much of the
+    preceding text as fits as context."""
+    token_ids = list(token_ids)
+    if not token_ids:
+        return []
+    first = token_ids[:max_len]
+    windows = [([prefix_id], first)]
+    done = len(first)
+    while done < len(token_ids):
+        end = min(done + max_len, len(token_ids))
+        predicted = token_ids[done:end]
+        context_start = max(end - max_len - 1, 0)
+        windows.append((token_ids[context_start:done], predicted))
+        done = end
+    return windows
+
+
+@dataclass
+class _Row:
+    """One forward row and the requests scored from it."""
+    tokens: tuple[int, ...]
+    queries: list[tuple[int, int, list[int]]] = field(default_factory=list)  # (request, first position, targets)
+
+
+def plan_rows(pairs: Sequence[TokenPair], max_len: int) -> tuple[list[_Row], int]:
+    """Forward rows for scoring `pairs` (longest first, ties by tokens like lm-eval's Collator) and the count of
+    truncated requests. A request's row is its last max_len + 1 tokens minus the final one; a row that is a prefix
+    of another row is folded into it (under causal attention its logits are the longer row's first logits)."""
+    inputs: list[tuple[int, ...]] = []
+    n_truncated = 0
+    for i, (context, continuation) in enumerate(pairs):
+        if not context or not continuation:
+            raise GptjaxError(f"request {i} has an empty {'context' if not context else 'continuation'} "
+                              f"(token pairs need both; text requests with an empty context get <|endoftext|>)")
+        if len(continuation) > max_len:
+            raise GptjaxError(f"request {i}: continuation of {len(continuation)} tokens exceeds the model's "
+                              f"{max_len}-token window; shorten it or score it with loglikelihood_rolling")
+        whole = list(context) + list(continuation)
+        n_truncated += len(whole) > max_len + 1
+        inputs.append(tuple(whole[-(max_len + 1):][:-1]))
+    order = sorted(range(len(inputs)), key=lambda i: inputs[i])
+    host_of = {}
+    for rank in range(len(order) - 1, -1, -1):
+        i = order[rank]
+        # in sorted order a sequence that is a prefix of any other is a prefix of its successor
+        successor = order[rank + 1] if rank + 1 < len(order) else None
+        is_prefix = successor is not None and inputs[successor][: len(inputs[i])] == inputs[i]
+        host_of[i] = host_of[successor] if is_prefix else i
+    rows: dict[int, _Row] = {}
+    for i, (_, continuation) in enumerate(pairs):
+        host = host_of[i]
+        row = rows.setdefault(host, _Row(inputs[host]))
+        row.queries.append((i, len(inputs[i]) - len(continuation), list(continuation)))
+    ordered = sorted(rows.values(), key=lambda r: (-len(r.tokens), r.tokens))
+    return ordered, n_truncated
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def query_logprobs(params, tokens_RW, rows_Q, positions_Q, targets_Q, *, model: Transformer):
+    """log p(targets_Q | row prefix up to positions_Q) and whether each target is the argmax there, for Q queries
+    into one batch of rows (padding queries point at (0, 0, 0) and are dropped by the caller)."""
+    logits_RWV = model.apply({"params": params}, tokens_RW).astype(jnp.float32)
+    log_z_RW = jax.nn.logsumexp(logits_RWV, axis=-1)
+    greedy_RW = jnp.argmax(logits_RWV, axis=-1)
+    logprob_Q = logits_RWV[rows_Q, positions_Q, targets_Q] - log_z_RW[rows_Q, positions_Q]
+    return logprob_Q, greedy_RW[rows_Q, positions_Q] == targets_Q
+
+
+def _batch_arrays(rows: Sequence[_Row], n_rows: int, width: int) -> tuple[np.ndarray, ...]:
+    """Tokens [n_rows, width] and flat queries (row, position, target) padded to n_rows * width (more only when
+    many requests share rows: then to a power of two)."""
+    tokens_RW = np.zeros((n_rows, width), np.int32)
+    n_queries = sum(len(targets) for row in rows for _, _, targets in row.queries)
+    rows_Q = np.zeros((max(n_rows * width, 1 << (n_queries - 1).bit_length()),), np.int32)
+    positions_Q, targets_Q = np.zeros_like(rows_Q), np.zeros_like(rows_Q)
+    q = 0
+    for r, row in enumerate(rows):
+        tokens_RW[r, : len(row.tokens)] = row.tokens
+        for _, start, targets in row.queries:
+            n = len(targets)
+            rows_Q[q: q + n] = r
+            positions_Q[q: q + n] = np.arange(start, start + n)
+            targets_Q[q: q + n] = targets
+            q += n
+    return tokens_RW, rows_Q, positions_Q, targets_Q
+
+
+def score_pairs(model: Transformer, params, pairs: Sequence[TokenPair], max_len: int, batch_size: int = 32,
+                progress: bool = False) -> LoglikelihoodResults:
+    """(sum log p(continuation | context), is_greedy) per (context ids, continuation ids), in input order."""
+    if batch_size < 1:
+        raise GptjaxError(f"batch_size={batch_size} must be >= 1")
+    rows, n_truncated = plan_rows(pairs, max_len)
+    scores: list[tuple[float, bool] | None] = [None] * len(pairs)
+    shapes = set()
+    bar = tqdm(total=len(pairs), desc="loglikelihood", unit="req", disable=not progress)
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start: start + batch_size]
+        width = bucket_width(len(batch[0].tokens), max_len)
+        n_rows = bucket_rows(len(batch), batch_size)
+        shapes.add((n_rows, width))
+        arrays = _batch_arrays(batch, n_rows, width)
+        logprob_Q, greedy_Q = map(np.asarray, query_logprobs(params, *arrays, model=model))
+        q = 0
+        for row in batch:
+            for request, _, targets in row.queries:
+                n = len(targets)
+                scores[request] = (float(logprob_Q[q: q + n].sum()), bool(greedy_Q[q: q + n].all()))
+                q += n
+            bar.update(len(row.queries))
+    bar.close()
+    return LoglikelihoodResults(scores, n_truncated, len(rows), frozenset(shapes))
+
+
+def sum_rolling(scores: Sequence[tuple[float, bool]], windows_per_doc: Sequence[int]) -> list[float]:
+    """Per-document sums of window log-likelihoods (windows listed document after document)."""
+    totals, at = [], 0
+    for n in windows_per_doc:
+        totals.append(float(sum(s for s, _ in scores[at: at + n])))
+        at += n
+    return totals
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """One request group's generation settings, normalized as lm-eval's normalize_gen_kwargs does."""
+    until: tuple[str, ...]
+    max_gen_toks: int
+    temperature: float  # 0 = greedy
+    top_k: int
+    top_p: float
+    seed: int
+
+
+def generation_settings(gen_kwargs: dict, eot_text: str, default_max_gen_toks: int = DEFAULT_MAX_GEN_TOKS
+                        ) -> GenerationSettings:
+    """`until` (str or list; the end-of-text string is always added), `max_gen_toks` (or its aliases
+    max_new_tokens / max_tokens / max_completion_tokens), greedy unless do_sample with a temperature > 0."""
+    kwargs = copy.deepcopy(dict(gen_kwargs))
+    until = kwargs.pop("until", None)
+    until = [] if until is None else [until] if isinstance(until, str) else list(until)
+    if eot_text not in until:
+        until.append(eot_text)
+    max_gen_toks = next((kwargs.pop(k) for k in ("max_gen_toks", "max_new_tokens", "max_tokens",
+                                                  "max_completion_tokens") if kwargs.get(k) is not None),
+                        default_max_gen_toks)
+    temperature = float(kwargs.get("temperature", 0.0) or 0.0)
+    if kwargs.get("do_sample") is False:
+        temperature = 0.0
+    return GenerationSettings(tuple(until), int(max_gen_toks), temperature, int(kwargs.get("top_k", 0) or 0),
+                              float(kwargs.get("top_p", 1.0) or 1.0), int(kwargs.get("seed", 0) or 0))
+
+
+def cut_at_stops(text: str, stops: Sequence[str]) -> str:
+    """`text` up to the first occurrence of any (non-empty) stop string."""
+    cut = len(text)
+    for stop in stops:
+        if stop:
+            found = text.find(stop)
+            if found != -1:
+                cut = min(cut, found)
+    return text[:cut]
+
+
+def group_by_settings(settings: Sequence[GenerationSettings]) -> Iterator[tuple[GenerationSettings, list[int]]]:
+    """Request indices per distinct settings, in order of first appearance."""
+    groups: dict[GenerationSettings, list[int]] = {}
+    for i, s in enumerate(settings):
+        groups.setdefault(s, []).append(i)
+    yield from groups.items()
+
+
+class _AllStopped(Exception):
+    """Raised from the per-chunk callback once every row of a batch has produced a stop string."""
+
+
+def generate_batch_until(generate_ids: Callable[..., list[list[int]]], decode: Callable[[list[int]], str],
+                         prompts: Sequence[list[int]], settings: GenerationSettings, chunk: int = 16
+                         ) -> list[str]:
+    """Continuations of `prompts` (one batch, one settings) cut at the first stop string; decoding stops early
+    once every row has a stop string or has ended with end-of-text."""
+    new_ids: list[list[int]] = [[] for _ in prompts]
+    stopped = [False] * len(prompts)
+
+    def on_chunk(chunk_ids: list[list[int]]) -> None:
+        for row, ids in enumerate(chunk_ids):
+            new_ids[row].extend(ids)
+            ended = len(ids) < chunk  # generate_ids drops the end-of-text token and everything after it
+            if not stopped[row]:
+                text = decode(new_ids[row])
+                stopped[row] = ended or cut_at_stops(text, settings.until) != text
+        if all(stopped):
+            raise _AllStopped
+
+    try:
+        generate_ids(prompts, max_new_tokens=settings.max_gen_toks, temperature=settings.temperature,
+                     top_k=settings.top_k, top_p=settings.top_p, seed=settings.seed, chunk=chunk, on_chunk=on_chunk)
+    except _AllStopped:
+        pass
+    return [cut_at_stops(decode(ids), settings.until) for ids in new_ids]
+
+
+def generation_prompts(encoded: Sequence[list[int]], settings: GenerationSettings, max_len: int, eot_id: int
+                       ) -> list[list[int]]:
+    """Prompts left-truncated to leave room for max_gen_toks inside `max_len`, as lm-eval's HF backend does
+    (an empty prompt starts from end-of-text)."""
+    room = max_len - settings.max_gen_toks
+    if room <= 0:
+        raise GptjaxError(f"max_gen_toks={settings.max_gen_toks} leaves no room for a prompt in the model's "
+                          f"{max_len}-token window; ask for fewer tokens (gen_kwargs max_gen_toks)")
+    return [list(ids[-room:]) or [eot_id] for ids in encoded]

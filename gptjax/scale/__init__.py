@@ -1,0 +1,1 @@
+"""Planning runs at scale: ahead-of-time compile checks for Cloud TPU topologies."""
