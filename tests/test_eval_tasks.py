@@ -270,3 +270,23 @@ def test_cli_tasks_end_to_end(gpt2_bpe_model, tmp_path):
     lines = [json.loads(line) for line in samples.read_text().splitlines()]
     assert [line["task"] for line in lines] == ["arc_easy"] * 3 + ["lambada"] * 3 + ["mmlu"] * 12 + ["wikitext2"] * 3
     assert all(line["loglikelihood"] < 0 for line in lines if line["task"] == "lambada")
+
+
+def test_items_whose_continuation_exceeds_the_window_are_skipped_and_counted():
+    import flax.linen as nn
+
+    from conftest import GPT2_FIXTURES
+    from gptjax.api import LM
+    from gptjax.config import Config, ModelConfig
+    from gptjax.data.tokenizer import Gpt2BpeAdapter
+    from gptjax.eval.suite import run_task
+    from gptjax.eval.tasks import load_task
+    from gptjax.model.transformer import Transformer
+    from gptjax.train.state import init_params
+
+    cfg = Config(model=ModelConfig(vocab_size=50257, block_size=12, n_layer=1, n_head=2, d_model=16))
+    lm = LM(cfg, nn.unbox(init_params(Transformer(cfg.model), 0, 8)), Gpt2BpeAdapter.from_dir(GPT2_FIXTURES))
+    task = load_task("hellaswag", Path(__file__).parent / "fixtures" / "eval", 0, 40)
+    metrics = run_task(lm, task, batch_size=8, bootstrap_iters=10, progress=False).metrics
+    assert metrics["too_long"] > 0 and metrics["n"] == 40 - metrics["too_long"] > 0
+    assert metrics["truncated"] > 0  # the kept items' contexts were cut from the left

@@ -10,7 +10,8 @@ scores equal `HFLM`'s on the same weights. Speed comes from batching and few com
   MMLU's one-token answers " A".." D" after one context, a continuation that extends another);
 - rows run longest first (lm-eval's Collator order) in batches of `batch_size`, right-padded to a width bucket
   (`bucket_width`) and, for a last partial batch, to a power-of-two row count, so only a handful of shapes compile;
-- one jitted call per batch returns just the queried log-probs and greedy flags, not [B, T, V] logits.
+- one jitted call per batch returns just the queried log-probs and greedy flags: the model returns hidden states,
+  the output projection, logsumexp and argmax run on the queried positions only (no [B, T, V] logits).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gptjax.errors import GptjaxError
-from gptjax.model.transformer import Transformer
+from gptjax.model.transformer import Transformer, head_logits, head_matrix
 
 TokenPair = tuple[Sequence[int], Sequence[int]]  # (context ids, continuation ids)
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HFLM.max_gen_toks
@@ -35,7 +36,7 @@ MIN_WIDTH = 32
 class LoglikelihoodResults(list):
     """(sum of log p(continuation | context), is_greedy) per request, in input order, with batch statistics:
     `n_truncated` requests whose context was cut from the left to fit the model, `n_rows` forward rows run
-    (≤ requests: rows that are prefixes of others are shared), `shapes` the (rows, width) batch shapes used."""
+    (≤ requests: rows that are prefixes of others are shared), `shapes` the (rows, width, queries) batch shapes used."""
 
     def __init__(self, scores=(), n_truncated: int = 0, n_rows: int = 0, shapes: frozenset = frozenset()):
         super().__init__(scores)
@@ -62,6 +63,11 @@ def bucket_width(n_tokens: int, limit: int) -> int:
 def bucket_rows(n_rows: int, batch_size: int) -> int:
     """Rows of a batch holding `n_rows` requests: `batch_size`, or for a last partial batch the next power of two."""
     return min(batch_size, 1 << max(n_rows - 1, 0).bit_length())
+
+
+def bucket_queries(n_queries: int, n_rows: int) -> int:
+    """Query slots of a batch: the next power of two ≥ n_queries and ≥ n_rows."""
+    return 1 << (max(n_queries, n_rows) - 1).bit_length()
 
 
 def encode_pair(encode: Callable[[str], list[int]], context: str, continuation: str,
@@ -145,23 +151,27 @@ def plan_rows(pairs: Sequence[TokenPair], max_len: int) -> tuple[list[_Row], int
     return ordered, n_truncated
 
 
+def target_logprobs(params, hidden_QD, targets_Q, cfg) -> tuple[jax.Array, jax.Array]:
+    """log p(target) and whether the target is the argmax, from the final-normed hidden state before each target:
+    the output projection runs on these Q states only, never on a [rows, width, vocab] tensor."""
+    logits_QV = head_logits(hidden_QD, head_matrix(params, cfg), cfg)
+    logprob_Q = jnp.take_along_axis(logits_QV, targets_Q[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits_QV, -1)
+    return logprob_Q, jnp.argmax(logits_QV, axis=-1) == targets_Q
+
+
 @functools.partial(jax.jit, static_argnames=("model",))
 def query_logprobs(params, tokens_RW, rows_Q, positions_Q, targets_Q, *, model: Transformer):
     """log p(targets_Q | row prefix up to positions_Q) and whether each target is the argmax there, for Q queries
     into one batch of rows (padding queries point at (0, 0, 0) and are dropped by the caller)."""
-    logits_RWV = model.apply({"params": params}, tokens_RW).astype(jnp.float32)
-    log_z_RW = jax.nn.logsumexp(logits_RWV, axis=-1)
-    greedy_RW = jnp.argmax(logits_RWV, axis=-1)
-    logprob_Q = logits_RWV[rows_Q, positions_Q, targets_Q] - log_z_RW[rows_Q, positions_Q]
-    return logprob_Q, greedy_RW[rows_Q, positions_Q] == targets_Q
+    hidden_RWD = model.apply({"params": params}, tokens_RW, return_hidden=True)
+    return target_logprobs(params, hidden_RWD[rows_Q, positions_Q], targets_Q, model.cfg)
 
 
 def _batch_arrays(rows: Sequence[_Row], n_rows: int, width: int) -> tuple[np.ndarray, ...]:
-    """Tokens [n_rows, width] and flat queries (row, position, target) padded to n_rows * width (more only when
-    many requests share rows: then to a power of two)."""
+    """Tokens [n_rows, width] and flat queries (row, position, target) padded to a power of two (≥ n_rows)."""
     tokens_RW = np.zeros((n_rows, width), np.int32)
     n_queries = sum(len(targets) for row in rows for _, _, targets in row.queries)
-    rows_Q = np.zeros((max(n_rows * width, 1 << (n_queries - 1).bit_length()),), np.int32)
+    rows_Q = np.zeros((bucket_queries(n_queries, n_rows),), np.int32)
     positions_Q, targets_Q = np.zeros_like(rows_Q), np.zeros_like(rows_Q)
     q = 0
     for r, row in enumerate(rows):
@@ -188,8 +198,8 @@ def score_pairs(model: Transformer, params, pairs: Sequence[TokenPair], max_len:
         batch = rows[start: start + batch_size]
         width = bucket_width(len(batch[0].tokens), max_len)
         n_rows = bucket_rows(len(batch), batch_size)
-        shapes.add((n_rows, width))
         arrays = _batch_arrays(batch, n_rows, width)
+        shapes.add((n_rows, width, len(arrays[1])))
         logprob_Q, greedy_Q = map(np.asarray, query_logprobs(params, *arrays, model=model))
         q = 0
         for row in batch:

@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gptjax.errors import GptjaxError
+from gptjax.eval.requests import encode_pair
 from gptjax.eval.tasks import load_task
 from gptjax.eval.tasks.base import ChoiceItem, ContinuationItem, LoadedTask
 from gptjax.fileio import atomic_open, write_json_atomic
@@ -80,6 +81,17 @@ def weighted_mean(values: Sequence[float], sizes: Sequence[int]) -> float:
 
 def chunks(items: Sequence, size: int) -> list[Sequence]:
     return [items[start:start + size] for start in range(0, len(items), size)]
+
+
+def fits_the_window(lm, requests: Sequence[tuple[str, str]]) -> bool:
+    """Whether every continuation of an item fits the model's window (longer ones cannot be scored: lm-eval's
+    slicing would silently score part of them; here the item is skipped and counted as `too_long`)."""
+    tokenizer = getattr(lm, "tokenizer", None)
+    if tokenizer is None:  # the engine itself reports what it cannot score
+        return True
+    eot = tokenizer.eot_id
+    return all(len(encode_pair(tokenizer.encode, context, continuation, eot)[1]) <= lm.config.block_size
+               for context, continuation in requests)
 
 
 def score_requests(lm, items: Sequence, requests_of: Callable, batch_size: int, bar) -> tuple[list, int]:
@@ -166,18 +178,22 @@ def rolling_metrics(lls: np.ndarray, words: np.ndarray, n_bytes: np.ndarray, ite
 def run_task(lm, task: LoadedTask, batch_size: int = 32, bootstrap_iters: int = BOOTSTRAP_ITERS,
              progress: bool = True) -> TaskRun:
     """Scores every item of `task` and computes its metrics."""
-    bar = tqdm(total=len(task.items), desc=task.name, unit="item", disable=not progress)
-    n_truncated = 0
+    n_truncated, items = 0, task.items
     if task.kind == "multiple_choice":
-        results, n_truncated = score_requests(lm, task.items, choice_requests, batch_size, bar)
-        samples = [choice_sample(item, r) for item, r in zip(task.items, results)]
+        items = [item for item in items if fits_the_window(lm, choice_requests(item))]
+    elif task.kind == "loglikelihood":
+        items = [item for item in items if fits_the_window(lm, [(item.context, item.continuation)])]
+    bar = tqdm(total=len(items), desc=task.name, unit="item", disable=not progress)
+    if task.kind == "multiple_choice":
+        results, n_truncated = score_requests(lm, items, choice_requests, batch_size, bar)
+        samples = [choice_sample(item, r) for item, r in zip(items, results)]
         metrics = (group_metrics(samples, task.group_categories) if task.group_categories
                    else accuracy_metrics(samples, task.metrics))
-        metrics["chance"] = float(np.mean([1 / len(item.contexts) for item in task.items]))
+        metrics["chance"] = float(np.mean([1 / len(item.contexts) for item in items]))
     elif task.kind == "loglikelihood":
-        results, n_truncated = score_requests(lm, task.items, lambda item: [(item.context, item.continuation)],
+        results, n_truncated = score_requests(lm, items, lambda item: [(item.context, item.continuation)],
                                               batch_size, bar)
-        samples = [continuation_sample(item, r) for item, r in zip(task.items, results)]
+        samples = [continuation_sample(item, r) for item, r in zip(items, results)]
         metrics = {**accuracy_metrics(samples, ["acc"]),
                    **perplexity_metrics(np.array([s["loglikelihood"] for s in samples]), bootstrap_iters)}
     else:
@@ -190,7 +206,11 @@ def run_task(lm, task: LoadedTask, batch_size: int = 32, bootstrap_iters: int = 
         metrics = rolling_metrics(np.array(lls, np.float64), np.array([i.n_words for i in task.items], np.float64),
                                   np.array([i.n_bytes for i in task.items], np.float64), bootstrap_iters)
     bar.close()
-    metrics.update(n=len(task.items), shots=task.shots, truncated=n_truncated, skipped=len(task.skipped),
+    if not items:
+        raise GptjaxError(f"task {task.name}: every item's continuation is longer than the model's block size "
+                          f"{lm.config.block_size}; evaluate a model with a longer context")
+    metrics.update(n=len(items), shots=task.shots, truncated=n_truncated, too_long=len(task.items) - len(items),
+                   skipped=len(task.skipped),
                    skipped_examples=[f"row {s.index}: {s.reason}" for s in task.skipped[:SKIPPED_EXAMPLES]])
     return TaskRun(task, metrics, [{"task": task.name, **s} for s in samples])
 

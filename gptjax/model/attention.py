@@ -6,6 +6,7 @@ documents (segments never attend to each other) and left-padded batched decoding
 from __future__ import annotations
 
 import functools
+import logging
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -13,11 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
+from jax.sharding import PartitionSpec as P
 
 from gptjax.config import ModelConfig
 from gptjax.errors import GptjaxError
 from gptjax.model.layers import Dense, apply_rope, dropout
-from gptjax.parallel.rules import constrain
+from gptjax.parallel.rules import constrain, spec_for
 
 
 class KVCache(NamedTuple):
@@ -82,73 +84,145 @@ def xla_attention(q_BTNK, k_BSGK, v_BSGK, mask_BTS, bias_BNTS=None, dropout_rng=
     return out_BTNK.astype(q_BTNK.dtype)
 
 
-def kernel_unsupported_reason(impl: str, cfg: ModelConfig, decoding: bool, dropout: bool, packed: bool) -> str | None:
-    """Why `impl` cannot serve this config (None if it can). Only `xla` serves everything."""
+KERNEL_PLATFORM = {"cudnn": "gpu", "splash": "tpu"}
+PREFERRED_KERNEL = {platform: impl for impl, platform in KERNEL_PLATFORM.items()}
+SPLASH_BLOCK = 128  # splash's default q/kv block; its blocks must be multiples of the 128 TPU lanes
+CUDNN_MAX_HEAD_DIM = 128
+
+log = logging.getLogger(__name__)
+
+
+def target_platform() -> str:
+    """The platform the traced computation will run on: the current mesh's devices (the compile-check topology's
+    TPUs included), else the default backend. Not the host's devices: an AOT compile targets another platform."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else mesh.abstract_device
+    return device.platform if device is not None else jax.default_backend()
+
+
+def kernel_unsupported_reason(impl: str, cfg: ModelConfig, platform: str, length: int, decoding: bool,
+                              dropout: bool, packed: bool) -> str | None:
+    """Why `impl` cannot serve this config on `platform` for sequences of `length` (None if it can).
+
+    `packed` means segment ids or custom positions; a kernel given segment ids assumes positions advance by one
+    inside each segment, as packed documents (gptjax.data.packing) have them. Only `xla` serves everything."""
     if impl == "xla":
         return None
-    platform = jax.devices()[0].platform
-    wanted = {"cudnn": "gpu", "splash": "tpu"}[impl]
-    if platform != wanted:
-        return f"attention_impl='{impl}' needs a {wanted.upper()}, this process runs on {platform}"
+    if platform != KERNEL_PLATFORM[impl]:
+        return f"attention_impl='{impl}' needs a {KERNEL_PLATFORM[impl].upper()}, the target platform is {platform}"
     if decoding:
         return f"attention_impl='{impl}' has no KV-cache decode path"
     if dropout:
         return f"attention_impl='{impl}' does not apply attention dropout"
     if cfg.position == "alibi":
         return f"attention_impl='{impl}' does not take the ALiBi bias"
-    if packed:
-        return f"attention_impl='{impl}' does not take segment ids or custom positions"
+    if impl == "splash" and length % SPLASH_BLOCK:
+        return f"attention_impl='splash' needs a sequence length divisible by {SPLASH_BLOCK}, got {length}"
+    if impl == "cudnn" and packed:
+        return "attention_impl='cudnn' does not take segment ids or custom positions"
     if impl == "cudnn" and cfg.attention == "strided":
         return "attention_impl='cudnn' supports dense and local patterns, not strided"
     if impl == "cudnn" and cfg.dtype == "float32":
         return "attention_impl='cudnn' needs model.dtype bfloat16 or float16"
+    if impl == "cudnn" and (cfg.head_dim % 8 or cfg.head_dim > CUDNN_MAX_HEAD_DIM):
+        return f"attention_impl='cudnn' needs a head dim divisible by 8 and at most {CUDNN_MAX_HEAD_DIM}, " \
+               f"got {cfg.head_dim}"
     return None
 
 
-def choose_kernel(cfg: ModelConfig, decoding: bool, dropout: bool, packed: bool) -> str:
-    """The kernel to run: the configured one (or a clear error), or under 'auto' the fastest that fits."""
+@functools.lru_cache(maxsize=64)
+def _log_fallback(preferred: str, reason: str) -> None:
+    log.info("attention_impl=auto: using xla attention, not %s: %s", preferred, reason)
+
+
+def choose_kernel(cfg: ModelConfig, length: int, decoding: bool, dropout: bool, packed: bool) -> str:
+    """The kernel to run: the configured one (or a clear error), or under 'auto' the fastest that fits the target
+    platform (see `target_platform`), falling back to xla with one info line."""
+    platform = target_platform()
     if cfg.attention_impl == "auto":
-        platform = jax.devices()[0].platform
-        preferred = {"gpu": "cudnn", "tpu": "splash"}.get(platform, "xla")
-        if kernel_unsupported_reason(preferred, cfg, decoding, dropout, packed) is None:
+        preferred = PREFERRED_KERNEL.get(platform, "xla")
+        reason = kernel_unsupported_reason(preferred, cfg, platform, length, decoding, dropout, packed)
+        if reason is None:
             return preferred
+        _log_fallback(preferred, reason)
         return "xla"
-    reason = kernel_unsupported_reason(cfg.attention_impl, cfg, decoding, dropout, packed)
+    reason = kernel_unsupported_reason(cfg.attention_impl, cfg, platform, length, decoding, dropout, packed)
     if reason:
         raise GptjaxError(f"{reason}; use model.attention_impl=xla or auto")
     return cfg.attention_impl
 
 
-def cudnn_attention(q_BTNK, k_BSGK, v_BSGK, cfg: ModelConfig, implementation: str | None = "cudnn"):
-    """Fused attention through jax.nn.dot_product_attention (cuDNN flash attention on NVIDIA GPUs)."""
+def _repeat_heads(x_BSGK: jax.Array, n_heads: int) -> jax.Array:
+    repeats = n_heads // x_BSGK.shape[2]
+    return jnp.repeat(x_BSGK, repeats, axis=2) if repeats > 1 else x_BSGK
+
+
+def shard_batch_and_heads(local_fn, q_BTNK, k_BSGK, v_BSGK, seg_BT=None):
+    """Runs `local_fn(q, k, v[, seg])` per device in shard_map over the current mesh: batch over the mesh axes of
+    `batch`, heads over those of `act_heads` (the rules table). Pallas and cuDNN calls cannot be partitioned by
+    XLA's SPMD pass, so each device runs the kernel on its own shard. Without a mesh, a plain call."""
+    mesh = jax.sharding.get_abstract_mesh()
+    args = (q_BTNK, k_BSGK, v_BSGK) + (() if seg_BT is None else (seg_BT,))
+    if mesh.empty:
+        return local_fn(*args)
+    q_spec = spec_for(("batch", "act_length", "act_heads", None), q_BTNK.shape, mesh)
+    kv_spec = spec_for(("batch", "act_length", "act_kv_heads", None), k_BSGK.shape, mesh)
+    if kv_spec[2] != q_spec[2]:  # KV heads too few to split like the query heads: give each shard its own copies
+        args = (q_BTNK, _repeat_heads(k_BSGK, q_BTNK.shape[2]), _repeat_heads(v_BSGK, q_BTNK.shape[2])) + args[3:]
+        kv_spec = q_spec
+    specs = (q_spec, kv_spec, kv_spec) + (() if seg_BT is None else (P(q_spec[0], None),))
+    return jax.shard_map(local_fn, mesh=mesh, in_specs=specs, out_specs=q_spec, check_vma=False)(*args)
+
+
+def _cudnn_local(q_BTNK, k_BSGK, v_BSGK, cfg: ModelConfig, implementation: str | None):
     window = (cfg.window - 1, 0) if cfg.attention == "local" else None
     return jax.nn.dot_product_attention(
         q_BTNK, k_BSGK, v_BSGK, is_causal=True, local_window_size=window, implementation=implementation
     )
 
 
+def cudnn_attention(q_BTNK, k_BSGK, v_BSGK, cfg: ModelConfig, implementation: str | None = "cudnn"):
+    """Fused attention through jax.nn.dot_product_attention (cuDNN flash attention on NVIDIA GPUs), per shard."""
+    local_fn = functools.partial(_cudnn_local, cfg=cfg, implementation=implementation)
+    return shard_batch_and_heads(local_fn, q_BTNK, k_BSGK, v_BSGK)
+
+
 @functools.lru_cache(maxsize=16)
-def _splash_kernel(cfg: ModelConfig, seq_len: int, interpret: bool):
+def _splash_kernel(pattern: str, window: int, stride: int, n_heads: int, seq_len: int, interpret: bool):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
-    pos = np.arange(seq_len)
-    dense = pattern_allows(pos[:, None], pos[None, :], cfg.attention, cfg.window, cfg.stride)
-    head_mask = sm.NumpyMask(np.asarray(dense))
-    mask = sm.MultiHeadMask([head_mask] * cfg.n_head)
-    return sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
+    shape = (seq_len, seq_len)
+    if pattern == "dense":
+        head_mask = sm.CausalMask(shape)
+    elif pattern == "local":
+        head_mask = sm.LocalMask(shape, window_size=(window - 1, 0), offset=0)
+    else:
+        pos = np.arange(seq_len)
+        head_mask = sm.NumpyMask(np.asarray(pattern_allows(pos[:, None], pos[None, :], pattern, window, stride)))
+    return sk.make_splash_mha(sm.MultiHeadMask([head_mask] * n_heads), head_shards=1, q_seq_shards=1,
+                              interpret=interpret)
 
 
-def splash_attention(q_BTNK, k_BSGK, v_BSGK, cfg: ModelConfig, interpret: bool = False):
-    """TPU Pallas splash attention; its block-sparse mask is built from the same `pattern_allows` rule."""
-    repeats = q_BTNK.shape[2] // k_BSGK.shape[2]
-    k_BSNK = jnp.repeat(k_BSGK, repeats, axis=2)
-    v_BSNK = jnp.repeat(v_BSGK, repeats, axis=2)
-    kernel = _splash_kernel(cfg, q_BTNK.shape[1], interpret)
+def _splash_local(q_BTNK, k_BSGK, v_BSGK, seg_BT=None, *, cfg: ModelConfig, interpret: bool):
+    from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import SegmentIds
+
+    kernel = _splash_kernel(cfg.attention, cfg.window, cfg.stride, q_BTNK.shape[2], q_BTNK.shape[1], interpret)
     scaled_q = q_BTNK * (q_BTNK.shape[-1] ** -0.5)
-    to_heads_first = lambda x: jnp.swapaxes(x, 1, 2)
-    out_BNTK = jax.vmap(kernel)(to_heads_first(scaled_q), to_heads_first(k_BSNK), to_heads_first(v_BSNK))
+    q_BNTK, k_BGSK, v_BGSK = (jnp.swapaxes(x, 1, 2) for x in (scaled_q, k_BSGK, v_BSGK))
+    if seg_BT is None:
+        out_BNTK = jax.vmap(kernel)(q_BNTK, k_BGSK, v_BGSK)
+    else:
+        out_BNTK = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=SegmentIds(s, s)))(
+            q_BNTK, k_BGSK, v_BGSK, seg_BT)
     return jnp.swapaxes(out_BNTK, 1, 2).astype(q_BTNK.dtype)
+
+
+def splash_attention(q_BTNK, k_BSGK, v_BSGK, cfg: ModelConfig, seg_BT=None, interpret: bool = False):
+    """TPU Pallas splash attention per shard; its block-sparse mask follows the same `pattern_allows` rule, and
+    segment ids (packed documents) keep documents apart. `interpret` runs the Pallas interpreter (any platform)."""
+    local_fn = functools.partial(_splash_local, cfg=cfg, interpret=interpret)
+    return shard_batch_and_heads(local_fn, q_BTNK, k_BSGK, v_BSGK, seg_BT)
 
 
 class AttnContext(NamedTuple):
@@ -159,6 +233,7 @@ class AttnContext(NamedTuple):
     rope_cos_BTH: jax.Array | None
     rope_sin_BTH: jax.Array | None
     cache_index: jax.Array | None
+    segment_ids_BT: jax.Array | None = None  # for kernels that take segment ids; None: one segment per row
 
 
 class Attention(nn.Module):
@@ -206,7 +281,7 @@ class Attention(nn.Module):
         if self.kernel == "cudnn":
             out_BTNK = cudnn_attention(q_BTNK, k_BSGK, v_BSGK, cfg)
         elif self.kernel == "splash":
-            out_BTNK = splash_attention(q_BTNK, k_BSGK, v_BSGK, cfg)
+            out_BTNK = splash_attention(q_BTNK, k_BSGK, v_BSGK, cfg, ctx.segment_ids_BT)
         else:
             out_BTNK = xla_attention(q_BTNK, k_BSGK, v_BSGK, ctx.mask_BTS, ctx.bias_BNTS, dropout_rng, cfg.dropout)
         out_BTNK = checkpoint_name(constrain(out_BTNK, ("batch", "act_length", "act_heads", None)), "attn_out")

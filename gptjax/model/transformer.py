@@ -56,14 +56,31 @@ def _block_class(cfg: ModelConfig):
     return nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
 
 
+def head_logits(x_BTD, head_DV, cfg: ModelConfig) -> jax.Array:
+    """Final-normed hidden states [..., D] -> logits [..., padded_vocab] (float32), padded entries at PADDED_LOGIT."""
+    logits_BTV = matmul_2d(x_BTD, head_DV, 1, jnp.dtype(cfg.dtype))
+    if cfg.padded_vocab != cfg.vocab_size:
+        logits_BTV = jnp.where(jnp.arange(cfg.padded_vocab) < cfg.vocab_size, logits_BTV, PADDED_LOGIT)
+    return logits_BTV
+
+
+def head_matrix(params, cfg: ModelConfig) -> jax.Array:
+    """The output projection [D, padded_vocab] in a Transformer's params (the tied embedding or lm_head)."""
+    return params["embedding"].T if cfg.tie_embeddings else params["lm_head"]
+
+
 class Transformer(nn.Module):
-    """tokens [B, T] -> logits [B, T, padded_vocab] (float32). With a KVCache: (logits, updated cache)."""
+    """tokens [B, T] -> logits [B, T, padded_vocab] (float32). With a KVCache: (logits, updated cache).
+
+    return_hidden=True returns the final-normed hidden states [B, T, D] instead of logits (dtype cfg.dtype), so a
+    caller can pick positions first (scoring, classification) and apply `head_logits(x, head_matrix(params, cfg))`
+    to just those."""
 
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None, cache: KVCache | None = None,
-                 deterministic: bool = True):
+                 deterministic: bool = True, return_hidden: bool = False):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         batch, length = tokens_BT.shape
@@ -128,14 +145,12 @@ class Transformer(nn.Module):
         else:
             head_DV = self.param("lm_head", nn.with_logical_partitioning(normal_init(cfg.init_std), ("embed", "vocab")),
                                  (cfg.d_model, cfg.padded_vocab), jnp.float32)
-        logits_BTV = matmul_2d(x_BTD, head_DV, 1, dtype)
-        logits_BTV = constrain(logits_BTV, ("batch", "act_length", "act_vocab"))
-        if cfg.padded_vocab != cfg.vocab_size:
-            logits_BTV = jnp.where(jnp.arange(cfg.padded_vocab) < cfg.vocab_size, logits_BTV, PADDED_LOGIT)
+        out_BT_ = x_BTD if return_hidden else constrain(head_logits(x_BTD, head_DV, cfg),
+                                                          ("batch", "act_length", "act_vocab"))
         if cache is None:
-            return logits_BTV
+            return out_BT_
         new_cache = KVCache(new_kv[0], new_kv[1], key_pos_BS, key_seg_BS, cache.index + length)
-        return logits_BTV, new_cache
+        return out_BT_, new_cache
 
 
 def count_params(params) -> int:

@@ -479,7 +479,7 @@ class TaskEvalHook:
             metrics = run_task(lm, task, batch_size=run.cfg.train.batch_size, bootstrap_iters=1000, progress=False).metrics
             values.update({f"{task.name}/{key}": float(value) for key, value in metrics.items()
                            if isinstance(value, (int, float)) and not isinstance(value, bool)
-                           and key not in ("n", "shots", "truncated", "skipped")})
+                           and key not in ("n", "shots", "truncated", "too_long", "skipped")})
         run.summary.update(values)
         run.writer.write(done, values)
         if run.is_main:
