@@ -211,8 +211,9 @@ def test_splash_attention_equals_reference_in_interpret_mode():
 
 
 def test_kernel_choice_errors_clearly_and_auto_falls_back():
-    with pytest.raises(GptjaxError, match="attention_impl='cudnn' needs a GPU"):
-        attention.choose_kernel(tiny_model(attention_impl="cudnn"), decoding=False, dropout=False, packed=False)
+    choose = functools.partial(attention.choose_kernel, length=128, decoding=False, dropout=False, packed=False)
+    with pytest.raises(GptjaxError, match="attention_impl='cudnn' needs a GPU, the target platform is cpu"):
+        choose(tiny_model(attention_impl="cudnn"))
     with pytest.raises(GptjaxError, match="splash"):
-        attention.choose_kernel(tiny_model(attention_impl="splash"), decoding=False, dropout=False, packed=False)
-    assert attention.choose_kernel(tiny_model(attention_impl="auto"), decoding=False, dropout=False, packed=False) == "xla"
+        choose(tiny_model(attention_impl="splash"))
+    assert choose(tiny_model(attention_impl="auto")) == "xla"

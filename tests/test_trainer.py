@@ -213,3 +213,18 @@ def test_eval_tasks_are_scored_during_training_and_logged(tmp_path, cache_dir):
                        *tiny_overrides(steps=2, **{"train.eval_tasks": "hellaswag", "train.eval_data": str(tmp_path)})])
     assert missing.returncode == 2 and "hellaswag" in missing.stderr
     assert (tmp_path / "bad" / "metrics.jsonl").read_text() == "", "the data is checked before any step"
+
+
+def test_a_failing_save_at_close_never_masks_the_error_that_stopped_the_run(tmp_path, cache_dir, monkeypatch, capfd):
+    from gptjax.train import checkpoint
+    from gptjax.train.loop import train
+
+    def failing_close(self):
+        self.manager.close()
+        raise GptjaxError("saving checkpoint step 9 failed (OSError: No space left on device)")
+
+    monkeypatch.setattr(checkpoint.Checkpoints, "close", failing_close)
+    diverging = cfg_for(cache_dir, steps=5, lr=1e30, grad_clip=0.0, schedule="constant", checkpoint_every=1)
+    with pytest.raises(GptjaxError, match="not finite or give a non-finite loss"):
+        train(diverging, tmp_path / "run", show_progress=False)
+    assert "gptjax: warning: saving checkpoint step 9 failed" in capfd.readouterr().err

@@ -8,6 +8,8 @@ scores equal `HFLM`'s on the same weights. Speed comes from batching and few com
 - every request becomes one input row `(context + continuation)[-(max_len + 1):][:-1]`; a row that is a prefix of
   another row is not run at all, its scores are read from the longer row (identical (context, continuation) pairs,
   MMLU's one-token answers " A".." D" after one context, a continuation that extends another);
+- rows whose tokens before their first query (a multiple-choice context) are shared run as stem + tail: each
+  distinct stem once into a KV cache, every tail (a few tokens, width buckets from 8) on its stem's cache;
 - rows run longest first (lm-eval's Collator order) in batches of `batch_size`, right-padded to a width bucket
   (`bucket_width`) and, for a last partial batch, to a power-of-two row count, so only a handful of shapes compile;
 - one jitted call per batch returns just the queried log-probs and greedy flags: the model returns hidden states,
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -26,17 +29,20 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gptjax.errors import GptjaxError
+from gptjax.model.attention import KVCache, init_cache
 from gptjax.model.transformer import Transformer, head_logits, head_matrix
 
 TokenPair = tuple[Sequence[int], Sequence[int]]  # (context ids, continuation ids)
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HFLM.max_gen_toks
 MIN_WIDTH = 32
+MIN_TAIL_WIDTH = 8  # endings after a shared context are short: 8, 12, 16, 24, 32, ...
 
 
 class LoglikelihoodResults(list):
     """(sum of log p(continuation | context), is_greedy) per request, in input order, with batch statistics:
     `n_truncated` requests whose context was cut from the left to fit the model, `n_rows` forward rows run
-    (≤ requests: rows that are prefixes of others are shared), `shapes` the (rows, width, queries) batch shapes used."""
+    (≤ requests: rows that are prefixes of others are shared), `shapes` the batch shapes used: (rows, width,
+    queries), or (contexts, context width, rows, width, queries) for rows that share a context."""
 
     def __init__(self, scores=(), n_truncated: int = 0, n_rows: int = 0, shapes: frozenset = frozenset()):
         super().__init__(scores)
@@ -45,19 +51,19 @@ class LoglikelihoodResults(list):
         self.shapes = shapes
 
 
-def _widths() -> Iterator[int]:
+def _widths(minimum: int = MIN_WIDTH) -> Iterator[int]:
     """32, 48, 64, 96, 128, 192, ...: powers of two and their 1.5x midpoints (at most 1/3 of a row is padding)."""
-    power = MIN_WIDTH
+    power = minimum
     while True:
         yield power
         yield power * 3 // 2
         power *= 2
 
 
-def bucket_width(n_tokens: int, limit: int) -> int:
+def bucket_width(n_tokens: int, limit: int, minimum: int = MIN_WIDTH) -> int:
     """The padded row width for `n_tokens`, capped at `limit`: a block of 256 compiles at most 7 widths, 1024 at
-    most 11, 2048 at most 13."""
-    return min(next(w for w in _widths() if w >= n_tokens), limit)
+    most 11, 2048 at most 13 (from `minimum` = 32; tails after a shared context start at MIN_TAIL_WIDTH)."""
+    return min(next(w for w in _widths(minimum) if w >= n_tokens), limit)
 
 
 def bucket_rows(n_rows: int, batch_size: int) -> int:
@@ -185,22 +191,92 @@ def _batch_arrays(rows: Sequence[_Row], n_rows: int, width: int) -> tuple[np.nda
     return tokens_RW, rows_Q, positions_Q, targets_Q
 
 
+def split_stems(rows: Sequence[_Row]) -> tuple[list[_Row], list[tuple[tuple[int, ...], _Row]]]:
+    """Rows to run whole, and (stem, row) pairs for rows whose tokens before their first query (the stem: a
+    multiple-choice context) are shared with another row, grouped by stem, longest stem first."""
+    by_stem: dict[tuple[int, ...], list[_Row]] = {}
+    for row in rows:
+        by_stem.setdefault(row.tokens[: min(start for _, start, _ in row.queries)], []).append(row)
+    plain = [row for stem, group in by_stem.items() if not stem or len(group) == 1 for row in group]
+    shared = [(stem, row) for stem, group in sorted(by_stem.items(), key=lambda kv: (-len(kv[0]), kv[0]))
+              if stem and len(group) > 1 for row in group]
+    return sorted(plain, key=lambda r: (-len(r.tokens), r.tokens)), shared
+
+
+def tail_row(stem: Sequence[int], row: _Row) -> _Row:
+    """`row` after its stem, query positions counted from the stem's end."""
+    return _Row(row.tokens[len(stem):], [(i, start - len(stem), targets) for i, start, targets in row.queries])
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def shared_stem_logprobs(params, stem_tokens_SC, stem_len_S, stem_of_R, tail_tokens_RT, tail_len_R, rows_Q,
+                         positions_Q, targets_Q, *, model: Transformer):
+    """query_logprobs for rows = stem + tail: each distinct stem runs once into a KV cache, every tail runs on its
+    stem's cache (padding slots carry segment 0, so real tokens never attend to them)."""
+    cfg = model.cfg
+    (n_stems, stem_width), tail_width = stem_tokens_SC.shape, tail_tokens_RT.shape[1]
+    stem_seg_SC = (jnp.arange(stem_width) < stem_len_S[:, None]).astype(jnp.int32)
+    _, cache = model.apply({"params": params}, stem_tokens_SC, segment_ids_BT=stem_seg_SC, return_hidden=True,
+                           cache=init_cache(cfg, n_stems, stem_width + tail_width))
+    cache = KVCache(cache.k_LBSGK[:, stem_of_R], cache.v_LBSGK[:, stem_of_R], cache.pos_BS[stem_of_R],
+                    cache.seg_BS[stem_of_R], cache.index)
+    # padding positions past the table are clipped (they are masked anyway; an out-of-range gather would be NaN)
+    tail_pos_RT = jnp.minimum(stem_len_S[stem_of_R][:, None] + jnp.arange(tail_width), cfg.position_limit - 1)
+    tail_seg_RT = (jnp.arange(tail_width) < tail_len_R[:, None]).astype(jnp.int32)
+    hidden_RTD, _ = model.apply({"params": params}, tail_tokens_RT, positions_BT=tail_pos_RT,
+                                segment_ids_BT=tail_seg_RT, cache=cache, return_hidden=True)
+    return target_logprobs(params, hidden_RTD[rows_Q, positions_Q], targets_Q, cfg)
+
+
+Batch = tuple[list[_Row], np.ndarray, np.ndarray, tuple[int, ...]]  # rows, logprob_Q, greedy_Q, shape
+
+
+def _plain_batches(model: Transformer, params, rows: Sequence[_Row], max_len: int, batch_size: int
+                   ) -> Iterator[Batch]:
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start: start + batch_size]
+        arrays = _batch_arrays(batch, bucket_rows(len(batch), batch_size), bucket_width(len(batch[0].tokens), max_len))
+        yield batch, *map(np.asarray, query_logprobs(params, *arrays, model=model)), arrays[0].shape + arrays[1].shape
+
+
+def _shared_batches(model: Transformer, params, shared: Sequence[tuple[tuple[int, ...], _Row]], max_len: int,
+                    batch_size: int) -> Iterator[Batch]:
+    for start in range(0, len(shared), batch_size):
+        batch = shared[start: start + batch_size]
+        stems = list(dict.fromkeys(stem for stem, _ in batch))
+        tails = [tail_row(stem, row) for stem, row in batch]
+        stem_tokens_SC = np.zeros((bucket_rows(len(stems), batch_size), bucket_width(len(stems[0]), max_len)),
+                                  np.int32)
+        for s, stem in enumerate(stems):
+            stem_tokens_SC[s, : len(stem)] = stem
+        stem_len_S = np.zeros(len(stem_tokens_SC), np.int32)
+        stem_len_S[: len(stems)] = [len(stem) for stem in stems]
+        n_rows = bucket_rows(len(batch), batch_size)
+        stem_of_R, tail_len_R = np.zeros(n_rows, np.int32), np.zeros(n_rows, np.int32)
+        stem_of_R[: len(batch)] = [stems.index(stem) for stem, _ in batch]
+        tail_len_R[: len(batch)] = [len(tail.tokens) for tail in tails]
+        tail_arrays = _batch_arrays(tails, n_rows, bucket_width(max(tail_len_R), max_len, MIN_TAIL_WIDTH))
+        out = shared_stem_logprobs(params, stem_tokens_SC, stem_len_S, stem_of_R, tail_arrays[0], tail_len_R,
+                                   *tail_arrays[1:], model=model)
+        yield [row for _, row in batch], *map(np.asarray, out), stem_tokens_SC.shape + tail_arrays[0].shape + \
+            tail_arrays[1].shape
+
+
 def score_pairs(model: Transformer, params, pairs: Sequence[TokenPair], max_len: int, batch_size: int = 32,
-                progress: bool = False) -> LoglikelihoodResults:
-    """(sum log p(continuation | context), is_greedy) per (context ids, continuation ids), in input order."""
+                progress: bool = False, share_stems: bool = True) -> LoglikelihoodResults:
+    """(sum log p(continuation | context), is_greedy) per (context ids, continuation ids), in input order.
+    share_stems=False runs every row whole (no KV-cache reuse of shared contexts)."""
     if batch_size < 1:
         raise GptjaxError(f"batch_size={batch_size} must be >= 1")
     rows, n_truncated = plan_rows(pairs, max_len)
+    plain, shared = split_stems(rows) if share_stems else (rows, [])
     scores: list[tuple[float, bool] | None] = [None] * len(pairs)
     shapes = set()
     bar = tqdm(total=len(pairs), desc="loglikelihood", unit="req", disable=not progress)
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start: start + batch_size]
-        width = bucket_width(len(batch[0].tokens), max_len)
-        n_rows = bucket_rows(len(batch), batch_size)
-        arrays = _batch_arrays(batch, n_rows, width)
-        shapes.add((n_rows, width, len(arrays[1])))
-        logprob_Q, greedy_Q = map(np.asarray, query_logprobs(params, *arrays, model=model))
+    batches = itertools.chain(_shared_batches(model, params, shared, max_len, batch_size),
+                              _plain_batches(model, params, plain, max_len, batch_size))
+    for batch, logprob_Q, greedy_Q, shape in batches:
+        shapes.add(shape)
         q = 0
         for row in batch:
             for request, _, targets in row.queries:

@@ -2,6 +2,8 @@
 
 Masks are defined on token positions and segment ids, so the same definition serves training windows, packed
 documents (segments never attend to each other) and left-padded batched decoding (padding is segment 0).
+The fused kernels (splash on TPU, cuDNN on GPU) run per device in shard_map over the mesh; `auto` picks them by the
+platform of the mesh being compiled for (a compile-check topology too), and xla where they cannot serve a config.
 """
 from __future__ import annotations
 
@@ -63,15 +65,18 @@ def attention_mask(q_pos_BT, k_pos_BS, q_seg_BT, k_seg_BS, cfg: ModelConfig) -> 
     return allowed & (q_seg_BT[:, :, None] == k_seg_BS[:, None, :])
 
 
+def _repeat_heads(x_BSGK: jax.Array, n_heads: int) -> jax.Array:
+    repeats = n_heads // x_BSGK.shape[2]
+    return jnp.repeat(x_BSGK, repeats, axis=2) if repeats > 1 else x_BSGK
+
+
 def xla_attention(q_BTNK, k_BSGK, v_BSGK, mask_BTS, bias_BNTS=None, dropout_rng=None, dropout_rate=0.0):
     """Reference attention in plain jnp: float32 softmax, optional additive bias and dropout.
 
     KV heads are repeated up to the query heads (GQA/MQA) so every contraction is a plain 4-D batched matmul:
     XLA's CPU backend runs the 5-D grouped form ~3x slower, and the repeat's gradient is a cheap sum."""
     n, k = q_BTNK.shape[2], q_BTNK.shape[3]
-    repeats = n // k_BSGK.shape[2]
-    k_BSNK = jnp.repeat(k_BSGK, repeats, axis=2) if repeats > 1 else k_BSGK
-    v_BSNK = jnp.repeat(v_BSGK, repeats, axis=2) if repeats > 1 else v_BSGK
+    k_BSNK, v_BSNK = _repeat_heads(k_BSGK, n), _repeat_heads(v_BSGK, n)
     logits_BNTS = jnp.einsum("btnk,bsnk->bnts", q_BTNK, k_BSNK, preferred_element_type=jnp.float32) * (k ** -0.5)
     if bias_BNTS is not None:
         logits_BNTS = logits_BNTS + bias_BNTS
@@ -152,11 +157,6 @@ def choose_kernel(cfg: ModelConfig, length: int, decoding: bool, dropout: bool, 
     return cfg.attention_impl
 
 
-def _repeat_heads(x_BSGK: jax.Array, n_heads: int) -> jax.Array:
-    repeats = n_heads // x_BSGK.shape[2]
-    return jnp.repeat(x_BSGK, repeats, axis=2) if repeats > 1 else x_BSGK
-
-
 def shard_batch_and_heads(local_fn, q_BTNK, k_BSGK, v_BSGK, seg_BT=None):
     """Runs `local_fn(q, k, v[, seg])` per device in shard_map over the current mesh: batch over the mesh axes of
     `batch`, heads over those of `act_heads` (the rules table). Pallas and cuDNN calls cannot be partitioned by
@@ -187,11 +187,11 @@ def cudnn_attention(q_BTNK, k_BSGK, v_BSGK, cfg: ModelConfig, implementation: st
     return shard_batch_and_heads(local_fn, q_BTNK, k_BSGK, v_BSGK)
 
 
-@functools.lru_cache(maxsize=16)
 def _splash_kernel(pattern: str, window: int, stride: int, n_heads: int, seq_len: int, interpret: bool):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
+    # Built inside each trace, not cached: the kernel holds its mask tables as arrays of the trace that made it.
     shape = (seq_len, seq_len)
     if pattern == "dense":
         head_mask = sm.CausalMask(shape)

@@ -118,9 +118,10 @@ class Transformer(nn.Module):
             rope_cos_BTH=rope_cos,
             rope_sin_BTH=rope_sin,
             cache_index=cache.index if cache is not None else None,
+            segment_ids_BT=segment_ids_BT if custom_layout else None,
         )
-        kernel = choose_kernel(cfg, decoding=cache is not None, dropout=not deterministic and cfg.dropout > 0,
-                               packed=custom_layout)
+        kernel = choose_kernel(cfg, length, decoding=cache is not None,
+                               dropout=not deterministic and cfg.dropout > 0, packed=custom_layout)
         kv_LBSGK = (cache.k_LBSGK, cache.v_LBSGK) if cache is not None else None
         block_cls = _block_class(cfg)
         if cfg.scan_layers:
