@@ -3,7 +3,8 @@
 A GPT-2 124M-shaped model with random weights is exported twice (gptjax export + HF dir); both backends score the
 same requests in the same process, runs alternating (gptjax, HF, gptjax, HF, ...), and the median of each is
 reported. Workloads (random words, the real GPT-2 BPE):
-- hellaswag-like: a ~70-token context and 4 endings of ~25 tokens each;
+- hellaswag-like: a ~70-token context and 4 endings of ~25 tokens each (the engine runs the context once into a KV
+  cache and the endings on it);
 - mmlu-like: a ~250-token question and 4 one-token answers " A".." D" (the engine runs one row for all 4).
 gptjax compiles each batch shape once: a warm-up pass compiles them, and its time is reported apart. Run from the
 repository root:

@@ -239,27 +239,32 @@ def _plain_batches(model: Transformer, params, rows: Sequence[_Row], max_len: in
         yield batch, *map(np.asarray, query_logprobs(params, *arrays, model=model)), arrays[0].shape + arrays[1].shape
 
 
+def _stem_arrays(batch: Sequence[tuple[tuple[int, ...], _Row]], batch_size: int, max_len: int
+                 ) -> tuple[np.ndarray, ...]:
+    """Distinct stems [S, C] (padded as rows are), their lengths [S], and each row's stem index and tail length
+    [R] for one batch of (stem, row) pairs."""
+    slot = {stem: s for s, stem in enumerate(dict.fromkeys(stem for stem, _ in batch))}
+    stem_tokens_SC = np.zeros((bucket_rows(len(slot), batch_size), bucket_width(len(batch[0][0]), max_len)), np.int32)
+    stem_len_S = np.zeros(len(stem_tokens_SC), np.int32)
+    for stem, s in slot.items():
+        stem_tokens_SC[s, : len(stem)], stem_len_S[s] = stem, len(stem)
+    stem_of_R, tail_len_R = np.zeros((2, bucket_rows(len(batch), batch_size)), np.int32)
+    for r, (stem, row) in enumerate(batch):
+        stem_of_R[r], tail_len_R[r] = slot[stem], len(row.tokens) - len(stem)
+    return stem_tokens_SC, stem_len_S, stem_of_R, tail_len_R
+
+
 def _shared_batches(model: Transformer, params, shared: Sequence[tuple[tuple[int, ...], _Row]], max_len: int,
                     batch_size: int) -> Iterator[Batch]:
     for start in range(0, len(shared), batch_size):
         batch = shared[start: start + batch_size]
-        stems = list(dict.fromkeys(stem for stem, _ in batch))
-        tails = [tail_row(stem, row) for stem, row in batch]
-        stem_tokens_SC = np.zeros((bucket_rows(len(stems), batch_size), bucket_width(len(stems[0]), max_len)),
-                                  np.int32)
-        for s, stem in enumerate(stems):
-            stem_tokens_SC[s, : len(stem)] = stem
-        stem_len_S = np.zeros(len(stem_tokens_SC), np.int32)
-        stem_len_S[: len(stems)] = [len(stem) for stem in stems]
-        n_rows = bucket_rows(len(batch), batch_size)
-        stem_of_R, tail_len_R = np.zeros(n_rows, np.int32), np.zeros(n_rows, np.int32)
-        stem_of_R[: len(batch)] = [stems.index(stem) for stem, _ in batch]
-        tail_len_R[: len(batch)] = [len(tail.tokens) for tail in tails]
-        tail_arrays = _batch_arrays(tails, n_rows, bucket_width(max(tail_len_R), max_len, MIN_TAIL_WIDTH))
-        out = shared_stem_logprobs(params, stem_tokens_SC, stem_len_S, stem_of_R, tail_arrays[0], tail_len_R,
-                                   *tail_arrays[1:], model=model)
-        yield [row for _, row in batch], *map(np.asarray, out), stem_tokens_SC.shape + tail_arrays[0].shape + \
-            tail_arrays[1].shape
+        stem_tokens_SC, stem_len_S, stem_of_R, tail_len_R = _stem_arrays(batch, batch_size, max_len)
+        tail_tokens_RT, *queries = _batch_arrays([tail_row(stem, row) for stem, row in batch], len(stem_of_R),
+                                                 bucket_width(max(tail_len_R), max_len, MIN_TAIL_WIDTH))
+        out = shared_stem_logprobs(params, stem_tokens_SC, stem_len_S, stem_of_R, tail_tokens_RT, tail_len_R,
+                                   *queries, model=model)
+        yield ([row for _, row in batch], *map(np.asarray, out),
+               stem_tokens_SC.shape + tail_tokens_RT.shape + queries[0].shape)
 
 
 def score_pairs(model: Transformer, params, pairs: Sequence[TokenPair], max_len: int, batch_size: int = 32,
@@ -281,7 +286,8 @@ def score_pairs(model: Transformer, params, pairs: Sequence[TokenPair], max_len:
         for row in batch:
             for request, _, targets in row.queries:
                 n = len(targets)
-                scores[request] = (float(logprob_Q[q: q + n].sum()), bool(greedy_Q[q: q + n].all()))
+                # float64: a float32 running sum near -600 is off by several ulps (lm-eval cross-check)
+                scores[request] = (float(logprob_Q[q: q + n].sum(dtype=np.float64)), bool(greedy_Q[q: q + n].all()))
                 q += n
             bar.update(len(row.queries))
     bar.close()
