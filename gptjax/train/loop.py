@@ -338,7 +338,7 @@ def _read_record(workdir: Path) -> dict:
 
 
 class Hook(Protocol):
-    """Called after step `done` was dispatched, when `due`; may inspect or replace nothing but the run's files."""
+    """Called after step `done` was dispatched, when `due`: reads the state, writes files, never changes the state."""
 
     def due(self, run: Run, done: int) -> bool: ...
 
