@@ -11,12 +11,11 @@ import json
 import os
 import shutil
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from gptjax.errors import GptjaxError
+from gptjax.errors import GptjaxError, note
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -155,8 +154,7 @@ def exclusive_lock(path: str | Path, what: str, wait: bool = False) -> Iterator[
     handle.seek(0)
     previous = handle.read().strip()
     if previous:
-        print(f"gptjax: note: taking over the lock of {what} left by {previous}, which is no longer running",
-              file=sys.stderr)
+        note(f"taking over the lock of {what} left by {previous}, which is no longer running")
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")

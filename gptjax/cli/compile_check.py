@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from gptjax.cli.common import load_config
+from gptjax.errors import note
 
 HELP = "will it fit? AOT-compile the train step for a TPU topology: --config X --topology v5e-16 [--mesh ...] [--search]"
 TAKES_OVERRIDES = True
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         print("\n".join(report.lines()))
         return 0 if report.fits else 1
     if args.mesh:
-        print("gptjax: note: --search tries its own meshes; --mesh is ignored", file=sys.stderr)
+        note("--search tries its own meshes; --mesh is ignored")
     found = 0
     for report in cc.search(cfg, args.topology, max_compiles=args.max_compiles, want=args.top):
         found += 1

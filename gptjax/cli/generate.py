@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import Callable
 
-from gptjax.errors import GptjaxError
+from gptjax.errors import GptjaxError, warn
 
 HELP = "sample text from a trained model"
 
@@ -48,7 +48,7 @@ def interpret_escapes(text: str) -> str:
 
 
 def _warn_one_line(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"gptjax: warning: {message}", file=sys.stderr)
+    warn(str(message))
 
 
 def _stream_after(prompt: str) -> Callable[[list[str]], None]:

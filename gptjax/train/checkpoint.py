@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +19,7 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 
-from gptjax.errors import GptjaxError
+from gptjax.errors import GptjaxError, warn
 from gptjax.train.state import TrainState, abstract_params
 
 ITEMS = ("params", "opt", "data", "meta")
@@ -28,10 +27,6 @@ CHECKPOINT_DIR = "checkpoints"
 UNREADABLE_DIR = "checkpoints_unreadable"
 
 logging.getLogger("absl").setLevel(logging.WARNING)
-
-
-def warn(message: str) -> None:
-    print(f"gptjax: warning: {message}", file=sys.stderr, flush=True)
 
 
 def with_shardings(abstract_tree, shardings):

@@ -26,11 +26,11 @@ from gptjax.config import Config
 from gptjax.data import loader, store
 from gptjax.data import tokenizer as tokenizers
 from gptjax.data.prepare import cache_root, resolve_data
-from gptjax.errors import GptjaxError, RunInterrupted
+from gptjax.errors import GptjaxError, RunInterrupted, note, warn
 from gptjax.eval.perplexity import evaluate_batches
 from gptjax.model.transformer import count_params, flops_per_token
 from gptjax.parallel.mesh import make_mesh
-from gptjax.train.checkpoint import Checkpoints, checkpoint_meta, warn
+from gptjax.train.checkpoint import Checkpoints, checkpoint_meta
 from gptjax.train.metrics import MetricWriter, peak_flops_per_device, reproducibility_record
 from gptjax.train.optim import schedule_horizon
 from gptjax.train.state import TrainState
@@ -127,8 +127,8 @@ def init_params_from(source: str, cfg: Config, tok: tokenizers.Tokenizer, step: 
 
     lm = gptjax.load(source)
     if lm.tokenizer is None:
-        tqdm.write(f"gptjax: note: train.init_from={source} has no tokenizer; its token ids are taken to mean what "
-                   f"{tok.kind} (vocab {tok.vocab_size}) of the data means", file=sys.stderr)
+        note(f"train.init_from={source} has no tokenizer; its token ids are taken to mean what {tok.kind} (vocab "
+             f"{tok.vocab_size}) of the data means")
     elif tokenizers.fingerprint(lm.tokenizer) != tokenizers.fingerprint(tok):
         raise GptjaxError(f"train.init_from={source} was trained with another tokenizer than the data's; prepare "
                           f"the data with its tokenizer (`gptjax prepare ... --tokenizer-dir {source}/tokenizer`)")
@@ -279,9 +279,9 @@ def _open_with_checkpoints(cfg, workdir, data_dir, manifest, tok, mesh, lock, ch
             raise GptjaxError(f"{workdir} was trained with another tokenizer than {data_dir} holds; use a new --workdir")
         cfg, notes = resume_config(cfg, saved_meta["config"], int(state.step), workdir)
         changes += [n for n in notes if n.startswith("changed at")]
-        for note in notes:
-            if jax.process_index() == 0:
-                tqdm.write(f"gptjax: {note}", file=sys.stderr)
+        if jax.process_index() == 0:
+            for line in notes:
+                note(line)
         init_record = previous_record.get("init_from")
     else:
         cfg = with_train(cfg, schedule_steps=schedule_horizon(cfg.train))
@@ -450,8 +450,8 @@ def task_specs(entries: Sequence[str]) -> list[tuple[str, int | None]]:
     return specs
 
 
-class TaskEvalHook:
-    """Downstream tasks (`train.eval_tasks`) scored beside the val loss, logged as `TASK/METRIC`.
+class TaskEvalHook(EvalHook):
+    """Downstream tasks (`train.eval_tasks`) scored beside the val loss (same cadence), logged as `TASK/METRIC`.
 
     The tasks' data is read once, when the run opens, so a missing file fails before any training step."""
 
@@ -465,9 +465,6 @@ class TaskEvalHook:
             raise GptjaxError("train.eval_tasks needs the tasks' data: set train.eval_data=DIR or GPTJAX_EVAL_DATA "
                               "(a directory laid out as shared/data: hellaswag/, mmlu/, lambada/, ...)")
         self.tasks = [load_task(name, Path(data_dir), 0, limit) for name, limit in task_specs(cfg.train.eval_tasks)]
-
-    def due(self, run: Run, done: int) -> bool:
-        return EvalHook().due(run, done)
 
     def __call__(self, run: Run, done: int, state: TrainState) -> None:
         from gptjax.api import LM
