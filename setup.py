@@ -21,6 +21,9 @@ HF = ["torch==2.13.0", "transformers>=4.45", "tokenizers>=0.19"]
 TEST = ["pytest>=8", "pytest-timeout>=2.3", "tiktoken>=0.7"]
 EVAL = ["lm-eval>=0.4"]
 LM_EVAL_HF = ["accelerate>=0.26"]  # lm-eval's HF backend, the reference the eval cross-checks run against
+FINETUNE_REFS = ["peft>=0.13", "trl>=0.12"]  # LoRA and DPO cross-checks (tests only)
+PLOTS = ["matplotlib>=3.8", "scipy>=1.11"]  # ablation reports, scaling-law fits
+DEDUP_REF = ["datatrove>=0.4"]  # near-dedup comparison (benchmarks/prepare.py, tests)
 
 setup(
     name="gptjax",
@@ -34,7 +37,8 @@ setup(
         "data": DATA,
         "hf": HF,
         "eval": EVAL,
-        "test": TEST + HF + EVAL + LM_EVAL_HF + ["jax[tpu]"],  # libtpu: compile-check AOT-compiles for TPU here
+        "plots": PLOTS,
+        "test": TEST + HF + EVAL + LM_EVAL_HF + FINETUNE_REFS + PLOTS + DEDUP_REF + ["jax[tpu]"],  # libtpu: compile-check AOT-compiles for TPU here
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
     },

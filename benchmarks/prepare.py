@@ -14,6 +14,19 @@ process tree.
 writes benchmarks/results/prepare.md. With --datatrove-python, that interpreter (a venv with `pip install
 "datatrove[processing]" spacy orjson tokenizers`) runs datatrove's filters + MinHash + tokenize on the same files.
 This file is also the datatrove driver (`--datatrove-run`), so it imports gptjax only where gptjax runs.
+
+`--mode near-recall` measures near-duplicate dedup alone on a planted corpus (gptjax.data.planted: distinct base
+documents cut from shared/data's web_noisy web postings and english_public_domain addresses, plus copies of each
+kind — identical, paragraphs reordered, 1-8% of words substituted / deleted / inserted / mixed, header and footer
+lines added — and hard negatives that share boilerplate, source or a quoted paragraph): precision and recall per
+kind for gptjax's defaults (`near_duplicate_clusters`: shingles, MinHash, LSH, verified clusters) and for
+datatrove's default MinHash (MinhashDedupSignature -> Buckets -> Cluster -> Filter), and the speed of both from
+JSONL in to kept JSONL out, one process each, alternating runs (A B A B ...), medians:
+
+    python benchmarks/prepare.py --mode near-recall --datatrove-python DT_PYTHON [--copies 100] [--repeats 3]
+
+writes benchmarks/results/near_dedup.md. DT_PYTHON needs datatrove with spacy and xxhash<4 (datatrove 0.10
+hashes str, which xxhash 4 refuses).
 """
 from __future__ import annotations
 
@@ -32,6 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results" / "prepare.md"
+NEAR_RESULTS = REPO / "benchmarks" / "results" / "near_dedup.md"
 GPT2_FILES = REPO / "tests" / "fixtures" / "gpt2"
 REPLICA_EDIT_RATES = (0.0, 0.01, 0.03, 0.25, 0.25, 0.25)
 FILE_BYTES = 8 << 20
@@ -174,8 +188,16 @@ def run_gptjax(corpus: Path, out: Path, workers: int, tokenizer_dir: Path, langu
 # ---- datatrove ---------------------------------------------------------------------------------------------------
 
 
-def datatrove_run(corpus: Path, work: Path, workers: int, tokenizer_json: Path) -> None:
-    """datatrove's filters + MinHash (20 buckets x 6 hashes, word 5-grams) + GPT-2 tokenization (runs in its venv)."""
+def gptjax_minhash_shape() -> tuple[int, int, int]:
+    """(word n-gram, bands, rows) of gptjax's default near dedup, which the throughput comparison gives datatrove."""
+    from gptjax.data.dedup import MinHashConfig
+
+    config = MinHashConfig()
+    return config.ngram, config.bands, config.rows
+
+
+def datatrove_run(corpus: Path, work: Path, workers: int, tokenizer_json: Path, minhash_shape: tuple[int, int, int]) -> None:
+    """datatrove's filters + MinHash (gptjax's n-gram, bands and rows) + GPT-2 tokenization (runs in its venv)."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
     from datatrove.pipeline.dedup.minhash import MinhashConfig
@@ -185,7 +207,8 @@ def datatrove_run(corpus: Path, work: Path, workers: int, tokenizer_json: Path) 
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.hashing import HashConfig
 
-    minhash = MinhashConfig(hash_config=HashConfig(precision=64), num_buckets=20, hashes_per_bucket=6, n_grams=5)
+    ngram, bands, rows = minhash_shape
+    minhash = MinhashConfig(hash_config=HashConfig(precision=64), num_buckets=bands, hashes_per_bucket=rows, n_grams=ngram)
     n_files = len(list(corpus.glob("*.jsonl")))
     stages = {
         "filters+signatures": ([JsonlReader(str(corpus), glob_pattern="*.jsonl"), GopherRepetitionFilter(),
@@ -226,7 +249,8 @@ def run_datatrove(dt_python: str, corpus: Path, work: Path, workers: int, tokeni
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     wall, peak, _ = run_measured([dt_python, str(Path(__file__).resolve()), "--datatrove-run", "--corpus", str(corpus),
-                                  "--work", str(work), "--workers", str(workers), "--tokenizer-json", str(tokenizer_json)])
+                                  "--work", str(work), "--workers", str(workers), "--tokenizer-json", str(tokenizer_json),
+                                  "--minhash-shape", ",".join(map(str, gptjax_minhash_shape()))])
     timings = json.loads((work / "timings.json").read_text())
     shutil.rmtree(work, ignore_errors=True)
     return {"wall": wall, "peak_rss": peak, "timings": timings, "workers": workers}
@@ -337,13 +361,15 @@ def comparison_rows(ours: dict, theirs: dict) -> list[str]:
 
 def write_results(args, counts: dict, runs: list[dict], compare_counts: dict | None, compare: list[tuple[dict, dict]],
                   memory: list[dict], datatrove_note: str) -> None:
+    ngram, bands, rows = gptjax_minhash_shape()
     lines = ["# `gptjax prepare` throughput and memory", "",
              "Command (repository root; this machine: 2 cores shared with other jobs, so timings are noisy):", "",
              f"    {' '.join(args.command_line)}", "",
              f"Corpus (1x, built by the script from shared/data): {_corpus_line(counts)}.", "",
              "gptjax settings: `--languages en --dedup near --tokenizer gpt2_bpe` (normalization and Gopher quality "
-             "rules on, MinHash 120 permutations / 20 bands x 6 rows / word 5-grams, candidate pairs verified at "
-             "Jaccard >= 0.8; GPT-2 BPE from the local vocab/merges).", "", "## End to end, 1x corpus", "",
+             f"rules on, MinHash {bands * rows} permutations / {bands} bands x {rows} rows / word {ngram}-grams, "
+             "candidate pairs verified (the `MinHashConfig()` defaults); GPT-2 BPE from the local vocab/merges).", "",
+             "## End to end, 1x corpus", "",
              "| pipeline | workers | wall s | docs/s | MB/s | MB/s per worker | peak RSS (tree) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [_end_to_end_row("gptjax", run, counts) for run in runs]
@@ -352,7 +378,8 @@ def write_results(args, counts: dict, runs: list[dict], compare_counts: dict | N
     if compare:
         lines += ["", "## gptjax against datatrove, same corpus", "",
                   f"Corpus: {_corpus_line(compare_counts)}. Both pipelines: Gopher quality and repetition rules, "
-                  "MinHash with 20 bands x 6 rows over word 5-grams, GPT-2 BPE token ids with `<|endoftext|>`. "
+                  f"MinHash with {bands} bands x {rows} rows over word {ngram}-grams, GPT-2 BPE token ids with "
+                  "`<|endoftext|>`. "
                   "No language filter in either (datatrove's needs a fastText model download, impossible here). "
                   "datatrove: `LocalPipelineExecutor` stages reader -> GopherRepetitionFilter -> GopherQualityFilter "
                   "-> JsonlWriter -> MinhashDedupSignature; MinhashDedupBuckets; MinhashDedupCluster; reader -> "
@@ -384,6 +411,272 @@ def write_results(args, counts: dict, runs: list[dict], compare_counts: dict | N
     RESULTS.write_text("\n".join(lines) + "\n")
 
 
+# ---- near-duplicate recall: planted copies, gptjax against datatrove's MinHash ------------------------------------
+
+EDIT_RATE_BANDS = ((0.01, 0.03), (0.03, 0.055), (0.055, 0.0801))
+OLD_SETTINGS_SIDE = "gptjax 5-gram/0.8"
+
+
+def planted_bases(shared: Path, words: int) -> list:
+    """Distinct base documents: web postings cut into documents of about `words` words, addresses into ones of
+    twice that."""
+    from gptjax.data.planted import BaseDocument, cut_documents
+    from gptjax.data.readers import read_documents
+
+    groups = [(sorted((shared / "web_noisy" / "nltk_webtext").glob("*.txt")), words)]
+    groups += [(sorted((shared / "english_public_domain" / folder).glob("*.txt")), 2 * words)
+               for folder in ("inaugural", "state_union")]
+    return [BaseDocument(text, Path(document.source).parent.name + "/" + Path(document.source).stem)
+            for paths, words in groups for document in read_documents(paths)
+            for text in cut_documents(document.text, words)]
+
+
+def gptjax_near_run(corpus: Path, work: Path) -> None:
+    """gptjax's default near dedup from JSONL to kept JSONL (runs in its own process); writes roots and timings."""
+    import numpy as np
+
+    from gptjax.data import dedup
+
+    config = dedup.MinHashConfig()
+    marks = {"start": time.perf_counter()}
+    with corpus.open(encoding="utf-8") as lines:
+        texts = [json.loads(line)["text"] for line in lines]
+    marks["read"] = time.perf_counter()
+    pairs = [dedup.text_signature(text, config) for text in texts]
+    marks["signatures"] = time.perf_counter()
+    roots, counters = dedup.cluster_signatures([pair[1] for pair in pairs], [pair[0] for pair in pairs], config)
+    marks["cluster"] = time.perf_counter()
+    with (work / "kept.jsonl").open("w", encoding="utf-8") as kept:
+        kept.writelines(json.dumps({"text": text}) + "\n" for index, text in enumerate(texts) if roots[index] == index)
+    marks["write"] = time.perf_counter()
+    np.save(work / "roots.npy", roots)
+    _write_near_timings(work, marks, counters)
+
+
+def datatrove_near_run(corpus: Path, work: Path) -> None:
+    """datatrove's default MinHash dedup, its four stages from JSONL to kept JSONL (runs in its own process)."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    minhash = MinhashConfig()
+    stages = {
+        "signatures": ([JsonlReader(str(corpus.parent), glob_pattern=corpus.name),
+                        MinhashDedupSignature(output_folder=str(work / "signatures"), config=minhash)], 1),
+        "buckets": ([MinhashDedupBuckets(input_folder=str(work / "signatures"), output_folder=str(work / "buckets"),
+                                         config=minhash)], minhash.num_buckets),
+        "cluster": ([MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "remove_ids"),
+                                         config=minhash)], 1),
+        "filter": ([JsonlReader(str(corpus.parent), glob_pattern=corpus.name),
+                    MinhashDedupFilter(input_folder=str(work / "remove_ids")),
+                    JsonlWriter(str(work / "kept"), compression=None)], 1),
+    }
+    marks = {"start": time.perf_counter()}
+    for name, (steps, tasks) in stages.items():
+        LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=1, logging_dir=str(work / "logs" / name),
+                              skip_completed=False).run()
+        marks[name] = time.perf_counter()
+    _write_near_timings(work, marks, {})
+
+
+def _write_near_timings(work: Path, marks: dict, counters: dict) -> None:
+    names = list(marks)
+    stages = {name: marks[name] - marks[previous] for previous, name in zip(names, names[1:])}
+    (work / "timings.json").write_text(json.dumps({"seconds": marks[names[-1]] - marks["start"], "stages": stages,
+                                                   "counters": counters}))
+
+
+def datatrove_roots(work: Path, n_docs: int):
+    """Cluster representative of every document from datatrove's duplicate pairs (its .dups files: file, doc, file,
+    doc as uint32; one input file), joined as its cluster stage joins them."""
+    import numpy as np
+
+    from gptjax.data.planted import roots_from_pairs
+
+    pairs = [np.fromfile(path, dtype="<u4").reshape(-1, 4)[:, [1, 3]] for path in sorted((work / "buckets").glob("*.dups"))]
+    return roots_from_pairs(n_docs, np.concatenate(pairs).tolist() if pairs else [])
+
+
+def prepare_near_run(corpus: Path, work: Path) -> None:
+    """`gptjax prepare --dedup near` (no other filter, char tokens) on the corpus; its dedup stages' busy seconds
+    from report.json are the timing, its decisions file gives the clusters."""
+    command = [sys.executable, "-m", "gptjax", "prepare", "--input", str(corpus), "--out", str(work / "out"),
+               "--dedup", "near", "--no-quality", "--no-normalize", "--tokenizer", "char", "--workers", "1",
+               "--quiet", "--decisions", str(work / "decisions.jsonl")]
+    started = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+    stages = json.loads((work / "out" / "report.json").read_text())["stages"]
+    dedup_stages = {name: stages[name]["seconds"] for name in ("dedup_exact", "dedup_near")}
+    (work / "timings.json").write_text(json.dumps({"seconds": sum(dedup_stages.values()), "stages": dedup_stages,
+                                                   "counters": {}, "prepare_wall": time.perf_counter() - started}))
+
+
+def near_roots(side: str, work: Path, n_docs: int):
+    """The clusters one side's run found, as the representative of every document."""
+    import numpy as np
+
+    from gptjax.data.planted import decision_pairs, roots_from_pairs
+
+    if side == "gptjax":
+        return np.load(work / "roots.npy")
+    if side == "datatrove":
+        return datatrove_roots(work, n_docs)
+    records = [json.loads(line) for line in (work / "decisions.jsonl").read_text().splitlines()]
+    return roots_from_pairs(n_docs, decision_pairs(records))
+
+
+def run_near_once(python: str, side: str, corpus: Path, work: Path) -> dict:
+    """One timed run of one side in a fresh process: in-process seconds, wall seconds, roots (gptjax) or work dir."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    wall, peak, _ = run_measured([python, str(Path(__file__).resolve()), "--near-run", side, "--corpus", str(corpus),
+                                  "--work", str(work)])
+    return {"wall": wall, "peak_rss": peak, **json.loads((work / "timings.json").read_text())}
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _score_cells(score, copy_kind: bool) -> str:
+    if copy_kind:
+        return f"{score.recall:.3f} ({score.caught}/{score.documents}) | {score.precision:.3f}"
+    wrong = score.pairs - score.correct_pairs
+    return f"- | {score.precision:.3f} ({wrong} wrong pairs)"
+
+
+def near_quality_rows(corpus, scores: dict[str, dict]) -> list[str]:
+    """Per kind: documents, then recall and pairwise precision of each side."""
+    from gptjax.data.planted import COPY_KINDS, NEGATIVE_KINDS
+
+    rows = []
+    for kind in COPY_KINDS + NEGATIVE_KINDS + ("all",):
+        copy_kind = kind in COPY_KINDS or kind == "all"
+        n = scores["gptjax"][kind].documents if copy_kind else corpus.kinds.count(kind)
+        rows.append(f"| {kind} | {n} | " + " | ".join(_score_cells(side_scores[kind], copy_kind)
+                                                      for side_scores in scores.values()) + " |")
+    return rows
+
+
+def recall_by_edit_rate(corpus, roots) -> list[tuple[int, int]]:
+    """(caught, copies) of the word-edit copies in each band of EDIT_RATE_BANDS."""
+    from gptjax.data.planted import WORD_EDIT_KINDS
+
+    counts = []
+    for low, high in EDIT_RATE_BANDS:
+        copies = [i for i, kind in enumerate(corpus.kinds) if kind in WORD_EDIT_KINDS and low <= corpus.edit_rates[i] < high]
+        counts.append((sum(int(roots[i] == roots[corpus.copy_of[i]]) for i in copies), len(copies)))
+    return counts
+
+
+NEAR_SIDE_NOTES = {
+    "gptjax": "`gptjax.data.dedup` in memory: read JSONL, `text_signature` per document, `cluster_signatures` "
+              "(LSH + Jaccard verification), write the kept documents",
+    "datatrove": "MinhashDedupSignature (reader), MinhashDedupBuckets (14 tasks), MinhashDedupCluster, "
+                 "MinhashDedupFilter (reader + JsonlWriter); `LocalPipelineExecutor`, 1 worker",
+    "gptjax-prepare": "`gptjax prepare --dedup near --no-quality --no-normalize --tokenizer char --workers 1`: "
+                      "busy seconds of its dedup_exact + dedup_near stages (report.json: signatures in the clean "
+                      "phase, exact keys, LSH clustering with verification re-reading texts from chunk files)",
+}
+
+
+def write_near_results(args, corpus, n_bytes: int, runs: dict[str, list[dict]], scores: dict[str, dict],
+                       rate_rows: dict[str, list[tuple[int, int]]]) -> None:
+    from gptjax.data.dedup import MinHashConfig
+
+    config = MinHashConfig()
+    sides, timed_sides = list(scores), list(runs)
+    lines = ["# Near-duplicate recall and speed: gptjax against datatrove on planted copies", "",
+             "Command (repository root; 2 cores shared with other jobs, so timings are noisy):", "",
+             f"    {' '.join(args.command_line)}", "",
+             f"Corpus: {len(corpus.texts):,} documents, {n_bytes / 1e6:.1f} MB (`gptjax.data.planted.plant_corpus`, seed "
+             f"{args.seed}, {args.copies} copies per kind, {args.copies} negatives per kind, word edits at a rate drawn "
+             f"uniformly from 1-8%; base documents: shared/data web_noisy/nltk_webtext cut into ~{args.words}-word "
+             f"documents, english_public_domain inaugural and state_union addresses into ~{2 * args.words}-word "
+             "ones).", "",
+             f"gptjax: `MinHashConfig()` defaults — word {config.ngram}-grams, {config.num_perm} permutations, "
+             f"{config.bands} bands x {config.rows} rows, candidate pairs verified by the true Jaccard of their "
+             f"shingle sets >= {config.threshold}. datatrove 0.10: `MinhashConfig()` defaults — word 5-grams (spaCy "
+             "tokenizer), 14 buckets x 8 hashes, 64-bit xxhash, no verification. gptjax-prepare: the same defaults "
+             f"through `gptjax prepare`. {OLD_SETTINGS_SIDE} (quality only): gptjax's previous defaults — word "
+             "5-grams, 20 bands x 6 rows, verified Jaccard >= 0.8.", "",
+             "Recall: copies clustered with their original. Precision: predicted duplicate pairs touching a document "
+             "of the kind that are a copy and its original (for negatives every pair is wrong).", "",
+             "| kind | documents | " + " | ".join(f"{side} recall | {side} precision" for side in sides) + " |",
+             "|---|---:|" + "---:|---:|" * len(sides)]
+    lines += near_quality_rows(corpus, scores)
+    lines += ["", "Word-edit copies (substitute, delete, insert, mixed) by share of words edited:", "",
+              "| words edited | copies | " + " | ".join(f"{side} recall" for side in sides) + " |",
+              "|---|---:|" + "---:|" * len(sides)]
+    for band, (low, high) in enumerate(EDIT_RATE_BANDS):
+        n = rate_rows[sides[0]][band][1]
+        lines.append(f"| {low:.1%}-{min(high, 0.08):.1%} | {n} | " + " | ".join(
+            f"{rate_rows[side][band][0] / max(n, 1):.3f}" for side in sides) + " |")
+    medians = {side: _median([run["seconds"] for run in side_runs]) for side, side_runs in runs.items()}
+    lines += ["", f"## Speed ({args.repeats} runs of each, alternating {', '.join(timed_sides)}, ...; medians)", "",
+              "Seconds from reading the JSONL to writing the kept documents, in the process (imports and interpreter "
+              "start excluded; wall is the whole process).", "",
+              "| pipeline | what is timed | seconds | docs/s | MB/s | wall s | peak RSS | runs (s) |",
+              "|---|---|---:|---:|---:|---:|---:|---|"]
+    for side, side_runs in runs.items():
+        seconds = medians[side]
+        lines.append(f"| {side} | {NEAR_SIDE_NOTES[side]} | {seconds:.2f} | {len(corpus.texts) / seconds:,.0f} | "
+                     f"{n_bytes / 1e6 / seconds:.2f} | {_median([run['wall'] for run in side_runs]):.2f} | "
+                     f"{_median([run['peak_rss'] for run in side_runs]) / 2**20:,.0f} MiB | "
+                     + ", ".join(f"{run['seconds']:.2f}" for run in side_runs) + " |")
+    lines += ["", "datatrove takes " + "; ".join(f"{medians['datatrove'] / medians[side]:.1f}x the time of {side}"
+                                                 for side in timed_sides if side != "datatrove") + ".", "",
+              "Median seconds per stage:", ""]
+    for side, side_runs in runs.items():
+        lines.append(f"- {side}: " + ", ".join(f"{name} {_median([run['stages'][name] for run in side_runs]):.2f}"
+                                              for name in side_runs[0]["stages"]))
+    counters = runs["gptjax"][0]["counters"]
+    lines += ["", f"gptjax candidate work: {counters['candidate_groups']:,} band groups, "
+              f"{counters['verified_comparisons']:,} verified comparisons."]
+    Path(args.results).write_text("\n".join(lines) + "\n")
+
+
+def run_near_recall(args) -> None:
+    """The near-recall mode: build the planted corpus, run the sides alternately, score them, write the results."""
+    import numpy as np
+
+    from gptjax.data.dedup import MinHashConfig, near_duplicate_clusters
+    from gptjax.data.planted import plant_corpus, score_clusters
+
+    if not args.datatrove_python:
+        raise SystemExit("--mode near-recall needs --datatrove-python (an interpreter with datatrove and spacy)")
+    work = Path(args.work) / "near"
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = plant_corpus(planted_bases(SHARED, args.words), args.copies, args.copies, seed=args.seed)
+    corpus_path = work / "corpus" / "planted.jsonl"
+    corpus_path.parent.mkdir(exist_ok=True)
+    corpus_path.write_text("".join(json.dumps({"text": text}) + "\n" for text in corpus.texts), encoding="utf-8")
+    n_bytes = sum(len(text.encode("utf-8")) for text in corpus.texts)
+    print(f"planted corpus: {len(corpus.texts):,} documents, {n_bytes / 1e6:.1f} MB", flush=True)
+    pythons = {"gptjax": sys.executable, "datatrove": args.datatrove_python, "gptjax-prepare": sys.executable}
+    runs: dict[str, list[dict]] = {side: [] for side in pythons}
+    roots = {}
+    for repeat in range(args.repeats):
+        for side, python in pythons.items():
+            runs[side].append(run_near_once(python, side, corpus_path, work / side))
+            print(f"run {repeat + 1} {side}: {runs[side][-1]['seconds']:.2f} s", flush=True)
+            if repeat == 0:
+                roots[side] = near_roots(side, work / side, len(corpus.texts))
+    roots[OLD_SETTINGS_SIDE] = np.array(near_duplicate_clusters(
+        corpus.texts, MinHashConfig(ngram=5, num_perm=120, bands=20, rows=6, threshold=0.8)))
+    scores = {side: score_clusters(corpus, side_roots) for side, side_roots in roots.items()}
+    rate_rows = {side: recall_by_edit_rate(corpus, side_roots) for side, side_roots in roots.items()}
+    write_near_results(args, corpus, n_bytes, runs, scores, rate_rows)
+    print(Path(args.results).read_text())
+
+
+NEAR_RUNS = {"gptjax": gptjax_near_run, "datatrove": datatrove_near_run, "gptjax-prepare": prepare_near_run}
+
+
 # ---- main --------------------------------------------------------------------------------------------------------
 
 
@@ -397,14 +690,29 @@ def main() -> None:
     parser.add_argument("--compare-scale", type=float, default=0.2, help="corpus size for the datatrove comparison")
     parser.add_argument("--compare-workers", type=int, nargs="+", default=[2])
     parser.add_argument("--notes", default="")
+    parser.add_argument("--mode", choices=("throughput", "near-recall"), default="throughput")
+    parser.add_argument("--copies", type=int, default=100, help="near-recall: copies (and negatives) per kind")
+    parser.add_argument("--repeats", type=int, default=3, help="near-recall: timed runs of each side")
+    parser.add_argument("--seed", type=int, default=0, help="near-recall: seed of the planted corpus")
+    parser.add_argument("--words", type=int, default=200, help="near-recall: words per web base document")
+    parser.add_argument("--results", default=str(NEAR_RESULTS), help="near-recall: where to write the tables")
     parser.add_argument("--datatrove-run", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--near-run", choices=tuple(NEAR_RUNS), help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer-json", help=argparse.SUPPRESS)
+    parser.add_argument("--minhash-shape", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.datatrove_run:
-        datatrove_run(Path(args.corpus), Path(args.work), args.workers[0], Path(args.tokenizer_json))
+        datatrove_run(Path(args.corpus), Path(args.work), args.workers[0], Path(args.tokenizer_json),
+                      tuple(int(value) for value in args.minhash_shape.split(",")))
+        return
+    if args.near_run:
+        NEAR_RUNS[args.near_run](Path(args.corpus), Path(args.work))
         return
     args.command_line = ["python", "benchmarks/prepare.py", *sys.argv[1:]]
+    if args.mode == "near-recall":
+        run_near_recall(args)
+        return
     work = Path(args.work)
     tokenizer_dir = work / "gpt2"
     tokenizer_dir.mkdir(parents=True, exist_ok=True)

@@ -140,6 +140,34 @@ class LM:
                                 allow_extrapolation=allow_extrapolation, on_chunk=on_chunk)
         return [tokenizer.decode(t) for t in ids]
 
+    def class_probabilities(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """float32 [len(texts), num_classes]: the classifier head's probabilities (a `classify` finetune), each text
+        read after <|endoftext|> as in training and cut to its first block_size tokens."""
+        if not self.config.num_classes:
+            raise GptjaxError("LM.classify needs a classifier (a run finetuned with train.objective=classify); this "
+                              "model has no classifier head (model.num_classes=0)")
+        tokenizer = self._text_tokenizer("classify")
+        ids = [([tokenizer.eot_id] + tokenizer.encode(text))[: self.config.block_size] for text in texts]
+        probabilities = []
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start:start + batch_size]
+            rows = chunk + [chunk[-1]] * (eval_requests.bucket_rows(len(chunk), batch_size) - len(chunk))
+            tokens, lengths = self._padded_batch(rows)
+            logits = self._class_logits(self.params, tokens, np.asarray(lengths, np.int32))
+            probabilities.append(np.asarray(jax.nn.softmax(logits, axis=-1))[: len(chunk)])
+        return np.concatenate(probabilities) if probabilities else np.zeros((0, self.config.num_classes), np.float32)
+
+    def classify(self, texts: Sequence[str], batch_size: int = 32) -> list[str]:
+        """The predicted class of each text: its name from finetune.labels (else the class index as a string)."""
+        names = self.cfg.finetune.labels or tuple(str(i) for i in range(self.config.num_classes))
+        return [names[i] for i in self.class_probabilities(texts, batch_size).argmax(axis=-1)]
+
+    @functools.cached_property
+    def _class_logits(self) -> Callable:
+        from gptjax.train.objectives import class_logits
+
+        return jax.jit(lambda params, tokens, lengths: class_logits(params, self.model, tokens, lengths))
+
     # lm-eval's three request kinds (definitions and batching: gptjax/eval/requests.py)
 
     def loglikelihood_tokens(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 32,

@@ -35,7 +35,11 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attn_out")
 DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "wsd", "constant")
-OBJECTIVES = ("lm",)
+OBJECTIVES = ("lm", "classify", "sft", "dpo")
+FINETUNE_OBJECTIVES = ("classify", "sft", "dpo")  # objectives that start from train.init_from and read records
+LORA_TARGETS = ("q", "k", "v", "o", "mlp")
+FINETUNE_TASKS = ("sms_spam", "instruction", "preference", "classification")
+TEMPLATES = ("alpaca", "chat")
 from gptjax.data.tokenizer import KINDS as TOKENIZERS  # noqa: E402  (the one list of tokenizer kinds)
 
 
@@ -140,6 +144,11 @@ class ModelConfig:
     scan_layers: bool = False
     remat: str = choice("none", REMAT_POLICIES)
     dtype: str = choice("float32", DTYPES)  # compute dtype; params are float32, matmuls accumulate, the loss is float32
+    num_classes: int = bounded(0, lo=0)  # > 0 adds a classifier head on the last real token's hidden state
+    lora_rank: int = bounded(0, lo=0)  # > 0 adds LoRA adapters (x·A·B · alpha/rank) to the `lora_targets` matmuls
+    lora_alpha: float = bounded(16.0, lo=0, lo_open=True)
+    lora_targets: tuple[str, ...] = ("q", "v")  # of q, k, v, o (attention projections), mlp (every MLP matmul)
+    lora_dropout: float = bounded(0.0, lo=0, hi=1, hi_open=True)  # dropout on the adapters' input (peft's)
 
     @property
     def kv_heads(self) -> int:
@@ -194,10 +203,10 @@ class PrepareConfig:
     lang_threshold: float = 0.5
     quality: bool = False  # Gopher quality and repetition rules
     dedup: str = "none"  # none | exact | near
-    jaccard: float = 0.8
+    jaccard: float = 0.5  # verified word-3-gram Jaccard of a near-duplicate pair: catches ~8% of words edited
     num_perm: int = 120
-    bands: int = 20
-    ngram: int = 5
+    bands: int = 30  # 30 bands x 4 rows: a pair at Jaccard 0.6 becomes a candidate with probability 0.985
+    ngram: int = 3
     boilerplate: str = "none"  # none | line | paragraph
     boilerplate_max_count: int = 1
     model_type: str = "bpe"  # sentencepiece: bpe | unigram
@@ -274,6 +283,30 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """What a finetuning objective (train.objective = classify | sft | dpo) reads and how.
+
+    Records come from `data` (a file or a directory laid out as shared/data: sms_spam/, instruction/); `task` says
+    how to read and split them: sms_spam (class-balanced 747 + 747, 70/10/20 as rasbt's ch06), instruction
+    (Alpaca records, 85/5/10 as ch07), preference (instruction + chosen/rejected, 85/5/10), classification (JSONL
+    records with `text` and `label`, 70/10/20). The base model is train.init_from."""
+
+    task: str = choice("sms_spam", FINETUNE_TASKS)
+    data: str = ""  # records file or directory; "" = $GPTJAX_EVAL_DATA (a folder laid out as shared/data)
+    # which params train: none (all) | all (only new heads) | last_n_blocks:N (+ final norm, heads) | lora (adapters)
+    freeze: str = "none"
+    labels: tuple[str, ...] = ()  # class names in label order; () = sorted labels found in the records
+    template: str = choice("alpaca", TEMPLATES)  # SFT/DPO prompt format; chat = special role tokens, multi-turn
+    too_long: str = choice("truncate", ("truncate", "skip"))  # records longer than model.block_size
+    pack: bool = False  # SFT: pack several records per row (segment ids) instead of one padded record per row
+    beta: float = bounded(0.1, lo=0, lo_open=True, resume=Resume.RECORDED)  # DPO
+    label_smoothing: float = bounded(0.0, lo=0, hi=0.5, hi_open=True, resume=Resume.RECORDED)  # DPO (cDPO)
+    reference: str = choice("precomputed", ("precomputed", "live"))  # DPO: reference log-probs stored or recomputed
+    samples: int = bounded(8, lo=0, resume=Resume.FREE)  # SFT/DPO: held-out prompts answered into the workdir at the end
+    max_new_tokens: int = bounded(64, lo=1, resume=Resume.FREE)
+
+
+@dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """Device mesh axis sizes; -1 means: all devices not used by the other axes."""
 
@@ -289,6 +322,7 @@ class Config:
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     mesh: MeshConfig = MeshConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
 
 
 def _to_configdict(obj: Any) -> Any:
@@ -543,10 +577,51 @@ def validate(cfg: Config) -> None:
     _check(t.batch_size % t.grad_accum == 0,
            f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
     _check(t.min_lr <= t.lr, f"train.min_lr={t.min_lr} must be <= train.lr={t.lr}")
+    unknown_targets = [x for x in m.lora_targets if x not in LORA_TARGETS]
+    _check(not unknown_targets, f"model.lora_targets has {', '.join(unknown_targets)}, not among the LoRA targets "
+                                f"{', '.join(LORA_TARGETS)}")
+    _check(m.lora_rank == 0 or m.lora_targets, "model.lora_rank > 0 needs at least one of model.lora_targets")
+    _check_finetune(cfg)
     if cfg.data.inputs:  # the pipeline will prepare them: check its settings now, not after minutes of work
         from gptjax.data.pipeline import settings
 
         settings.check(cfg.data)
+
+
+def freeze_policy(freeze: str) -> tuple[str, int]:
+    """("none" | "all" | "lora", 0) or ("last_n_blocks", N) from `finetune.freeze`."""
+    kind, _, count = freeze.partition(":")
+    if kind in ("none", "all", "lora") and not count:
+        return kind, 0
+    if kind == "last_n_blocks" and count.isdigit() and int(count) > 0:
+        return kind, int(count)
+    raise GptjaxError(f"invalid config: finetune.freeze={freeze!r} is not none, all, last_n_blocks:N or lora")
+
+
+def _check_finetune(cfg: Config) -> None:
+    m, t, f = cfg.model, cfg.train, cfg.finetune
+    kind, blocks = freeze_policy(f.freeze)
+    _check(blocks <= m.n_layer, f"finetune.freeze={f.freeze} names more blocks than model.n_layer={m.n_layer}")
+    _check(kind != "last_n_blocks" or not m.scan_layers,
+           "finetune.freeze=last_n_blocks:N needs model.scan_layers=False (scanned layers share one param per kind)")
+    _check((kind == "lora") == (m.lora_rank > 0),
+           f"finetune.freeze='lora' and model.lora_rank > 0 go together (got freeze={f.freeze!r}, "
+           f"lora_rank={m.lora_rank})")
+    _check(kind != "all" or m.num_classes > 0, "finetune.freeze='all' trains only new heads, and this model has none "
+                                               "(model.num_classes=0); use lora or last_n_blocks:N")
+    _check((t.objective == "classify") == (m.num_classes > 0),
+           f"train.objective='classify' and model.num_classes > 0 go together (got objective={t.objective!r}, "
+           f"num_classes={m.num_classes})")
+    _check(t.objective in FINETUNE_OBJECTIVES or kind == "none",
+           f"finetune.freeze={f.freeze!r} applies to finetuning objectives ({', '.join(FINETUNE_OBJECTIVES)}), not "
+           f"train.objective={t.objective!r}")
+    _check(t.objective not in FINETUNE_OBJECTIVES or bool(t.init_from),
+           f"train.objective='{t.objective}' finetunes a trained model: set train.init_from=RUN_OR_EXPORT"
+           + (" (the DPO reference is that model)" if t.objective == "dpo" else ""))
+    _check(not f.labels or len(set(f.labels)) == len(f.labels) >= 2,
+           f"finetune.labels={list(f.labels)} must name at least two distinct classes")
+    _check(not f.labels or len(f.labels) == m.num_classes,
+           f"finetune.labels names {len(f.labels)} classes but model.num_classes={m.num_classes}")
 
 
 class Change(NamedTuple):

@@ -64,7 +64,8 @@ def test_prepare_never_overwrites_prepared_data(tmp_path, capsys):
     ("--config.train.eval_batches=0", "train.eval_batches=0 must be >= 1"),
     ("--config.train.spike_factor=0.5", "train.spike_factor=0.5 must be 0 or > 1"),
     ("--config.train.lr=nan", "train.lr=nan must be > 0"),
-    ("--config.train.objective=dpo", "train.objective='dpo' is not one of lm"),
+    ("--config.train.objective=ppo", "train.objective='ppo' is not one of lm, classify, sft, dpo"),
+    ("--config.train.objective=dpo", "train.objective='dpo' finetunes a trained model: set train.init_from="),
     ("--config.train.seed=-1", "train.seed=-1 must be in [0, 4294967295]"),
 ])
 def test_bad_config_is_one_line_and_workdir_untouched(tmp_path, capsys, cache_dir, override, expected):

@@ -87,7 +87,7 @@ def test_issue_ranges_are_declared():
     assert str(spec["train.spike_factor"]) == "0 or > 1"
     assert str(spec["model.window"]) == str(spec["model.stride"]) == ">= 1"
     assert str(spec["mesh.data"]) == "-1 or >= 1"
-    assert config_lib.OBJECTIVES == ("lm",)
+    assert config_lib.OBJECTIVES == ("lm", "classify", "sft", "dpo")
     assert {leaf.key: leaf.spec.options for leaf in CHOICES}["train.objective"] == config_lib.OBJECTIVES
 
 
@@ -215,9 +215,11 @@ def test_experiment_without_a_usable_get_config(tmp_path, source, expected):
 FREE_KEYS = {"name", "train.steps", "train.eval_every", "train.eval_batches", "train.log_every",
              "train.checkpoint_every", "train.keep_checkpoints", "train.tensorboard", "train.compilation_cache",
              "train.peak_flops", "train.cpu_devices", "data.prefetch_threads", "data.cache_dir", "mesh.data",
-             "mesh.fsdp", "mesh.tensor", "train.eval_tasks", "train.eval_data"}
+             "mesh.fsdp", "mesh.tensor", "train.eval_tasks", "train.eval_data", "finetune.samples",
+             "finetune.max_new_tokens"}
 RECORDED_KEYS = {f"train.{k}" for k in ("lr", "min_lr", "warmup_steps", "grad_clip", "weight_decay", "beta1", "beta2",
-                                        "eps", "schedule", "decay_steps", "schedule_steps", "spike_factor", "z_loss")}
+                                        "eps", "schedule", "decay_steps", "schedule_steps", "spike_factor", "z_loss")
+                 } | {"finetune.beta", "finetune.label_smoothing"}
 
 
 def test_declared_resume_policies():

@@ -1,4 +1,6 @@
-"""Tests for gptjax.data.dedup: exact, near-duplicate (measured precision/recall on planted copies) and line dedup."""
+"""Tests for gptjax.data.dedup: exact, near-duplicate (measured precision/recall on planted copies) and line dedup;
+and for gptjax.data.planted, the planted-copy corpora those measurements use."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gptjax.config import DataConfig, PrepareConfig
+from gptjax.data import planted
 from gptjax.data.dedup import (
     MINHASH_PRIME,
     MinHashConfig,
@@ -21,6 +25,7 @@ from gptjax.data.dedup import (
     exact_key,
     jaccard,
     minhash_signature,
+    mod_prime,
     near_dedup,
     near_duplicate_clusters,
     remove_boilerplate,
@@ -29,37 +34,32 @@ from gptjax.data.dedup import (
     unit_keys,
 )
 from gptjax.data.documents import make_document
+from gptjax.data.pipeline import run_pipeline
+from gptjax.data.readers import read_documents
+from gptjax.data.stages import minhash_config
 from gptjax.errors import GptjaxError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data" / "dedup"
+WEB_FIXTURES = Path(__file__).parent / "fixtures" / "dedup_web"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_INAUGURAL = REPO_ROOT / "gptjax" / "data" / "bundled" / "english" / "inaugural"
 PARAGRAPHS = [
     json.loads(line)["text"] for line in (FIXTURES / "inaugural_paragraphs.jsonl").read_text(encoding="utf-8").splitlines()
 ]
-REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = MinHashConfig()
 
 
 def plant_near_duplicates(originals: list[str], n_variants: int, edit_range: tuple[float, float], seed: int) -> list[str]:
-    """Copies of random originals with a share of words (drawn from ``edit_range``) replaced, deleted or inserted."""
+    """Copies of random originals with a share of words (drawn from ``edit_range``, at least one word) replaced,
+    deleted or inserted."""
     generator = np.random.default_rng(seed)
     vocabulary = sorted({word for text in originals for word in text.split()})
-    variants = []
-    for _ in range(n_variants):
-        words = originals[int(generator.integers(len(originals)))].split()
-        n_edits = max(1, round(len(words) * generator.uniform(*edit_range)))
-        for _ in range(n_edits):
-            position = int(generator.integers(len(words)))
-            action = int(generator.integers(3))
-            if action == 0:
-                words[position] = vocabulary[int(generator.integers(len(vocabulary)))]
-            elif action == 1 and len(words) > 1:
-                del words[position]
-            else:
-                words.insert(position, vocabulary[int(generator.integers(len(vocabulary)))])
-        variants.append(" ".join(words))
-    return variants
+    return [planted.edit_words(originals[int(generator.integers(len(originals)))], "mixed",
+                               float(generator.uniform(*edit_range)), vocabulary, generator)
+            for _ in range(n_variants)]
 
 
-def true_shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
+def true_shingles(text: str, n: int = DEFAULTS.ngram) -> set[tuple[str, ...]]:
     """Word n-grams as tuples of strings: an implementation-independent ground truth."""
     import re
 
@@ -67,7 +67,7 @@ def true_shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
     return {tuple(words[i:i + n]) for i in range(max(len(words) - n + 1, 1))} if words else set()
 
 
-def true_clusters(texts: list[str], threshold: float = 0.8) -> list[int]:
+def true_clusters(texts: list[str], threshold: float = DEFAULTS.threshold) -> list[int]:
     """Smallest member of each text's component in the graph of pairs with true Jaccard >= threshold."""
     sets = [true_shingles(text) for text in texts]
     components = UnionFind(len(texts))
@@ -101,7 +101,7 @@ def clear_corpus():
 
 @pytest.fixture(scope="module")
 def borderline_corpus():
-    texts = PARAGRAPHS + plant_near_duplicates(PARAGRAPHS, 120, (0.002, 0.06), seed=2)
+    texts = PARAGRAPHS + plant_near_duplicates(PARAGRAPHS, 120, (0.03, 0.2), seed=2)
     return texts, true_clusters(texts)
 
 
@@ -123,10 +123,11 @@ def test_exact_dedup_finds_every_planted_copy_and_nothing_else():
 
 def test_shingle_hashes_match_distinct_ngrams():
     for text in PARAGRAPHS[:20]:
-        hashes = shingle_hashes(text, 5)
-        assert hashes.size == len(true_shingles(text))
-        assert np.all(np.diff(hashes.astype(np.int64)) > 0)
-        assert int(hashes.max()) < int(MINHASH_PRIME)
+        for n in (3, 5):
+            hashes = shingle_hashes(text, n)
+            assert hashes.size == len(true_shingles(text, n))
+            assert np.all(np.diff(hashes.astype(np.int64)) > 0)
+            assert int(hashes.max()) < int(MINHASH_PRIME)
     assert shingle_hashes("too short", 5).size == 1
     assert shingle_hashes("  ... !!", 5).size == 0
 
@@ -292,3 +293,140 @@ def test_paragraph_dedup():
     assert (cleaned, dropped) == ("Story 0 begins.\nIt goes on.\n\nThe end 0.", 1)
     with pytest.raises(ValueError, match="unit"):
         count_units(texts, "sentence")
+
+
+# ---- planted corpora: recall and precision per edit kind -------------------------------------------------------
+
+
+def fixture_bases() -> list[planted.BaseDocument]:
+    """Distinct base documents from text the repository carries: web postings (tests/fixtures/dedup_web) cut into
+    ~100-word documents and recent inaugural addresses (the bundled English corpus) cut into ~150-word ones."""
+    web = [planted.BaseDocument(text, Path(document.source).stem)
+           for document in read_documents(sorted(WEB_FIXTURES.glob("*.txt")))
+           for text in planted.cut_documents(document.text, 100)]
+    speeches = [planted.BaseDocument(text, "inaugural")
+                for document in read_documents(sorted(BUNDLED_INAUGURAL.glob("*.txt"))[-16:])
+                for text in planted.cut_documents(document.text, 150)]
+    return web + speeches
+
+
+@pytest.fixture(scope="module")
+def planted_corpus() -> planted.PlantedCorpus:
+    return planted.plant_corpus(fixture_bases(), copies_per_kind=20, negatives_per_kind=20, seed=0)
+
+
+def test_planted_corpus_is_seeded_and_its_truth_is_consistent(planted_corpus):
+    corpus = planted_corpus
+    assert planted.plant_corpus(fixture_bases(), 20, 20, seed=0) == corpus
+    assert planted.plant_corpus(fixture_bases(), 20, 20, seed=1).texts != corpus.texts
+    counts = Counter(corpus.kinds)
+    assert {kind: counts[kind] for kind in planted.COPY_KINDS + planted.NEGATIVE_KINDS} == {
+        kind: 20 for kind in planted.COPY_KINDS + planted.NEGATIVE_KINDS}
+    assert counts[planted.ORIGINAL] == 20 * len(planted.COPY_KINDS)
+    assert 300 <= len(corpus.texts) <= 500
+    for index, (text, kind, original) in enumerate(zip(corpus.texts, corpus.kinds, corpus.copy_of)):
+        assert (original >= 0) == (kind in planted.COPY_KINDS)
+        if original < 0:
+            continue
+        source = corpus.texts[original]
+        assert corpus.kinds[original] == planted.ORIGINAL
+        assert (text == source) == (kind == "exact")
+        n_words, n_source = len(text.split()), len(source.split())
+        rate = corpus.edit_rates[index]
+        assert (0.01 <= rate <= 0.08) if kind in planted.WORD_EDIT_KINDS else rate == 0.0
+        if kind == "reorder":
+            assert sorted(planted.paragraphs(text)) == sorted(planted.paragraphs(source))
+        elif kind == "boilerplate":
+            assert source in text and n_words > n_source
+        elif kind in ("delete", "insert"):
+            assert abs(n_words - n_source) == max(1, round(rate * n_source))
+        elif kind == "substitute":
+            assert n_words == n_source
+            assert sum(a != b for a, b in zip(text.split(), source.split())) == max(1, round(rate * n_source))
+    assert set(np.flatnonzero(corpus.true_roots() != np.arange(len(corpus.texts)))) == {
+        i for i, original in enumerate(corpus.copy_of) if original >= 0}
+
+
+def test_planted_corpus_input_checks():
+    bases = fixture_bases()[:10]
+    with pytest.raises(GptjaxError, match="too few"):
+        planted.plant_corpus(bases, copies_per_kind=5, negatives_per_kind=5)
+    with pytest.raises(GptjaxError, match="unknown"):
+        planted.plant_corpus(bases, 1, 0, kinds=("typo",))
+    with pytest.raises(GptjaxError, match="edit_rates"):
+        planted.plant_corpus(bases, 1, 0, edit_rates=(0.1, 0.05))
+    with pytest.raises(GptjaxError, match="one representative per text"):
+        planted.score_clusters(planted.plant_corpus(bases, 1, 0, kinds=("exact",)), np.zeros(3, np.int64))
+
+
+def test_score_clusters_counts_recall_and_pairwise_precision(planted_corpus):
+    corpus = planted_corpus
+    perfect = planted.score_clusters(corpus, corpus.true_roots())
+    assert all(score.recall == 1.0 and score.precision == 1.0 for score in perfect.values())
+    assert perfect["all"].pairs == perfect["all"].documents == 20 * len(planted.COPY_KINDS)
+    alone = planted.score_clusters(corpus, np.arange(len(corpus.texts)))
+    assert alone["all"].caught == 0 and alone["all"].pairs == 0
+    together = planted.score_clusters(corpus, np.zeros(len(corpus.texts), np.int64))
+    assert together["all"].recall == 1.0 and together["all"].precision < 0.01
+    assert together["same_source"].pairs > 0 and together["same_source"].precision == 0.0
+
+
+def test_default_near_dedup_recall_and_precision_per_edit_kind(planted_corpus):
+    scores = planted.score_clusters(planted_corpus, np.array(near_duplicate_clusters(planted_corpus.texts)))
+    for kind in planted.COPY_KINDS:
+        assert scores[kind].recall >= 0.9, (kind, scores[kind])
+        assert scores[kind].precision >= 0.99, (kind, scores[kind])
+    for kind in planted.NEGATIVE_KINDS:
+        assert scores[kind].pairs == 0, (kind, scores[kind])
+    assert scores["all"].precision >= 0.99 and scores["all"].recall >= 0.95, scores["all"]
+
+
+def test_word_5gram_settings_at_0_8_miss_most_lightly_edited_copies(planted_corpus):
+    old = MinHashConfig(ngram=5, num_perm=120, bands=20, rows=6, threshold=0.8)
+    scores = planted.score_clusters(planted_corpus, np.array(near_duplicate_clusters(planted_corpus.texts, old)))
+    assert all(scores[kind].recall < 0.5 for kind in planted.WORD_EDIT_KINDS), scores
+    assert scores["exact"].recall == 1.0 and scores["all"].precision == 1.0
+
+
+def test_verification_keeps_precision_where_banding_alone_does_not(planted_corpus):
+    loose = MinHashConfig(ngram=3, num_perm=120, bands=60, rows=2, threshold=0.5)
+    verified = planted.score_clusters(planted_corpus, np.array(near_duplicate_clusters(planted_corpus.texts, loose)))
+    unverified = planted.score_clusters(planted_corpus, np.array(
+        near_duplicate_clusters(planted_corpus.texts, dataclasses.replace(loose, verify=False))))
+    assert verified["all"].precision >= 0.99 and verified["all"].recall >= 0.95
+    assert unverified["all"].precision < verified["all"].precision
+
+
+def test_prepare_defaults_are_the_minhash_defaults():
+    assert minhash_config(PrepareConfig()) == MinHashConfig()
+
+
+def test_mod_prime_equals_the_remainder():
+    p = int(MINHASH_PRIME)
+    edges = [0, 1, p - 1, p, p + 1, 2 * p - 1, 2 * p, 2**32 - 1, 2**32, 2**32 + 4, (p - 1) ** 2 + p - 1, 2**64 - 1]
+    values = np.concatenate([np.array(edges, dtype=np.uint64),
+                             np.random.default_rng(0).integers(0, 2**64 - 1, size=100_000, dtype=np.uint64)])
+    assert np.array_equal(mod_prime(values.copy()), values % MINHASH_PRIME)
+
+
+def test_prepare_pipeline_keeps_one_document_per_planted_group(tmp_path):
+    corpus = planted.plant_corpus(fixture_bases(), copies_per_kind=8, negatives_per_kind=8, seed=5)
+    inputs = tmp_path / "in" / "planted.jsonl"
+    inputs.parent.mkdir()
+    inputs.write_text("".join(json.dumps({"text": text}) + "\n" for text in corpus.texts), encoding="utf-8")
+    data = DataConfig(dataset="", tokenizer="char", val_fraction=0.1,
+                      prepare=PrepareConfig(dedup="near", chunk_bytes=20_000))
+    run_pipeline([str(inputs)], tmp_path / "out", data, show_progress=False, decisions=tmp_path / "decisions.jsonl")
+    records = [json.loads(line) for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
+    assert [record["source"] for record in records] == [f"{inputs}:{line + 1}" for line in range(len(corpus.texts))]
+    roots = planted.roots_from_pairs(len(corpus.texts), planted.decision_pairs(records))
+    scores = planted.score_clusters(corpus, roots)
+    assert scores["all"].recall >= 0.95 and scores["all"].precision >= 0.99, scores["all"]
+    assert all(scores[kind].pairs == 0 for kind in planted.NEGATIVE_KINDS)
+    assert roots.tolist() == near_duplicate_clusters(corpus.texts), "files and memory cluster alike"
+
+
+def test_a_document_making_up_half_of_a_longer_one_is_its_near_duplicate():
+    first, second, third = PARAGRAPHS[35], PARAGRAPHS[36], PARAGRAPHS[37]
+    assert near_duplicate_clusters([first, first + "\n" + second]) == [0, 0]
+    assert near_duplicate_clusters([first, first + "\n" + second + "\n" + third]) == [0, 1]

@@ -382,7 +382,7 @@ def test_decisions_file_says_what_happened_to_every_document(tmp_path):
     texts = list(PARAGRAPHS[:30])
     texts += ["  " + PARAGRAPHS[0].upper() + "  ", near_copy(PARAGRAPHS[1], 1), near_copy(PARAGRAPHS[1], 2)]
     texts += [FRENCH, "This is a short note about the meeting."]
-    texts += [PARAGRAPHS[35], PARAGRAPHS[35] + "\n" + PARAGRAPHS[36]]  # the first is all boilerplate
+    texts += [PARAGRAPHS[35], "\n".join(PARAGRAPHS[35:38])]  # the first is all boilerplate, under half the second
     source = write_jsonl(tmp_path / "in" / "web.jsonl", texts)
     decisions = tmp_path / "audit" / "decisions.jsonl"
     assert gptjax_main(["prepare", "--input", str(source), "--out", str(tmp_path / "out"), "--languages", "en",

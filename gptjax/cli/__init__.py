@@ -12,8 +12,18 @@ import sys
 from gptjax.cli.common import split_config_overrides
 from gptjax.errors import GptjaxError
 
-VERBS = {"prepare": "prepare", "train": "train", "eval": "eval", "generate": "generate", "quickstart": "quickstart",
-         "export": "export", "import": "import_", "compile-check": "compile_check"}
+VERBS = {
+    "prepare": "prepare",
+    "train": "train",
+    "eval": "eval",
+    "generate": "generate",
+    "quickstart": "quickstart",
+    "export": "export",
+    "import": "import_",
+    "compile-check": "compile_check",
+    "scaling": "scaling",
+    "ablate": "ablate",
+}
 
 
 def _verb_module(verb: str):

@@ -17,7 +17,7 @@ DATA_ENV = "GPTJAX_EVAL_DATA"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, help="training workdir or export dir")
     p.add_argument("--data", help="prepared data dir (default: the one the model was trained on)")
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", help="val (default) or test (default for a finetuned run: its records' test split)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=0, help="evaluate only the first N tokens (0 = all)")
     tasks = p.add_argument_group("benchmark tasks")
@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tasks.add_argument("--data-dir", help=f"benchmark data laid out as shared/data (default: ${DATA_ENV})")
     tasks.add_argument("--limit", type=int, help="score only the first N items of each task (MMLU: of each subject)")
     tasks.add_argument("--shots", type=int, default=0, help="few-shot examples (MMLU, from its dev split)")
-    tasks.add_argument("--out", help="write results.json here")
+    tasks.add_argument("--out", help="write results.json here (also for a finetuned run's split)")
     tasks.add_argument("--log-samples", help="write one JSON line per item here")
 
 
@@ -69,11 +69,18 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.tasks is not None:
         return run_tasks(args)
     import gptjax
+    from gptjax.config import FINETUNE_OBJECTIVES
     from gptjax.eval.perplexity import evaluate_split
 
     lm = gptjax.load(args.workdir)
+    if lm.cfg.train.objective in FINETUNE_OBJECTIVES and not args.data:
+        from gptjax.eval.finetune import evaluate_finetune
+
+        document = evaluate_finetune(lm, args.workdir, args.split or "test", args.batch_size, args.out)
+        print(json.dumps(document["results"]))
+        return 0
     data_dir = Path(args.data or lm.meta.get("data_dir", ""))
     if not args.data and not data_dir.name:
         raise GptjaxError("this model does not record its data dir; pass --data DIR")
-    print(json.dumps(evaluate_split(lm, data_dir, args.split, args.batch_size, args.max_tokens)))
+    print(json.dumps(evaluate_split(lm, data_dir, args.split or "val", args.batch_size, args.max_tokens)))
     return 0

@@ -22,7 +22,7 @@ from gptjax.data.hashing import splitmix64
 from gptjax.data.packing import DocumentTable, PackedSampler, shuffled_order
 from gptjax.errors import GptjaxError
 
-__all__ = ["WindowSampler", "PackedSampler", "eval_batches", "mixture_rows", "train_iterator"]
+__all__ = ["WindowSampler", "PackedSampler", "eval_batches", "mixture_rows", "step_iterator", "train_iterator"]
 
 
 class WindowSampler:
@@ -198,10 +198,14 @@ def train_iterator(data_dir: str | Path, block_size: int, global_batch: int, see
     if global_batch % process_count:
         raise GptjaxError(f"train.batch_size={global_batch} must divide by the {process_count} JAX processes")
     batches = _batch_fn(data_dir, "train", block_size + 1, global_batch, seed, process_index, process_count, data)
+    return step_iterator(batches, n_steps, threads, int(getattr(data, "workers", 0) or 0))
+
+
+def step_iterator(batches, n_steps: int, threads: int = 2, workers: int = 0) -> grain.DatasetIterator:
+    """A grain iterator of `batches(step)` for steps [0, n_steps), prefetched by threads (and worker processes)."""
     dataset = grain.MapDataset.range(n_steps).map(batches)
     read_options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2 * threads, 2))
     iter_dataset = dataset.to_iter_dataset(read_options)
-    workers = int(getattr(data, "workers", 0) or 0)
     if workers > 0:
         _mark_absl_flags_parsed()
         iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))

@@ -116,12 +116,18 @@ def resolve_data(data_cfg: DataConfig) -> Path:
     return out_dir
 
 
+NEAR_DEDUP_SETTINGS = ("jaccard", "num_perm", "bands", "ngram")
+
+
 def _changed_prepare_settings(prepare: PrepareConfig) -> dict:
     """The `data.prepare` settings that differ from the raw defaults and change the output: only these enter the
     cache key, so a config without prepare settings keeps the key (and cache) it always had."""
     default = PrepareConfig()
-    return {field.name: getattr(prepare, field.name) for field in dataclasses.fields(prepare)
-            if field.name not in OUTPUT_INDEPENDENT and getattr(prepare, field.name) != getattr(default, field.name)}
+    changed = {field.name: getattr(prepare, field.name) for field in dataclasses.fields(prepare)
+               if field.name not in OUTPUT_INDEPENDENT and getattr(prepare, field.name) != getattr(default, field.name)}
+    if prepare.dedup == "near":  # near dedup's defaults have changed before: its settings always enter the key
+        changed.update({name: getattr(prepare, name) for name in NEAR_DEDUP_SETTINGS})
+    return changed
 
 
 def _file_sha256(path: Path) -> str:

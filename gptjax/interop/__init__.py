@@ -14,6 +14,20 @@ from gptjax import fileio
 from gptjax.errors import GptjaxError
 
 
+def merged(lm):
+    """`lm` as a plain model: LoRA adapters folded into their kernels (an export stands alone, without its base)."""
+    import dataclasses
+
+    from gptjax.api import LM
+    from gptjax.model.lora import merge_lora
+
+    if lm.config.lora_rank == 0:
+        return lm
+    params, model_cfg = merge_lora(lm.params, lm.config)
+    cfg = dataclasses.replace(lm.cfg, model=model_cfg, finetune=dataclasses.replace(lm.cfg.finetune, freeze="none"))
+    return LM(cfg, params, lm.tokenizer, lm.step, lm.meta)
+
+
 def export_cli(args: argparse.Namespace) -> int:
     """`gptjax export --workdir DIR --format hf|safetensors --out OUT [--dtype float32|bfloat16]`."""
     import gptjax
@@ -24,7 +38,10 @@ def export_cli(args: argparse.Namespace) -> int:
         raise GptjaxError(f"unknown export format '{args.format}' (hf or safetensors)")
     out = Path(args.out)
     fileio.require_empty_destination(out, "--out directory")
-    lm = gptjax.load(args.workdir)
+    lm = merged(gptjax.load(args.workdir))
+    if args.format == "hf" and lm.config.num_classes:
+        raise GptjaxError(f"{args.workdir} is a classifier (model.num_classes={lm.config.num_classes}); a transformers "
+                          f"causal-LM export has no place for its head: use --format safetensors")
     if args.format == "safetensors":
         native.export_native(lm, out, args.dtype)
         what, notes = "a gptjax export (load it with gptjax.load)", []

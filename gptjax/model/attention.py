@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 from gptjax.config import ModelConfig
 from gptjax.errors import GptjaxError
 from gptjax.model.layers import Dense, apply_rope, dropout
+from gptjax.model.lora import lora_spec
 from gptjax.parallel.rules import constrain, spec_for
 
 
@@ -250,13 +251,13 @@ class Attention(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         n, g, k = cfg.n_head, cfg.kv_heads, cfg.head_dim
 
-        def proj(heads, axes, name):
+        def proj(heads, axes, target, name):
             return Dense((heads, k), ("embed", axes, "head_dim"), use_bias=cfg.use_bias, init_std=cfg.init_std,
-                         dtype=dtype, name=name)
+                         dtype=dtype, lora=lora_spec(cfg, target), deterministic=self.deterministic, name=name)
 
-        q_BTNK = proj(n, "heads", "query")(x_BTD)
-        k_BTGK = proj(g, "kv_heads", "key")(x_BTD)
-        v_BTGK = proj(g, "kv_heads", "value")(x_BTD)
+        q_BTNK = proj(n, "heads", "q", "query")(x_BTD)
+        k_BTGK = proj(g, "kv_heads", "k", "key")(x_BTD)
+        v_BTGK = proj(g, "kv_heads", "v", "value")(x_BTD)
         q_BTNK = constrain(q_BTNK, ("batch", "act_length", "act_heads", None))
         k_BTGK = constrain(k_BTGK, ("batch", "act_length", "act_kv_heads", None))
         v_BTGK = constrain(v_BTGK, ("batch", "act_length", "act_kv_heads", None))
@@ -286,5 +287,6 @@ class Attention(nn.Module):
             out_BTNK = xla_attention(q_BTNK, k_BSGK, v_BSGK, ctx.mask_BTS, ctx.bias_BNTS, dropout_rng, cfg.dropout)
         out_BTNK = checkpoint_name(constrain(out_BTNK, ("batch", "act_length", "act_heads", None)), "attn_out")
         out_BTD = Dense((cfg.d_model,), ("heads", "head_dim", "embed"), n_in=2, use_bias=cfg.use_bias,
-                        init_std=self.out_std, dtype=dtype, name="out")(out_BTNK)
+                        init_std=self.out_std, dtype=dtype, lora=lora_spec(cfg, "o"), deterministic=self.deterministic,
+                        name="out")(out_BTNK)
         return out_BTD, new_cache

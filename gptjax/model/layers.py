@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gptjax.model.lora import LoraSpec, lora_a_init
 from gptjax.parallel.rules import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -83,6 +84,8 @@ class Dense(nn.Module):
     use_bias: bool = False
     init_std: float = 0.02
     dtype: jnp.dtype = jnp.float32
+    lora: LoraSpec | None = None  # a LoRA adapter beside the kernel (gptjax.model.lora)
+    deterministic: bool = True  # False: LoRA dropout on (rng stream 'dropout')
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -94,6 +97,8 @@ class Dense(nn.Module):
             jnp.float32,
         )
         y = matmul_2d(x, kernel, self.n_in, self.dtype)
+        if self.lora is not None:
+            y = y + self._adapter(x, tuple(in_shape))
         if self.use_bias:
             bias = self.param(
                 "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.kernel_axes[self.n_in:]),
@@ -101,6 +106,19 @@ class Dense(nn.Module):
             )
             y = y + bias
         return y.astype(self.dtype)
+
+    def _adapter(self, x: jax.Array, in_shape: tuple[int, ...]) -> jax.Array:
+        """scale · dropout(x) · A · B (float32), A [*in, r] and B [r, *out] with the kernel's logical axes."""
+        spec = self.lora
+        in_axes, out_axes = self.kernel_axes[: self.n_in], self.kernel_axes[self.n_in:]
+        a = self.param("lora_a", nn.with_logical_partitioning(lora_a_init(int(np.prod(in_shape))), (*in_axes, "lora")),
+                       in_shape + (spec.rank,), jnp.float32)
+        b = self.param("lora_b", nn.with_logical_partitioning(nn.initializers.zeros, ("lora", *out_axes)),
+                       (spec.rank,) + tuple(self.out_shape), jnp.float32)
+        if spec.dropout > 0.0 and not self.deterministic:
+            x = dropout(x, spec.dropout, self.make_rng("dropout"))
+        low_rank = matmul_2d(x, a, self.n_in, self.dtype)
+        return spec.scale * matmul_2d(low_rank, b, 1, self.dtype)
 
 
 class Norm(nn.Module):
@@ -138,11 +156,14 @@ class Mlp(nn.Module):
     init_std: float
     out_std: float
     dtype: jnp.dtype
+    lora: LoraSpec | None = None
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         def dense(features, axes, std, name):
-            return Dense((features,), axes, use_bias=self.use_bias, init_std=std, dtype=self.dtype, name=name)
+            return Dense((features,), axes, use_bias=self.use_bias, init_std=std, dtype=self.dtype, lora=self.lora,
+                         deterministic=self.deterministic, name=name)
 
         if self.kind == "swiglu":
             gate_BTF = dense(self.d_ff, ("embed", "mlp"), self.init_std, "gate")(x_BTD)

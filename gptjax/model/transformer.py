@@ -11,6 +11,7 @@ import numpy as np
 from gptjax.config import ModelConfig
 from gptjax.model.attention import AttnContext, Attention, KVCache, attention_mask, choose_kernel
 from gptjax.model.layers import Dropout, Mlp, Norm, matmul_2d, alibi_bias, normal_init, rope_angles, sinusoidal_table
+from gptjax.model.lora import lora_spec
 from gptjax.parallel.rules import constrain
 
 PADDED_LOGIT = -1e9  # logits of padded vocabulary entries: never sampled, ~0 probability, finite (no NaN in sums)
@@ -35,7 +36,8 @@ class Block(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         out_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
         attn = Attention(cfg, out_std, self.kernel, self.deterministic, name="attn")
-        mlp = Mlp(cfg.mlp, cfg.gelu_approximate, cfg.d_model, cfg.ff_dim, cfg.use_bias, cfg.init_std, out_std, dtype, name="mlp")
+        mlp = Mlp(cfg.mlp, cfg.gelu_approximate, cfg.d_model, cfg.ff_dim, cfg.use_bias, cfg.init_std, out_std, dtype,
+                  lora_spec(cfg, "mlp"), self.deterministic, name="mlp")
         norm1 = Norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, name="norm1")
         norm2 = Norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, name="norm2")
         drop = Dropout(cfg.dropout, deterministic=self.deterministic)
@@ -64,6 +66,17 @@ def head_logits(x_BTD, head_DV, cfg: ModelConfig) -> jax.Array:
     return logits_BTV
 
 
+def classifier_logits(params, hidden_BD: jax.Array) -> jax.Array:
+    """Class logits [B, C] (float32) from hidden states [B, D] through the classifier head (model.num_classes)."""
+    return (jnp.dot(hidden_BD.astype(jnp.float32), params["classifier_kernel"])
+            + params["classifier_bias"]).astype(jnp.float32)
+
+
+def last_real_hidden(hidden_BTD: jax.Array, lengths_B: jax.Array) -> jax.Array:
+    """The hidden state [B, D] of each row's last real token (row b has lengths_B[b] real tokens, then padding)."""
+    return jnp.take_along_axis(hidden_BTD, (lengths_B - 1)[:, None, None].astype(jnp.int32), axis=1)[:, 0]
+
+
 def head_matrix(params, cfg: ModelConfig) -> jax.Array:
     """The output projection [D, padded_vocab] in a Transformer's params (the tied embedding or lm_head)."""
     return params["embedding"].T if cfg.tie_embeddings else params["lm_head"]
@@ -74,7 +87,7 @@ class Transformer(nn.Module):
 
     return_hidden=True returns the final-normed hidden states [B, T, D] instead of logits (dtype cfg.dtype), so a
     caller can pick positions first (scoring, classification) and apply `head_logits(x, head_matrix(params, cfg))`
-    to just those."""
+    or `classifier_logits(params, x)` (model.num_classes > 0) to just those."""
 
     cfg: ModelConfig
 
@@ -141,6 +154,11 @@ class Transformer(nn.Module):
 
         if cfg.norm_placement == "pre":
             x_BTD = Norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, name="norm_f")(x_BTD)
+        if cfg.num_classes:
+            self.param("classifier_kernel", nn.with_logical_partitioning(normal_init(cfg.init_std), ("embed", "classes")),
+                       (cfg.d_model, cfg.num_classes), jnp.float32)
+            self.param("classifier_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("classes",)),
+                       (cfg.num_classes,), jnp.float32)
         if cfg.tie_embeddings:
             head_DV = embedding_VD.T
         else:

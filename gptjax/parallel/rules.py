@@ -35,6 +35,8 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("positions", None),
     ("norm", None),
     ("layers", None),
+    ("lora", None),
+    ("classes", None),
 )
 
 
@@ -90,6 +92,6 @@ def tree_shardings(abstract_tree, mesh: Mesh):
     return jax.tree_util.tree_map(one, abstract_tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Sharding of a [batch, ...] input array: batch over data and fsdp, the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of a [batch, ...] input array of any rank: batch over data and fsdp, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))

@@ -46,6 +46,25 @@ def _opt_item(state: TrainState) -> dict:
     return item
 
 
+def param_key(path) -> str:
+    return "/".join(str(getattr(entry, "key", getattr(entry, "name", entry))) for entry in path)
+
+
+def saved_params(params, mask):
+    """What a checkpoint stores of `params`: all of them, or (with a trainable `mask`) a flat dict of the trainable
+    leaves only — the frozen rest is the `train.init_from` model's and is rebuilt from it."""
+    if mask is None:
+        return params
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    keep = jax.tree_util.tree_leaves(mask)
+    return {param_key(path): leaf for (path, leaf), kept in zip(flat, keep) if kept}
+
+
+def with_saved(base_params, saved: dict):
+    """`base_params` with the leaves a partial checkpoint saved put in their places."""
+    return jax.tree_util.tree_map_with_path(lambda path, leaf: saved.get(param_key(path), leaf), base_params)
+
+
 def checkpoint_meta(cfg, tokenizer, record: dict, data_dir: str | Path | None) -> dict:
     """The `meta` item every checkpoint carries: resolved config, tokenizer files (None for a weights-only import)
     and its fingerprint, the reproducibility record, the data dir it trained on."""
@@ -76,7 +95,8 @@ def newest_restorable(steps: list[int], restore: Callable[[int], Any], directory
 class Checkpoints:
     """A run's CheckpointManager: async saves, keep the last K, restore with shardings, fall back past bad steps."""
 
-    def __init__(self, workdir: str | Path, keep: int = 3, async_save: bool = True):
+    def __init__(self, workdir: str | Path, keep: int = 3, async_save: bool = True, saved_mask=None):
+        self.saved_mask = saved_mask  # a trainable mask: only those params are saved (`saved_params`)
         self.workdir = Path(workdir).absolute()
         self.directory = self.workdir / CHECKPOINT_DIR
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
@@ -98,7 +118,7 @@ class Checkpoints:
         self.wait()
         try:
             started = self.manager.save(step, force=True, args=ocp.args.Composite(
-                params=ocp.args.StandardSave(state.params),
+                params=ocp.args.StandardSave(saved_params(state.params, self.saved_mask)),
                 opt=ocp.args.StandardSave(_opt_item(state)),
                 data=ocp.args.JsonSave(data_state),
                 meta=ocp.args.JsonSave(meta),
@@ -126,27 +146,31 @@ class Checkpoints:
     def read_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    def _restore(self, step: int, abstract_state: TrainState, shardings: TrainState) -> tuple[TrainState, dict, dict]:
+    def _restore(self, step: int, abstract_state: TrainState, shardings: TrainState,
+                 base_params=None) -> tuple[TrainState, dict, dict]:
         target = with_shardings(abstract_state, shardings)
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(target.params),
+            params=ocp.args.StandardRestore(saved_params(target.params, self.saved_mask)),
             opt=ocp.args.StandardRestore(_opt_item(target)),
             data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore(),
         ))
         opt = restored["opt"]
-        state = TrainState(step=opt["step"], params=restored["params"], opt_state=opt["opt_state"], rng=opt["rng"],
+        params = restored["params"] if self.saved_mask is None else with_saved(base_params, restored["params"])
+        state = TrainState(step=opt["step"], params=params, opt_state=opt["opt_state"], rng=opt["rng"],
                            frozen=None, loss_ema=opt.get("loss_ema"), skipped_steps=opt.get("skipped_steps"))
         return state, restored["data"], restored["meta"]
 
-    def restore_latest(self, abstract_state: TrainState, shardings: TrainState) -> tuple[TrainState, dict, dict] | None:
+    def restore_latest(self, abstract_state: TrainState, shardings: TrainState,
+                       base_params=None) -> tuple[TrainState, dict, dict] | None:
         """(state placed in `shardings`, data-iterator state, meta) of the newest checkpoint that restores, or None
-        when there is none. Unreadable newer ones are moved to `checkpoints_unreadable/` (never deleted)."""
+        when there is none. Unreadable newer ones are moved to `checkpoints_unreadable/` (never deleted). A partial
+        checkpoint (`saved_mask`) fills in `base_params` (placed params of the model it finetunes)."""
         steps = self.all_steps()
         if not steps:
             return None
         step, restored, bad = newest_restorable(
-            steps, lambda s: self._restore(s, abstract_state, shardings), self.directory)
+            steps, lambda s: self._restore(s, abstract_state, shardings, base_params), self.directory)
         for bad_step in bad:
             self._set_aside(bad_step)
         return restored
@@ -180,9 +204,14 @@ def restore_params(workdir: str | Path, step: int | None = None) -> tuple[Any, d
 
     def restore(s: int) -> tuple[Any, dict]:
         meta = manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        shapes = nn.unbox(abstract_params(config_lib.from_dict(meta["config"]).model))
+        cfg = config_lib.from_dict(meta["config"])
+        shapes = nn.unbox(abstract_params(cfg.model))
         target = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes)
-        params = manager.restore(s, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
+        mask = saved_mask_of(cfg, meta)
+        params = manager.restore(s, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(saved_params(target, mask))))["params"]
+        if mask is not None:
+            params = with_saved(base_model_params(meta, target), params)
         return params, meta
 
     try:
@@ -197,3 +226,41 @@ def restore_params(workdir: str | Path, step: int | None = None) -> tuple[Any, d
         return params, meta, found
     finally:
         manager.close()
+
+
+def saved_mask_of(cfg, meta: dict):
+    """The trainable mask a checkpoint was saved with (None: it holds every param)."""
+    if meta.get("saved_params") != "trainable":
+        return None
+    from gptjax.train.freeze import trainable_mask
+    import flax.linen as nn
+
+    return trainable_mask(cfg.finetune.freeze, cfg.model, nn.unbox(abstract_params(cfg.model)))
+
+
+def base_model_params(meta: dict, target):
+    """The params of the model a partial checkpoint finetunes (its `train.init_from`), shaped like `target`; the
+    params it adds (adapters, heads) keep zeros until the checkpoint's own values replace them."""
+    import numpy as np
+
+    import gptjax
+    from gptjax.train.freeze import is_new_param
+
+    source = meta.get("base") or meta["config"]["train"]["init_from"]
+    if not Path(source).exists():
+        raise GptjaxError(f"this checkpoint holds only the finetuned params; the rest come from its base model "
+                          f"{source} (train.init_from), which is gone: restore it there, or export the finetune "
+                          f"while the base exists (gptjax export)")
+    base = gptjax.load(source)
+    have = {param_key(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(base.params)[0]}
+
+    def fill(path, abstract):
+        key = param_key(path)
+        if key in have and tuple(have[key].shape) == tuple(abstract.shape):
+            return jax.device_put(np.asarray(have[key], abstract.dtype), abstract.sharding)
+        if is_new_param(path):
+            return jax.device_put(np.zeros(abstract.shape, abstract.dtype), abstract.sharding)
+        raise GptjaxError(f"the base model {source} has no param {key} of shape {tuple(abstract.shape)}, which this "
+                          f"finetune's checkpoint expects from it; it changed since the finetune started")
+
+    return jax.tree_util.tree_map_with_path(fill, target)

@@ -8,13 +8,14 @@ dispatched before step n's metrics are read, so the host never waits on the devi
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import jax
 import numpy as np
@@ -121,28 +122,166 @@ def resume_config(cfg: Config, saved: dict, step: int, workdir: Path) -> tuple[C
     return cfg, notes
 
 
-def init_params_from(source: str, cfg: Config, tok: tokenizers.Tokenizer, step: Step) -> tuple[Any, dict]:
-    """`train.init_from`'s params placed in the run's shardings, checked against the model; and its record."""
-    import gptjax
+def init_params_from(source: Any, cfg: Config, tok: tokenizers.Tokenizer, step: Step, params) -> tuple[Any, dict]:
+    """`params` (freshly initialised, placed) with every param of the `train.init_from` model `source` (an LM) put
+    in, checked against the model; params it lacks must be new to this run (adapters, heads) and keep their init."""
+    from gptjax.train.freeze import is_new_param
 
-    lm = gptjax.load(source)
-    if lm.tokenizer is None:
-        note(f"train.init_from={source} has no tokenizer; its token ids are taken to mean what {tok.kind} (vocab "
+    path = cfg.train.init_from
+    if source.tokenizer is None:
+        note(f"train.init_from={path} has no tokenizer; its token ids are taken to mean what {tok.kind} (vocab "
              f"{tok.vocab_size}) of the data means")
-    elif tokenizers.fingerprint(lm.tokenizer) != tokenizers.fingerprint(tok):
-        raise GptjaxError(f"train.init_from={source} was trained with another tokenizer than the data's; prepare "
-                          f"the data with its tokenizer (`gptjax prepare ... --tokenizer-dir {source}/tokenizer`)")
-    want = jax.tree_util.tree_flatten_with_path(step.abstract_state.params)[0]
-    have = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(lm.params)[0])
-    for path, abstract in want:
-        key = jax.tree_util.keystr(path)
+    elif tokenizers.fingerprint(source.tokenizer) != tokenizers.fingerprint(tok):
+        raise GptjaxError(f"train.init_from={path} was trained with another tokenizer than the data's; prepare "
+                          f"the data with its tokenizer (`gptjax prepare ... --tokenizer-dir {path}/tokenizer`)")
+    have = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(source.params)[0])
+
+    def take(key_path, fresh, abstract, sharding):
+        key = jax.tree_util.keystr(key_path)
+        if key not in have and is_new_param(key_path):
+            return fresh
         if key not in have or tuple(have[key].shape) != tuple(abstract.shape):
             found = "missing" if key not in have else f"shape {tuple(have[key].shape)}"
-            raise GptjaxError(f"train.init_from={source} does not fit this model: param {key} is {found}, the config "
+            raise GptjaxError(f"train.init_from={path} does not fit this model: param {key} is {found}, the config "
                               f"needs {tuple(abstract.shape)}; use a model config equal to the source's")
-    params = jax.tree_util.tree_map(lambda a, abstract, s: jax.device_put(np.asarray(a, abstract.dtype), s),
-                                    lm.params, step.abstract_state.params, step.shardings.params)
-    return params, {"path": str(Path(source).absolute()), "step": lm.step}
+        return jax.device_put(np.asarray(have[key], abstract.dtype), sharding)
+
+    placed = jax.tree_util.tree_map_with_path(take, params, step.abstract_state.params, step.shardings.params)
+    return placed, {"path": str(Path(path).absolute()), "step": source.step}
+
+
+def load_init_source(cfg: Config):
+    """The `train.init_from` model (an LM), or None; a path that holds no model is one clear error."""
+    if not cfg.train.init_from:
+        return None
+    import gptjax
+
+    try:
+        return gptjax.load(cfg.train.init_from)
+    except GptjaxError as error:
+        raise GptjaxError(f"train.init_from={cfg.train.init_from}: {error}") from None
+
+
+def finetune_tokenizer(cfg: Config, source) -> tokenizers.Tokenizer:
+    if source.tokenizer is None:
+        raise GptjaxError(f"train.init_from={cfg.train.init_from} has no tokenizer (a weights-only import), and "
+                          f"finetuning reads text records; import it again with --tokenizer-dir")
+    return source.tokenizer
+
+
+@dataclasses.dataclass
+class RunBatches:
+    """Where a run's batches come from: the training iterator, fixed validation batches, and (finetunes) the data."""
+
+    iterator: Any
+    val_batches: list
+    val_bytes_per_token: float
+    finetune: Any = None  # gptjax.data.finetune.FinetuneData
+
+
+def lm_batches(cfg: Config, data_dir: Path, manifest: dict) -> RunBatches:
+    t = cfg.train
+    iterator = loader.train_iterator(data_dir, cfg.model.block_size, t.batch_size, t.seed, max(t.steps, 1),
+                                     jax.process_index(), jax.process_count(), cfg.data.prefetch_threads, data=cfg.data)
+    val_batches = loader.eval_batches(data_dir, cfg.model.block_size, t.batch_size // t.grad_accum, t.eval_batches,
+                                      data=cfg.data)
+    val = manifest["splits"]["val"]
+    return RunBatches(iterator, val_batches, val["n_bytes"] / max(val["n_tokens"], 1))
+
+
+def finetune_batches(cfg: Config, data) -> RunBatches:
+    from gptjax.data.finetune import EpochStream, FinetuneStepBatches
+
+    t = cfg.train
+    batches = FinetuneStepBatches(EpochStream(data, t.seed), t.batch_size, jax.process_index(), jax.process_count())
+    iterator = loader.step_iterator(batches, max(t.steps, 1), cfg.data.prefetch_threads)
+    val_batches = data.eval_batches("val", t.batch_size // t.grad_accum)
+    return RunBatches(iterator, val_batches, data.bytes_per_token, data)
+
+
+def run_trainable_mask(cfg: Config) -> Any | None:
+    """The finetune's trainable mask (`finetune.freeze`), or None when every param trains."""
+    from gptjax.train.freeze import trainable_mask
+    from gptjax.train.state import abstract_params
+    import flax.linen as nn
+
+    if cfg.train.objective not in config_lib.FINETUNE_OBJECTIVES:
+        return None
+    return trainable_mask(cfg.finetune.freeze, cfg.model, nn.unbox(abstract_params(cfg.model, cfg.train.seed)))
+
+
+def build_run_step(cfg: Config, mesh) -> tuple[Step, Any]:
+    """The run's step with its finetune policy (trainable mask, a live DPO reference), and the mask (or None)."""
+    from gptjax.train.state import abstract_params
+    import flax.linen as nn
+
+    mask = run_trainable_mask(cfg)
+    live_reference = cfg.train.objective == "dpo" and cfg.finetune.reference == "live"
+    reference = nn.unbox(abstract_params(cfg.model, cfg.train.seed)) if live_reference else None
+    return build_step(cfg, mesh, trainable=mask, frozen_example=reference), mask
+
+
+def initial_state(cfg: Config, step: Step, source, tok) -> tuple[TrainState, dict | None]:
+    """The state a run starts from: fresh, with `train.init_from`'s params put in (and, for a live DPO reference, a
+    copy of them as the frozen reference)."""
+    state = step.init_state()
+    if source is None:
+        return state, None
+    params, init_record = init_params_from(source, cfg, tok, step, state.params)
+    state = state.replace(params=params)
+    if step.shardings.frozen is not None:
+        state = state.replace(frozen=jax.tree_util.tree_map(lambda x: x.copy(), params))
+    return state, init_record
+
+
+def attach_reference_logprobs(run_batches: RunBatches, step: Step, reference_params: Callable[[], Any],
+                              workdir: Path, batch_size: int) -> None:
+    """DPO with finetune.reference=precomputed: the reference's summed log-probs of every chosen and rejected
+    response, computed once (cached in the workdir, keyed by the records and the reference) and served with the
+    batches."""
+    from gptjax.train.objectives import pair_logprobs
+
+    data = run_batches.finetune
+    cache = workdir / "reference_logprobs.npz"
+    from gptjax.data.records import records_fingerprint
+
+    key = f"{records_fingerprint(data.path)}:{step.cfg.finetune.template}:{Path(step.cfg.train.init_from).absolute()}"
+    if cache.is_file():
+        stored = np.load(cache)
+        if str(stored["key"]) == key:
+            for split in data.splits:
+                data.attach(split, {"ref_chosen": stored[f"{split}_chosen"], "ref_rejected": stored[f"{split}_rejected"]})
+            _refresh_val(run_batches, step)
+            return
+    score = jax.jit(lambda p, b: pair_logprobs(p, step.model, b))
+    params = reference_params()
+    arrays = {"key": np.asarray(key)}
+    for split in tqdm(list(data.splits), desc="reference log-probs", unit="split", disable=jax.process_index() != 0):
+        chosen, rejected = [], []
+        for batch in data.eval_batches(split, batch_size):
+            c, r = score(params, batch)
+            chosen.append(np.asarray(c))
+            rejected.append(np.asarray(r))
+        n = data.splits[split].n
+        arrays[f"{split}_chosen"] = np.concatenate(chosen)[:n].astype(np.float32)
+        arrays[f"{split}_rejected"] = np.concatenate(rejected)[:n].astype(np.float32)
+        data.attach(split, {"ref_chosen": arrays[f"{split}_chosen"], "ref_rejected": arrays[f"{split}_rejected"]})
+    if jax.process_index() == 0:
+        fileio.write_bytes_atomic(cache, _npz_bytes(arrays))
+    _refresh_val(run_batches, step)
+
+
+def _npz_bytes(arrays: dict) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _refresh_val(run_batches: RunBatches, step: Step) -> None:
+    t = step.cfg.train
+    run_batches.val_batches = run_batches.finetune.eval_batches("val", t.batch_size // t.grad_accum)
 
 
 @dataclasses.dataclass
@@ -167,19 +306,31 @@ class Run:
     summary: dict = dataclasses.field(default_factory=dict)
     last_batch: Any = None
     stopping: str | None = None  # the stop signal as seen at the current step (hooks and the loop agree on it)
+    finetune: Any = None  # the finetuning data (gptjax.data.finetune.FinetuneData), for finetune objectives
 
     @property
     def is_main(self) -> bool:
         return jax.process_index() == 0
 
     def evaluate(self, params) -> dict:
-        """val loss / ppl / bpb over the fixed validation batches, with the sharded eval step."""
-        def score(host_batch):
-            sums = self.step.evaluate(params, self.state.frozen, self.step.to_global(local_rows(host_batch)))
-            return float(sums["loss"]), float(sums["weight"])
+        """The objective's metrics over the fixed validation batches, with the sharded eval step: val loss / ppl /
+        bpb for next-token objectives (SFT: over response tokens), val_<metric> (loss, acc, rewards, ...) per
+        example otherwise."""
+        frozen = self.state.frozen
 
-        result = evaluate_batches(score, (self.step.format_batch(b) for b in self.val_batches), self.val_bytes_per_token)
-        return {"val_loss": result["loss"], "val_ppl": result["ppl"], "val_bpb": result["bpb"]}
+        def sums_of(host_batch) -> dict:
+            sums = self.step.evaluate(params, frozen, self.step.to_global(local_rows(host_batch)))
+            return {k: float(v) for k, v in sums.items()}
+
+        batches = (self.step.format_batch(b) for b in self.val_batches)
+        if self.cfg.train.objective in ("lm", "sft"):
+            def score(host_batch):
+                sums = sums_of(host_batch)
+                return sums["loss"], sums["weight"]
+
+            result = evaluate_batches(score, batches, self.val_bytes_per_token)
+            return {"val_loss": result["loss"], "val_ppl": result["ppl"], "val_bpb": result["bpb"]}
+        return per_example_means([sums_of(b) for b in batches], "val_")
 
     def save(self, state: TrainState) -> None:
         self.checkpoints.save(state, {"grain": self.iterator.get_state(), "step": int(state.step)}, self.meta)
@@ -198,6 +349,12 @@ class Run:
         finally:
             if self.lock is not None:
                 self.lock.__exit__(None, None, None)
+
+
+def per_example_means(batch_sums: Sequence[dict], prefix: str) -> dict:
+    """Summed metrics over batches divided by their total `weight` (examples), keys prefixed."""
+    weight = max(sum(s["weight"] for s in batch_sums), 1e-9)
+    return {f"{prefix}{k}": sum(s[k] for s in batch_sums) / weight for k in batch_sums[0] if k != "weight"}
 
 
 def local_rows(global_batch):
@@ -229,8 +386,20 @@ def open_run(cfg: Config, workdir: str | Path) -> Run:
     if workdir.exists() and not workdir.is_dir():
         raise GptjaxError(f"--workdir {workdir} exists and is not a directory")
     setup_compilation_cache(cfg)
-    data_dir, manifest, tok = open_data(cfg)
-    cfg = with_vocab(cfg, tok.vocab_size)
+    source = load_init_source(cfg)
+    finetune_data = None
+    if cfg.train.objective in config_lib.FINETUNE_OBJECTIVES:
+        from gptjax.data.finetune import load_finetune_data
+
+        tok, manifest = finetune_tokenizer(cfg, source), None
+        cfg = with_vocab(cfg, tok.vocab_size)
+        finetune_data = load_finetune_data(cfg, tok)
+        data_dir = finetune_data.path
+        if finetune_data.labels:  # recorded, so a loaded classifier names its classes
+            cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, labels=finetune_data.labels))
+    else:
+        data_dir, manifest, tok = open_data(cfg)
+        cfg = with_vocab(cfg, tok.vocab_size)
     config_lib.validate(cfg)
     mesh = make_mesh(cfg.mesh)
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -240,25 +409,27 @@ def open_run(cfg: Config, workdir: str | Path) -> Run:
     workdir.mkdir(parents=True, exist_ok=True)
     lock = _take_lock(workdir)
     try:
-        return _open_locked(cfg, workdir, data_dir, manifest, tok, mesh, lock)
+        return _open_locked(cfg, workdir, data_dir, manifest, tok, mesh, lock, source, finetune_data)
     except BaseException:
         if lock is not None:
             lock.__exit__(None, None, None)
         raise
 
 
-def _open_locked(cfg, workdir, data_dir, manifest, tok, mesh, lock) -> Run:
+def _open_locked(cfg, workdir, data_dir, manifest, tok, mesh, lock, source, finetune_data) -> Run:
     if jax.process_index() == 0:  # the only writer of those files; another process could delete one mid-write
         _remove_orphaned_temp_files(workdir)
-    checkpoints = Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
+    checkpoints = Checkpoints(workdir, keep=cfg.train.keep_checkpoints, saved_mask=run_trainable_mask(cfg))
     try:
-        return _open_with_checkpoints(cfg, workdir, data_dir, manifest, tok, mesh, lock, checkpoints)
+        return _open_with_checkpoints(cfg, workdir, data_dir, manifest, tok, mesh, lock, checkpoints, source,
+                                      finetune_data)
     except BaseException:
         checkpoints.manager.close()
         raise
 
 
-def _open_with_checkpoints(cfg, workdir, data_dir, manifest, tok, mesh, lock, checkpoints) -> Run:
+def _open_with_checkpoints(cfg, workdir, data_dir, manifest, tok, mesh, lock, checkpoints, source=None,
+                           finetune_data=None) -> Run:
     previous_record = _read_record(workdir)
     changes: list[str] = list(previous_record.get("changes", []))
     restored = None
@@ -267,8 +438,12 @@ def _open_with_checkpoints(cfg, workdir, data_dir, manifest, tok, mesh, lock, ch
         if newest is not None:  # an incompatible config is refused before anything is restored into its shapes
             resume_config(cfg, newest[1]["config"], newest[0], workdir)
         # The step's shapes depend only on fields a resume may not change, so build it from the current config.
-        probe = build_step(cfg, mesh)
-        restored = checkpoints.restore_latest(probe.abstract_state, probe.shardings)
+        probe, mask = build_run_step(cfg, mesh)
+        base = initial_state(cfg, probe, source, tok)[0] if mask is not None or probe.shardings.frozen is not None else None
+        restored = checkpoints.restore_latest(probe.abstract_state, probe.shardings,
+                                              None if base is None else base.params)
+        if restored is not None and base is not None and base.frozen is not None:
+            restored = (restored[0].replace(frozen=base.frozen), *restored[1:])
     if restored is not None:
         state, data_state, saved_meta = restored
         if saved_meta.get("tokenizer") is None:
@@ -286,35 +461,34 @@ def _open_with_checkpoints(cfg, workdir, data_dir, manifest, tok, mesh, lock, ch
     else:
         cfg = with_train(cfg, schedule_steps=schedule_horizon(cfg.train))
         state, data_state, init_record = None, None, None
-    step = build_step(cfg, mesh)
+    step, mask = build_run_step(cfg, mesh)
     if state is None:
-        state = step.init_state()
-        if cfg.train.init_from:
-            params, init_record = init_params_from(cfg.train.init_from, cfg, tok, step)
-            state = state.replace(params=params)
+        state, init_record = initial_state(cfg, step, source, tok)
 
     record = reproducibility_record(dict(mesh.shape))
     record["changes"] = changes
     if init_record:
         record["init_from"] = init_record
     meta = checkpoint_meta(cfg, tok, record, data_dir)
+    if mask is not None:
+        meta.update(saved_params="trainable", base=str(Path(cfg.train.init_from).absolute()))
     if jax.process_index() == 0:
         fileio.write_json_atomic(workdir / "config.json", config_lib.to_dict(cfg))
         fileio.write_json_atomic(workdir / "record.json", record)
         tokenizers.save(tok, workdir / "tokenizer")
 
-    t = cfg.train
-    iterator = loader.train_iterator(data_dir, cfg.model.block_size, t.batch_size, t.seed, max(t.steps, 1),
-                                     jax.process_index(), jax.process_count(), cfg.data.prefetch_threads, data=cfg.data)
+    batches = lm_batches(cfg, data_dir, manifest) if finetune_data is None else finetune_batches(cfg, finetune_data)
+    if cfg.train.objective == "dpo" and cfg.finetune.reference == "precomputed":
+        fresh = int(state.step) == 0
+        reference = lambda: state.params if fresh else initial_state(cfg, step, source, tok)[0].params
+        attach_reference_logprobs(batches, step, reference, workdir, cfg.train.batch_size // cfg.train.grad_accum)
     if data_state is not None:
-        iterator.set_state(data_state["grain"])
-    val_batches = loader.eval_batches(data_dir, cfg.model.block_size, t.batch_size // t.grad_accum, t.eval_batches,
-                                      data=cfg.data)
-    val = manifest["splits"]["val"]
-    return Run(cfg=cfg, workdir=workdir, data_dir=data_dir, tokenizer=tok, step=step, state=state, iterator=iterator,
-               checkpoints=checkpoints, writer=MetricWriter(workdir, t.tensorboard), meta=meta,
-               start_step=int(state.step), val_batches=val_batches,
-               val_bytes_per_token=val["n_bytes"] / max(val["n_tokens"], 1), stop=StopSignals(), lock=lock)
+        batches.iterator.set_state(data_state["grain"])
+    return Run(cfg=cfg, workdir=workdir, data_dir=data_dir, tokenizer=tok, step=step, state=state,
+               iterator=batches.iterator, checkpoints=checkpoints, writer=MetricWriter(workdir, cfg.train.tensorboard),
+               meta=meta, start_step=int(state.step), val_batches=batches.val_batches,
+               val_bytes_per_token=batches.val_bytes_per_token, stop=StopSignals(), lock=lock,
+               finetune=batches.finetune)
 
 
 def _newest_meta(checkpoints: Checkpoints) -> tuple[int, dict] | None:
@@ -418,8 +592,13 @@ class EvalHook:
         run.summary.update(result)
         run.writer.write(done, result)
         if run.is_main:
-            tqdm.write(f"step {done}: val loss {result['val_loss']:.4f}, ppl {result['val_ppl']:.2f}, "
-                       f"bpb {result['val_bpb']:.4f}")
+            tqdm.write(f"step {done}: {format_eval(result)}")
+
+
+def format_eval(result: dict) -> str:
+    """'val loss 1.2345, ppl 3.44, bpb 0.5000' / 'val loss 0.1234, acc 0.9600, ...' for the terminal."""
+    parts = [f"{k.removeprefix('val_').replace('_', ' ')} {v:.{2 if k == 'val_ppl' else 4}f}" for k, v in result.items()]
+    return "val " + ", ".join(parts)
 
 
 @dataclasses.dataclass
@@ -484,6 +663,29 @@ class TaskEvalHook(EvalHook):
             tqdm.write(f"step {done}: {shown}")
 
 
+@dataclasses.dataclass
+class SamplesHook:
+    """At the end of an SFT / DPO run: greedy responses to the first `finetune.samples` held-out (test) prompts,
+    written beside the reference responses to the workdir's samples.jsonl."""
+
+    def due(self, run: Run, done: int) -> bool:
+        return done == run.cfg.train.steps and run.finetune is not None and bool(run.finetune.prompts.get("test"))
+
+    def __call__(self, run: Run, done: int, state: TrainState) -> None:
+        from gptjax.api import LM
+
+        f, block = run.cfg.finetune, run.cfg.model.block_size
+        lm = LM(run.cfg, state.params, run.tokenizer, step=done)
+        prompts = [ids[-max(block - f.max_new_tokens, 1):] for ids in run.finetune.prompts["test"]]
+        responses = lm.generate_ids(prompts, max_new_tokens=min(f.max_new_tokens, block - 1), temperature=0.0)
+        lines = [json.dumps({"prompt": run.tokenizer.decode(p[1:]), "reference": ref,
+                             "response": run.tokenizer.decode(r), "step": done})
+                 for p, ref, r in zip(run.finetune.prompts["test"], run.finetune.references["test"], responses)]
+        if run.is_main:
+            fileio.write_text_atomic(run.workdir / "samples.jsonl", "".join(line + "\n" for line in lines))
+            tqdm.write(f"step {done}: {len(lines)} held-out responses written to {run.workdir / 'samples.jsonl'}")
+
+
 DEFAULT_HOOKS: tuple[Hook, ...] = (EvalHook(), CheckpointHook())
 
 
@@ -503,7 +705,17 @@ def agreed_stop(run: Run, done: int) -> str | None:
 
 
 def default_hooks(cfg: Config) -> tuple[Hook, ...]:
-    return (*DEFAULT_HOOKS, TaskEvalHook(cfg)) if cfg.train.eval_tasks else DEFAULT_HOOKS
+    hooks = (*DEFAULT_HOOKS, TaskEvalHook(cfg)) if cfg.train.eval_tasks else DEFAULT_HOOKS
+    return (*hooks, SamplesHook()) if cfg.train.objective in ("sft", "dpo") else hooks
+
+
+def evaluate_start(run: Run) -> None:
+    """A finetune's validation metrics before its first step, logged at step 0 (the "before" of before/after)."""
+    result = run.evaluate(run.state.params)
+    run.summary.update({f"start_{k}": v for k, v in result.items()})
+    run.writer.write(0, result)
+    if run.is_main:
+        tqdm.write(f"step 0: {format_eval(result)}")
 
 
 def fit(run: Run, hooks: Sequence[Hook], show_progress: bool = True) -> dict:
@@ -515,6 +727,8 @@ def fit(run: Run, hooks: Sequence[Hook], show_progress: bool = True) -> dict:
         tqdm.write(f"gptjax: {count_params(run.state.params) / 1e6:.2f}M params, mesh {dict(run.step.mesh.shape)}, "
                    f"{jax.device_count()} {jax.devices()[0].platform} devices, {log.tokens_per_step} tokens/step, "
                    f"{where} of {t.steps}", file=sys.stderr)
+    if run.start_step == 0 and run.finetune is not None:
+        evaluate_start(run)
     state = run.state
     try:
         for step in range(run.start_step, t.steps):

@@ -16,7 +16,7 @@ import numpy as np
 
 from gptjax.errors import GptjaxError
 from gptjax.model.losses import token_nll
-from gptjax.model.transformer import Transformer
+from gptjax.model.transformer import Transformer, classifier_logits, last_real_hidden
 from gptjax.parallel.rules import constrain
 
 Batch = dict[str, jax.Array]
@@ -69,17 +69,107 @@ class NextTokenLM:
         return loss_sum, {"loss": nll_sum, "weight": weights_BT.sum()}
 
 
+@dataclasses.dataclass(frozen=True)
+class Classify:
+    """Cross-entropy of the classifier head (model.num_classes) on each row's last real token; counts correct."""
+
+    name: str = "classify"
+
+    def __call__(self, params, frozen, model, batch, rng):
+        weights_B = batch["example_weights"].astype(jnp.float32)
+        terms = classify_terms(params, model, batch, rng)
+        loss_sum = (terms["loss"] * weights_B).sum()
+        return loss_sum, {"loss": loss_sum, "acc": (terms["acc"] * weights_B).sum(), "weight": weights_B.sum()}
+
+
+def class_logits(params, model: Transformer, tokens_BT: jax.Array, lengths_B: jax.Array,
+                 rng: jax.Array | None = None) -> jax.Array:
+    """The classifier head's logits [B, C] on each row's last real token."""
+    rngs = {"dropout": rng} if rng is not None else {}
+    tokens_BT = constrain(tokens_BT, ("batch", "act_length"))
+    hidden_BTD = model.apply({"params": params}, tokens_BT, deterministic=rng is None, rngs=rngs, return_hidden=True)
+    return classifier_logits(params, last_real_hidden(hidden_BTD, lengths_B))
+
+
+def classify_terms(params, model: Transformer, batch: Batch, rng: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Per-example cross-entropy and correctness [B] of the classifier."""
+    logits_BC = class_logits(params, model, batch["tokens"], batch["lengths"], rng)
+    nll_B, _ = token_nll(logits_BC, batch["labels"])
+    return {"loss": nll_B, "acc": (jnp.argmax(logits_BC, axis=-1) == batch["labels"]).astype(jnp.float32)}
+
+
+def sequence_logprobs(params, model: Transformer, tokens_BT1: jax.Array, weights_BT: jax.Array,
+                      rng: jax.Array | None = None) -> jax.Array:
+    """Summed log p of each row's weighted targets [B] (float32): a response's log-probability given its prompt."""
+    rngs = {"dropout": rng} if rng is not None else {}
+    inputs_BT = constrain(tokens_BT1[:, :-1], ("batch", "act_length"))
+    logits_BTV = model.apply({"params": params}, inputs_BT, deterministic=rng is None, rngs=rngs)
+    nll_BT, _ = token_nll(logits_BTV, tokens_BT1[:, 1:])
+    return -(nll_BT * weights_BT.astype(jnp.float32)).sum(axis=-1)
+
+
+def pair_logprobs(params, model: Transformer, batch: Batch, rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(chosen [B], rejected [B]) summed response log-probs, both halves in one forward pass."""
+    tokens = jnp.concatenate([batch["chosen"], batch["rejected"]])
+    weights = jnp.concatenate([batch["chosen_weights"], batch["rejected_weights"]])
+    both_2B = sequence_logprobs(params, model, tokens, weights, rng)
+    half = batch["chosen"].shape[0]
+    return both_2B[:half], both_2B[half:]
+
+
+def dpo_terms(policy_chosen_B, policy_rejected_B, ref_chosen_B, ref_rejected_B, beta: float,
+              label_smoothing: float = 0.0) -> dict[str, jax.Array]:
+    """Per-pair DPO loss (Rafailov et al., sigmoid form; label smoothing as conservative DPO, which trl 1.16 computes
+    as its "aot" loss on one pair, its "sigmoid" loss ignoring label_smoothing), implicit rewards
+    beta·(log pi - log ref) of both responses, their margin, and whether chosen out-rewards rejected."""
+    logits_B = (policy_chosen_B - policy_rejected_B) - (ref_chosen_B - ref_rejected_B)
+    loss_B = (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * logits_B)
+              - label_smoothing * jax.nn.log_sigmoid(-beta * logits_B))
+    chosen_B = beta * (policy_chosen_B - ref_chosen_B)
+    rejected_B = beta * (policy_rejected_B - ref_rejected_B)
+    return {"loss": loss_B, "reward_chosen": chosen_B, "reward_rejected": rejected_B,
+            "reward_margin": chosen_B - rejected_B, "reward_accuracy": (chosen_B > rejected_B).astype(jnp.float32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class DPO:
+    """Direct Preference Optimization against a frozen reference: its log-probs come with the batch (precomputed
+    once, `ref_chosen` / `ref_rejected`) or from the reference params carried in the state (`frozen`)."""
+
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    name: str = "dpo"
+
+    def __call__(self, params, frozen, model, batch, rng):
+        weights_B = batch["example_weights"].astype(jnp.float32)
+        policy_chosen, policy_rejected = pair_logprobs(params, model, batch, rng)
+        if "ref_chosen" in batch:
+            ref_chosen, ref_rejected = batch["ref_chosen"], batch["ref_rejected"]
+        elif frozen is not None:
+            ref_chosen, ref_rejected = jax.lax.stop_gradient(pair_logprobs(frozen, model, batch))
+        else:
+            raise GptjaxError("the DPO objective needs a reference: batches with ref_chosen/ref_rejected or the "
+                              "reference params in the train state (finetune.reference)")
+        terms = dpo_terms(policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta, self.label_smoothing)
+        sums = {k: (v * weights_B).sum() for k, v in terms.items()}
+        return sums["loss"], {**sums, "weight": weights_B.sum()}
+
+
 OBJECTIVES: dict[str, Callable[..., Objective]] = {
-    "lm": lambda train_cfg: NextTokenLM(z_loss=train_cfg.z_loss),
+    "lm": lambda cfg: NextTokenLM(z_loss=cfg.train.z_loss),
+    "sft": lambda cfg: NextTokenLM(z_loss=cfg.train.z_loss, name="sft"),
+    "classify": lambda cfg: Classify(),
+    "dpo": lambda cfg: DPO(beta=cfg.finetune.beta, label_smoothing=cfg.finetune.label_smoothing),
 }
-BATCH_FORMATS: dict[str, Callable[[Any], dict]] = {"lm": lm_batch}
+# the loader's batch -> the objective's dict; finetuning batches (gptjax.data.finetune) arrive in their layout
+BATCH_FORMATS: dict[str, Callable[[Any], dict]] = {"lm": lm_batch, "sft": lm_batch, "classify": dict, "dpo": dict}
 
 
-def make_objective(train_cfg) -> Objective:
-    """The objective `train.objective` names."""
-    if train_cfg.objective not in OBJECTIVES:
-        raise GptjaxError(f"train.objective='{train_cfg.objective}' is not one of {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[train_cfg.objective](train_cfg)
+def make_objective(cfg) -> Objective:
+    """The objective `train.objective` names (its settings from `cfg`: train.z_loss, finetune.beta, ...)."""
+    if cfg.train.objective not in OBJECTIVES:
+        raise GptjaxError(f"train.objective='{cfg.train.objective}' is not one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[cfg.train.objective](cfg)
 
 
 def batch_format(train_cfg) -> Callable[[Any], dict]:

@@ -51,7 +51,8 @@ def state_shardings(model: Transformer, optimizer: optax.GradientTransformation,
     """(shardings, abstract state): params sharded by the rules table, optimizer moments like their params, frozen
     params like the params they mirror."""
     param_shardings = nn.unbox(tree_shardings(abstract_params(cfg.model, cfg.train.seed), mesh))
-    abstract_frozen = None if frozen_example is None else jax.eval_shape(lambda: frozen_example)
+    abstract_frozen = None if frozen_example is None else jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), frozen_example)
     abstract_state = jax.eval_shape(lambda: _init_state(model, optimizer, cfg, abstract_frozen))
     replicated = NamedSharding(mesh, PartitionSpec())
     masked = lambda leaf: isinstance(leaf, optax.MaskedNode)  # a frozen param's (absent) optimizer state
@@ -67,6 +68,9 @@ def state_shardings(model: Transformer, optimizer: optax.GradientTransformation,
 
 def create_state(model: Transformer, optimizer: optax.GradientTransformation, cfg: Config, mesh: Mesh, shardings,
                  frozen=None):
-    """Initialises the state directly into its shardings (never whole on one device first)."""
+    """Initialises the state directly into its shardings (never whole on one device first). Without `frozen` the
+    state has none yet (a caller fills it in later, e.g. with the params a finetune starts from)."""
+    if frozen is None:
+        shardings = shardings.replace(frozen=None)
     with use_rules(mesh):
         return jax.jit(lambda f: _init_state(model, optimizer, cfg, f), out_shardings=shardings)(frozen)

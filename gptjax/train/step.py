@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from gptjax.config import Config
+from gptjax.config import FINETUNE_OBJECTIVES, Config
 from gptjax.model.transformer import Transformer
 from gptjax.parallel.rules import batch_sharding, use_rules
 from gptjax.train.objectives import Objective, batch_format, make_objective
@@ -155,7 +155,13 @@ class Step:
 
     def abstract_batch(self, global_batch: int) -> dict:
         """ShapeDtypeStructs (with shardings) of one global training batch, for ahead-of-time lowering."""
-        example = self.format_batch(np.zeros((global_batch, self.cfg.model.block_size + 1), np.int32))
+        if self.cfg.train.objective in FINETUNE_OBJECTIVES:
+            from gptjax.data.finetune import example_batch
+
+            example = example_batch(self.cfg.train.objective, global_batch, self.cfg.model.block_size,
+                                    self.cfg.finetune.pack)
+        else:
+            example = self.format_batch(np.zeros((global_batch, self.cfg.model.block_size + 1), np.int32))
         return jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.batch_sharding), example)
 
@@ -176,7 +182,7 @@ def build_step(cfg: Config, mesh: Mesh, *, objective: Objective | None = None, t
     carried in the state beside the trainable params, sharded like them."""
     model = Transformer(cfg.model)
     optimizer = make_optimizer(cfg.train, trainable)
-    objective = objective or make_objective(cfg.train)
+    objective = objective or make_objective(cfg)
     shardings, abstract_state = state_shardings(model, optimizer, cfg, mesh, frozen_example)
     in_sharding = batch_sharding(mesh)
     train_fn = functools.partial(train_step, model=model, optimizer=optimizer, objective=objective, cfg=cfg,
