@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import jax
 import numpy as np
@@ -32,6 +32,7 @@ from gptjax.eval.perplexity import evaluate_batches
 from gptjax.model.transformer import count_params, flops_per_token
 from gptjax.parallel.mesh import make_mesh
 from gptjax.train.checkpoint import Checkpoints, checkpoint_meta
+from gptjax.train.finetune import attach_reference_logprobs, finetune_tokenizer, run_trainable_mask
 from gptjax.train.metrics import MetricWriter, peak_flops_per_device, reproducibility_record
 from gptjax.train.optim import schedule_horizon
 from gptjax.train.state import TrainState
@@ -162,13 +163,6 @@ def load_init_source(cfg: Config):
         raise GptjaxError(f"train.init_from={cfg.train.init_from}: {error}") from None
 
 
-def finetune_tokenizer(cfg: Config, source) -> tokenizers.Tokenizer:
-    if source.tokenizer is None:
-        raise GptjaxError(f"train.init_from={cfg.train.init_from} has no tokenizer (a weights-only import), and "
-                          f"finetuning reads text records; import it again with --tokenizer-dir")
-    return source.tokenizer
-
-
 @dataclasses.dataclass
 class RunBatches:
     """Where a run's batches come from: the training iterator, fixed validation batches, and (finetunes) the data."""
@@ -199,17 +193,6 @@ def finetune_batches(cfg: Config, data) -> RunBatches:
     return RunBatches(iterator, val_batches, data.bytes_per_token, data)
 
 
-def run_trainable_mask(cfg: Config) -> Any | None:
-    """The finetune's trainable mask (`finetune.freeze`), or None when every param trains."""
-    from gptjax.train.freeze import trainable_mask
-    from gptjax.train.state import abstract_params
-    import flax.linen as nn
-
-    if cfg.train.objective not in config_lib.FINETUNE_OBJECTIVES:
-        return None
-    return trainable_mask(cfg.finetune.freeze, cfg.model, nn.unbox(abstract_params(cfg.model, cfg.train.seed)))
-
-
 def build_run_step(cfg: Config, mesh) -> tuple[Step, Any]:
     """The run's step with its finetune policy (trainable mask, a live DPO reference), and the mask (or None)."""
     from gptjax.train.state import abstract_params
@@ -232,51 +215,6 @@ def initial_state(cfg: Config, step: Step, source, tok) -> tuple[TrainState, dic
     if step.shardings.frozen is not None:
         state = state.replace(frozen=jax.tree_util.tree_map(lambda x: x.copy(), params))
     return state, init_record
-
-
-def attach_reference_logprobs(run_batches: RunBatches, step: Step, reference_params: Callable[[], Any],
-                              workdir: Path, batch_size: int) -> None:
-    """DPO with finetune.reference=precomputed: the reference's summed log-probs of every chosen and rejected
-    response, computed once (cached in the workdir, keyed by the records and the reference) and served with the
-    batches."""
-    from gptjax.train.objectives import pair_logprobs
-
-    data = run_batches.finetune
-    cache = workdir / "reference_logprobs.npz"
-    from gptjax.data.records import records_fingerprint
-
-    key = f"{records_fingerprint(data.path)}:{step.cfg.finetune.template}:{Path(step.cfg.train.init_from).absolute()}"
-    if cache.is_file():
-        stored = np.load(cache)
-        if str(stored["key"]) == key:
-            for split in data.splits:
-                data.attach(split, {"ref_chosen": stored[f"{split}_chosen"], "ref_rejected": stored[f"{split}_rejected"]})
-            _refresh_val(run_batches, step)
-            return
-    score = jax.jit(lambda p, b: pair_logprobs(p, step.model, b))
-    params = reference_params()
-    arrays = {"key": np.asarray(key)}
-    for split in tqdm(list(data.splits), desc="reference log-probs", unit="split", disable=jax.process_index() != 0):
-        chosen, rejected = [], []
-        for batch in data.eval_batches(split, batch_size):
-            c, r = score(params, batch)
-            chosen.append(np.asarray(c))
-            rejected.append(np.asarray(r))
-        n = data.splits[split].n
-        arrays[f"{split}_chosen"] = np.concatenate(chosen)[:n].astype(np.float32)
-        arrays[f"{split}_rejected"] = np.concatenate(rejected)[:n].astype(np.float32)
-        data.attach(split, {"ref_chosen": arrays[f"{split}_chosen"], "ref_rejected": arrays[f"{split}_rejected"]})
-    if jax.process_index() == 0:
-        fileio.write_bytes_atomic(cache, _npz_bytes(arrays))
-    _refresh_val(run_batches, step)
-
-
-def _npz_bytes(arrays: dict) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
 
 
 def _refresh_val(run_batches: RunBatches, step: Step) -> None:
@@ -481,7 +419,8 @@ def _open_with_checkpoints(cfg, workdir, data_dir, manifest, tok, mesh, lock, ch
     if cfg.train.objective == "dpo" and cfg.finetune.reference == "precomputed":
         fresh = int(state.step) == 0
         reference = lambda: state.params if fresh else initial_state(cfg, step, source, tok)[0].params
-        attach_reference_logprobs(batches, step, reference, workdir, cfg.train.batch_size // cfg.train.grad_accum)
+        attach_reference_logprobs(batches.finetune, step, reference, workdir, cfg.train.batch_size // cfg.train.grad_accum)
+        _refresh_val(batches, step)
     if data_state is not None:
         batches.iterator.set_state(data_state["grain"])
     return Run(cfg=cfg, workdir=workdir, data_dir=data_dir, tokenizer=tok, step=step, state=state,
