@@ -1,6 +1,7 @@
 """`gptjax.load(path) -> LM`: the one door to a trained model for evaluation, generation, finetuning and export."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import warnings
@@ -23,6 +24,7 @@ from gptjax.model.losses import token_nll
 
 EXPORT_MARKER = "gptjax_export.json"
 NO_STOP_ID = -1  # never sampled, so generation runs to max_new_tokens
+WEIGHT_DTYPES = ("float32", "bfloat16")  # LM.with_dtype / load(dtype=): weights and compute together
 NO_TOKENIZER_HELP = ("re-import it with its tokenizer (gptjax import --format hf --src DIR --workdir NEW "
                      "--tokenizer-dir TOKDIR), or use the id methods logits / token_logprobs / generate_ids")
 
@@ -39,6 +41,17 @@ class LM:
         self.step = step
         self.meta = meta or {}
         self.model = Transformer(cfg.model)
+
+    def with_dtype(self, dtype: str) -> "LM":
+        """This model with its weights stored in `dtype` and computing in it: bfloat16 halves the bytes read per
+        decoded token; matmuls still accumulate in float32, norms, softmax and logits stay float32 (greedy tokens
+        can then differ from float32's where two logits are within bfloat16 rounding)."""
+        if dtype not in WEIGHT_DTYPES:
+            raise GptjaxError(f"dtype {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+        params = jax.tree_util.tree_map(
+            lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, self.params)
+        cfg = dataclasses.replace(self.cfg, model=dataclasses.replace(self.cfg.model, dtype=dtype))
+        return LM(cfg, params, self.tokenizer, self.step, self.meta)
 
     @functools.cached_property
     def _forward(self) -> Callable:
@@ -240,9 +253,16 @@ class LM:
         return outputs
 
 
-def load(path: str | Path, step: int | None = None) -> LM:
-    """An LM from a training workdir (its latest checkpoint, or `step`) or from a `gptjax export` directory."""
-    path = Path(path)
+def load(path: str | Path, step: int | None = None, dtype: str | None = None) -> LM:
+    """An LM from a training workdir (its latest checkpoint, or `step`) or from a `gptjax export` directory;
+    `dtype` ("float32" or "bfloat16") stores the weights and computes in it (`LM.with_dtype`), None as saved."""
+    if dtype is not None and dtype not in WEIGHT_DTYPES:  # before reading anything
+        raise GptjaxError(f"dtype {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+    lm = _load(Path(path), step)
+    return lm if dtype is None else lm.with_dtype(dtype)
+
+
+def _load(path: Path, step: int | None) -> LM:
     if (path / EXPORT_MARKER).is_file():
         from gptjax.interop.native import load_export
 

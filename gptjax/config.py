@@ -140,6 +140,8 @@ class ModelConfig:
     tie_embeddings: bool = True
     dropout: float = bounded(0.0, lo=0, hi=1, hi_open=True)
     init_std: float = bounded(0.02, lo=0, lo_open=True)
+    parametrization: str = choice("sp", ("sp", "mup"))  # mup: maximal-update parametrization (gptjax.model.mup)
+    mup_base_width: int = bounded(0, lo=0)  # mup: the d_model its multipliers are 1 at; 0 = d_model (mup = sp)
     vocab_multiple: int = bounded(128, lo=1)
     scan_layers: bool = False
     remat: str = choice("none", REMAT_POLICIES)

@@ -108,6 +108,8 @@ def prefill(params, tokens_BP, positions_BP, segments_BP, rng, *, model: Transfo
             eot_id: int):
     """Runs the prompts through the model, filling a fresh cache; samples the first new token."""
     cache = init_cache(model.cfg, tokens_BP.shape[0], max_len)
+    if not model.cfg.scan_layers:  # per-layer buffers: the decode loop then updates each in place (no restacking)
+        cache = cache._replace(k_LBGSK=tuple(cache.k_LBGSK), v_LBGSK=tuple(cache.v_LBGSK))
     logits_BPV, cache = model.apply({"params": params}, tokens_BP, positions_BP, segments_BP, cache=cache)
     rng, step_rng = jax.random.split(rng)
     first_B = sample(logits_BPV[:, -1], step_rng, sp)

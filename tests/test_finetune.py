@@ -384,3 +384,73 @@ def test_resume_after_sigkill_is_bit_identical_for_each_objective(base_dir, tmp_
         return {r["step"]: r["loss"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
                 if "loss" in r and "val_loss" not in r}
     assert losses(straight) == losses(resumed)
+
+
+# ---- the chat template's special tokens -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_base(tmp_path_factory) -> Path:
+    """A random-init model whose sentencepiece vocabulary (384) exactly fills its padded table, so the chat
+    template's three added tokens widen the embedding (387 -> 512 rows)."""
+    import flax.linen as nn
+
+    from gptjax.api import LM
+    from gptjax.data import records
+    from gptjax.data.tokenizer import SentencePieceTokenizer
+    from gptjax.interop import native
+    from gptjax.model.transformer import Transformer
+    from gptjax.train.state import init_params
+
+    items = records.read_instruction(records.records_path("instruction", str(FIXTURES)))
+    texts = [f"{r['instruction']}\n{r['input']}\n{r['output']}" for r in items] * 3
+    tok = SentencePieceTokenizer.train(texts, 384)
+    model_cfg = config_lib.ModelConfig(vocab_size=tok.vocab_size, block_size=96, n_layer=2, n_head=2, d_model=32)
+    out = tmp_path_factory.mktemp("sp_base") / "base"
+    native.export_native(LM(config_lib.Config(name="sp_base", model=model_cfg),
+                            nn.unbox(init_params(Transformer(model_cfg), 0, 8)), tok), out)
+    return out
+
+
+def test_chat_role_headers_are_added_special_tokens_and_the_base_rows_carry_over(sentencepiece_base, tmp_path):
+    import gptjax
+    from gptjax.data.finetune import load_finetune_data
+    from gptjax.data.sft import CHAT_TOKENS
+    from gptjax.train.finetune import finetune_tokenizer
+
+    base = gptjax.load(sentencepiece_base)
+    cfg = finetune_config(sentencepiece_base, "sft", steps=4, model={"vocab_size": 0, "lora_rank": 2},
+                          freeze="lora", template="chat")
+    tok = finetune_tokenizer(cfg, base)
+    assert tok.vocab_size == base.tokenizer.vocab_size + 3 == 387
+    special = [tok.encode(t) for t in CHAT_TOKENS]
+    assert special == [[384], [385], [386]] and tok.decode([385, *tok.encode(" hi"), 386]) == "<|user|> hi<|assistant|>"
+    data = load_finetune_data(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=387)), tok)
+    row = data.splits["train"].arrays["tokens"][0]
+    assert 385 in row and 386 in row  # one id per role header in the training rows
+    workdir = tmp_path / "chat"
+    train_run(cfg, workdir)
+    tuned = gptjax.load(workdir)  # a partial checkpoint: adapters + the widened embedding, the rest from the base
+    assert tuned.config.vocab_size == 387 and tuned.params["embedding"].shape == (512, 32)
+    assert tuned.tokenizer.encode("<|assistant|>") == [386]
+    np.testing.assert_array_equal(np.asarray(tuned.params["layer_0"]["attn"]["query"]["kernel"]),
+                                  np.asarray(base.params["layer_0"]["attn"]["query"]["kernel"]))
+    out = tmp_path / "hf"
+    proc = run_cli(["export", "--workdir", str(workdir), "--format", "hf", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    from transformers import AutoTokenizer
+
+    hf_tok = AutoTokenizer.from_pretrained(str(out))
+    assert hf_tok.convert_tokens_to_ids("<|assistant|>") == 386
+
+
+def test_with_source_rows_copies_the_base_vocabulary_and_keeps_added_rows():
+    from gptjax.train.loop import grown_vocabulary, with_source_rows
+
+    fresh, source = np.zeros((8, 3), np.float32), np.ones((5, 3), np.float32)
+    assert grown_vocabulary("['embedding']", (5, 3), (8, 3)) and not grown_vocabulary("['embedding']", (5, 4), (8, 3))
+    assert not grown_vocabulary("['layer_0']", (5, 3), (8, 3))
+    out = with_source_rows(fresh, source, "['embedding']")
+    assert out[:5].sum() == 15 and out[5:].sum() == 0
+    head = with_source_rows(np.zeros((3, 8), np.float32), np.ones((3, 5), np.float32), "['lm_head']")
+    assert head[:, :5].sum() == 15 and head[:, 5:].sum() == 0

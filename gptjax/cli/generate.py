@@ -34,6 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--escapes", action="store_true",
                    help="interpret backslash escapes (\\n, \\t, \\\\, \\xNN, \\uNNNN) in prompts; other text is kept")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="weights and compute dtype (default: as saved); bfloat16 halves the bytes read per token, "
+                        "greedy tokens may then differ from float32's")
+    p.add_argument("--compilation-cache", default=None, metavar="DIR|off",
+                   help="persistent XLA compilation cache (default: the run's train.compilation_cache, as training)")
     p.add_argument("--allow-extrapolation", action="store_true",
                    help="let a rope/alibi/no-position model generate past its trained block_size (with a warning)")
 
@@ -63,10 +68,24 @@ def _stream_after(prompt: str) -> Callable[[list[str]], None]:
     return write
 
 
+def _use_compilation_cache(cfg, setting: str | None) -> None:
+    """The persistent compilation cache training uses (or `setting`): a second start skips compiling the decoder."""
+    import dataclasses
+
+    from gptjax.train.loop import setup_compilation_cache
+
+    if setting is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compilation_cache=setting))
+    setup_compilation_cache(cfg)
+
+
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     import gptjax
 
     lm = gptjax.load(args.workdir)
+    if args.dtype is not None:
+        lm = lm.with_dtype(args.dtype)
+    _use_compilation_cache(lm.cfg, args.compilation_cache)
     prompts = args.prompt or [""]
     prompts = [interpret_escapes(p) if args.escapes else p for p in prompts]
     prompts = prompts * args.num_samples if len(prompts) == 1 else prompts

@@ -2,8 +2,8 @@
 
 alpaca (rasbt's ch07 / Stanford Alpaca): "Below is an instruction ... ### Instruction:\\n{instruction}[\\n\\n### Input:
 \\n{input}]\\n\\n### Response:\\n" is the prompt, the output the target, then <|endoftext|> (a target, so the model
-learns to stop). chat: "<|system|>\\n…\\n<|user|>\\n…\\n<|assistant|>\\n" role headers with every assistant turn a
-target ended by <|endoftext|>; the headers are plain text (the tokenizers carry one special token, <|endoftext|>).
+learns to stop). chat: "<|system|>\\n…\\n<|user|>\\n…\\n<|assistant|>\\n" role headers, each header one special token
+(CHAT_TOKENS, added to the base's vocabulary for the run), every assistant turn a target ended by <|endoftext|>.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import NamedTuple
 ALPACA_PREAMBLE = ("Below is an instruction that describes a task. Write a response that appropriately completes "
                    "the request.")
 RESPONSE_MARKER = "\n\n### Response:\n"
+CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")  # the chat template's role headers, one token each
 EOT = object()  # stands for the tokenizer's <|endoftext|> id among the pieces
 
 

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
@@ -205,10 +206,76 @@ class Gpt2BpeAdapter:
         return {SPEC_FILE: json.dumps({"kind": self.kind}).encode(), **self._files}
 
 
+class WithSpecialTokens:
+    """A tokenizer with extra special tokens (e.g. chat role markers) appended after its vocabulary: each special
+    string in a text becomes its one id (base vocab_size + i), the text between is encoded by the base tokenizer.
+    Same kind and files as the base, plus the list in tokenizer.json, so it saves, fingerprints and reloads."""
+
+    def __init__(self, base: Tokenizer, specials: tuple[str, ...]):
+        if isinstance(base, WithSpecialTokens):
+            specials, base = base.specials + tuple(s for s in specials if s not in base.specials), base.base
+        self.base = base
+        self.specials = tuple(dict.fromkeys(specials))
+        self.kind = base.kind
+        self._ids = {text: base.vocab_size + i for i, text in enumerate(self.specials)}
+        self._split = re.compile("(" + "|".join(re.escape(t) for t in sorted(self.specials, key=len, reverse=True)) + ")")
+
+    def __getattr__(self, name: str):  # the base's extras (model_proto, chars, encode_batch) stay reachable
+        return getattr(self.__dict__["base"], name)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.base.vocab_size + len(self.specials)
+
+    @property
+    def eot_id(self) -> int:
+        return self.base.eot_id
+
+    def special_ids(self) -> dict[str, int]:
+        return dict(self._ids)
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for part in self._split.split(text):
+            if part in self._ids:
+                ids.append(self._ids[part])
+            elif part:
+                ids += self.base.encode(part)
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        out, run = [], []
+        for i in ids:
+            i = int(i)
+            if i >= self.base.vocab_size:
+                out.append(self.base.decode(run))
+                run = []
+                out.append(self.specials[i - self.base.vocab_size] if i < self.vocab_size else "")
+            else:
+                run.append(i)
+        return "".join(out) + self.base.decode(run)
+
+    def files(self) -> dict[str, bytes]:
+        files = dict(self.base.files())
+        spec = json.loads(files[SPEC_FILE])
+        files[SPEC_FILE] = json.dumps({**spec, "special_tokens": list(self.specials)}, ensure_ascii=False).encode()
+        return files
+
+
+def base_tokenizer(tok: Tokenizer) -> Tokenizer:
+    """The tokenizer `tok` extends with special tokens, or `tok` itself."""
+    return tok.base if isinstance(tok, WithSpecialTokens) else tok
+
+
 def from_files(files: dict[str, bytes]) -> Tokenizer:
     """Rebuilds a tokenizer from its files (as saved by `save` or stored in a checkpoint)."""
     if SPEC_FILE not in files:
         raise GptjaxError(f"tokenizer files lack {SPEC_FILE}; save the tokenizer again (gptjax prepare writes one)")
+    spec = json.loads(files[SPEC_FILE]) if files[SPEC_FILE].strip().startswith(b"{") else {}
+    if spec.get("special_tokens"):
+        plain = {**files, SPEC_FILE: json.dumps({k: v for k, v in spec.items() if k != "special_tokens"},
+                                                ensure_ascii=False).encode()}
+        return WithSpecialTokens(from_files(plain), tuple(spec["special_tokens"]))
     try:
         spec = json.loads(files[SPEC_FILE])
         kind = spec.get("kind")

@@ -218,7 +218,7 @@ def shared_stem_logprobs(params, stem_tokens_SC, stem_len_S, stem_of_R, tail_tok
     stem_seg_SC = (jnp.arange(stem_width) < stem_len_S[:, None]).astype(jnp.int32)
     _, cache = model.apply({"params": params}, stem_tokens_SC, segment_ids_BT=stem_seg_SC, return_hidden=True,
                            cache=init_cache(cfg, n_stems, stem_width + tail_width))
-    cache = KVCache(cache.k_LBSGK[:, stem_of_R], cache.v_LBSGK[:, stem_of_R], cache.pos_BS[stem_of_R],
+    cache = KVCache(cache.k_LBGSK[:, stem_of_R], cache.v_LBGSK[:, stem_of_R], cache.pos_BS[stem_of_R],
                     cache.seg_BS[stem_of_R], cache.index)
     # padding positions past the table are clipped (they are masked anyway; an out-of-range gather would be NaN)
     tail_pos_RT = jnp.minimum(stem_len_S[stem_of_R][:, None] + jnp.arange(tail_width), cfg.position_limit - 1)

@@ -56,8 +56,8 @@ GPT2 = "gpt2"
 LLAMA = "llama"
 ARCHITECTURES = {GPT2: "GPT2LMHeadModel", LLAMA: "LlamaForCausalLM"}
 FAMILY_SWITCHES = {
-    GPT2: {"norm": "layernorm", "norm_placement": "pre", "mlp": "gelu", "attention": "dense"},
-    LLAMA: {"norm": "rmsnorm", "norm_placement": "pre", "mlp": "swiglu", "attention": "dense"},
+    GPT2: {"norm": "layernorm", "norm_placement": "pre", "mlp": "gelu", "attention": "dense", "parametrization": "sp"},
+    LLAMA: {"norm": "rmsnorm", "norm_placement": "pre", "mlp": "swiglu", "attention": "dense", "parametrization": "sp"},
 }
 FAMILY_POSITIONS = {"learned": GPT2, "rope": LLAMA}
 GPT2_TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
@@ -450,8 +450,11 @@ def hf_tokenizer_files(tok: tokenizers.Tokenizer, model_max_length: int) -> tupl
     def dump(data: dict) -> bytes:
         return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
+    added = _special_token_entry(tok.eot_id)
+    for text, token_id in (tok.special_ids() if isinstance(tok, tokenizers.WithSpecialTokens) else {}).items():
+        added.update({str(token_id): {**added[str(tok.eot_id)], "content": text}})
     base = {"eos_token": EOT, "model_max_length": model_max_length, "clean_up_tokenization_spaces": False,
-            "added_tokens_decoder": _special_token_entry(tok.eot_id)}
+            "added_tokens_decoder": added}
     if tok.kind == "gpt2_bpe":
         files = tok.files()
         config = {**base, "tokenizer_class": "GPT2Tokenizer", "bos_token": EOT, "unk_token": EOT,

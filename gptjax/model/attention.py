@@ -22,14 +22,16 @@ from gptjax.config import ModelConfig
 from gptjax.errors import GptjaxError
 from gptjax.model.layers import Dense, apply_rope, dropout
 from gptjax.model.lora import lora_spec
+from gptjax.model.mup import attention_scale, hidden_init_std
 from gptjax.parallel.rules import constrain, spec_for
 
 
 class KVCache(NamedTuple):
-    """Decoding state. k and v are stacked over layers; positions and segments are shared by all layers."""
+    """Decoding state. k and v are stacked over layers (or tuples of per-layer buffers, which a decode loop updates
+    in place); positions and segments are shared by all layers. Slots lie [kv head, slot] (see decode_attention)."""
 
-    k_LBSGK: jax.Array
-    v_LBSGK: jax.Array
+    k_LBGSK: jax.Array
+    v_LBGSK: jax.Array
     pos_BS: jax.Array  # position of the token held in each slot
     seg_BS: jax.Array  # segment id per slot; 0 = empty or padding
     index: jax.Array  # number of slots filled (the same for every row)
@@ -38,10 +40,10 @@ class KVCache(NamedTuple):
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
     """An empty cache with room for `max_len` tokens per row."""
     dtype = jnp.dtype(cfg.dtype)
-    kv_shape = (cfg.n_layer, batch, max_len, cfg.kv_heads, cfg.head_dim)
+    kv_shape = (cfg.n_layer, batch, cfg.kv_heads, max_len, cfg.head_dim)
     return KVCache(
-        k_LBSGK=jnp.zeros(kv_shape, dtype),
-        v_LBSGK=jnp.zeros(kv_shape, dtype),
+        k_LBGSK=jnp.zeros(kv_shape, dtype),
+        v_LBGSK=jnp.zeros(kv_shape, dtype),
         pos_BS=jnp.zeros((batch, max_len), jnp.int32),
         seg_BS=jnp.zeros((batch, max_len), jnp.int32),
         index=jnp.zeros((), jnp.int32),
@@ -71,14 +73,17 @@ def _repeat_heads(x_BSGK: jax.Array, n_heads: int) -> jax.Array:
     return jnp.repeat(x_BSGK, repeats, axis=2) if repeats > 1 else x_BSGK
 
 
-def xla_attention(q_BTNK, k_BSGK, v_BSGK, mask_BTS, bias_BNTS=None, dropout_rng=None, dropout_rate=0.0):
-    """Reference attention in plain jnp: float32 softmax, optional additive bias and dropout.
+def xla_attention(q_BTNK, k_BSGK, v_BSGK, mask_BTS, bias_BNTS=None, dropout_rng=None, dropout_rate=0.0,
+                  scale: float | None = None):
+    """Reference attention in plain jnp: scores q·k times `scale` (None: 1/sqrt(head_dim)), float32 softmax,
+    optional additive bias and dropout.
 
     KV heads are repeated up to the query heads (GQA/MQA) so every contraction is a plain 4-D batched matmul:
     XLA's CPU backend runs the 5-D grouped form ~3x slower, and the repeat's gradient is a cheap sum."""
     n, k = q_BTNK.shape[2], q_BTNK.shape[3]
     k_BSNK, v_BSNK = _repeat_heads(k_BSGK, n), _repeat_heads(v_BSGK, n)
-    logits_BNTS = jnp.einsum("btnk,bsnk->bnts", q_BTNK, k_BSNK, preferred_element_type=jnp.float32) * (k ** -0.5)
+    scale = k ** -0.5 if scale is None else scale
+    logits_BNTS = jnp.einsum("btnk,bsnk->bnts", q_BTNK, k_BSNK, preferred_element_type=jnp.float32) * scale
     if bias_BNTS is not None:
         logits_BNTS = logits_BNTS + bias_BNTS
     logits_BNTS = jnp.where(mask_BTS[:, None], logits_BNTS, jnp.finfo(jnp.float32).min)
@@ -88,6 +93,35 @@ def xla_attention(q_BTNK, k_BSGK, v_BSGK, mask_BTS, bias_BNTS=None, dropout_rng=
     out_BTNK = jnp.einsum("bnts,bsnk->btnk", probs_BNTS.astype(v_BSNK.dtype), v_BSNK,
                           preferred_element_type=jnp.float32)
     return out_BTNK.astype(q_BTNK.dtype)
+
+
+def decode_attention(q_B1NK, k_B1GK, v_B1GK, cache_k_BGSK, cache_v_BGSK, index, mask_B1S, bias_BN1S=None,
+                     scale: float | None = None):
+    """xla_attention of one new token per row, to be written at slot `index`, over the cache before that write.
+
+    The same numbers as attending over the updated cache, with the new key and value taken apart: reading the
+    updated cache makes XLA copy every layer's buffers on each step instead of updating them in place. The cache's
+    [B, kv heads, S, K] layout puts the dots' batch dims outermost, so K and V are read without a transposing copy;
+    query heads sharing a KV head are the rows of one matmul."""
+    b, _, n, k = q_B1NK.shape
+    g, s = cache_k_BGSK.shape[1], cache_k_BGSK.shape[2]
+    scale = k ** -0.5 if scale is None else scale
+    q_BGRK = q_B1NK.reshape(b, g, n // g, k)
+    cached_BGRS = jnp.einsum("bgrk,bgsk->bgrs", q_BGRK, cache_k_BGSK.astype(q_BGRK.dtype),
+                             preferred_element_type=jnp.float32)
+    own_BGR1 = jnp.einsum("bgrk,bgk->bgr", q_BGRK, k_B1GK[:, 0].astype(q_BGRK.dtype),
+                          preferred_element_type=jnp.float32)[..., None]
+    own_S = jnp.arange(s) == index
+    logits_BNS = jnp.where(own_S, own_BGR1, cached_BGRS).reshape(b, n, s) * scale
+    if bias_BN1S is not None:
+        logits_BNS = logits_BNS + bias_BN1S[:, :, 0]
+    logits_BNS = jnp.where(mask_B1S, logits_BNS, jnp.finfo(jnp.float32).min)
+    probs_BGRS = jax.nn.softmax(logits_BNS, axis=-1).reshape(b, g, n // g, s)
+    out_BGRK = jnp.einsum("bgrs,bgsk->bgrk", jnp.where(own_S, 0.0, probs_BGRS).astype(cache_v_BGSK.dtype),
+                          cache_v_BGSK, preferred_element_type=jnp.float32)
+    own_prob_BGR1 = jnp.sum(jnp.where(own_S, probs_BGRS, 0.0), axis=-1, keepdims=True)
+    out_BGRK = out_BGRK + own_prob_BGR1 * v_B1GK[:, 0, :, None, :].astype(jnp.float32)
+    return out_BGRK.reshape(b, 1, n, k).astype(q_B1NK.dtype)
 
 
 KERNEL_PLATFORM = {"cudnn": "gpu", "splash": "tpu"}
@@ -178,8 +212,8 @@ def shard_batch_and_heads(local_fn, q_BTNK, k_BSGK, v_BSGK, seg_BT=None):
 def _cudnn_local(q_BTNK, k_BSGK, v_BSGK, cfg: ModelConfig, implementation: str | None):
     window = (cfg.window - 1, 0) if cfg.attention == "local" else None
     return jax.nn.dot_product_attention(
-        q_BTNK, k_BSGK, v_BSGK, is_causal=True, local_window_size=window, implementation=implementation
-    )
+        q_BTNK, k_BSGK, v_BSGK, scale=attention_scale(q_BTNK.shape[-1], cfg), is_causal=True,
+        local_window_size=window, implementation=implementation)
 
 
 def cudnn_attention(q_BTNK, k_BSGK, v_BSGK, cfg: ModelConfig, implementation: str | None = "cudnn"):
@@ -209,7 +243,7 @@ def _splash_local(q_BTNK, k_BSGK, v_BSGK, seg_BT=None, *, cfg: ModelConfig, inte
     from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import SegmentIds
 
     kernel = _splash_kernel(cfg.attention, cfg.window, cfg.stride, q_BTNK.shape[2], q_BTNK.shape[1], interpret)
-    scaled_q = q_BTNK * (q_BTNK.shape[-1] ** -0.5)
+    scaled_q = q_BTNK * attention_scale(q_BTNK.shape[-1], cfg)
     q_BNTK, k_BGSK, v_BGSK = (jnp.swapaxes(x, 1, 2) for x in (scaled_q, k_BSGK, v_BSGK))
     if seg_BT is None:
         out_BNTK = jax.vmap(kernel)(q_BNTK, k_BGSK, v_BGSK)
@@ -252,8 +286,9 @@ class Attention(nn.Module):
         n, g, k = cfg.n_head, cfg.kv_heads, cfg.head_dim
 
         def proj(heads, axes, target, name):
-            return Dense((heads, k), ("embed", axes, "head_dim"), use_bias=cfg.use_bias, init_std=cfg.init_std,
-                         dtype=dtype, lora=lora_spec(cfg, target), deterministic=self.deterministic, name=name)
+            return Dense((heads, k), ("embed", axes, "head_dim"), use_bias=cfg.use_bias,
+                         init_std=hidden_init_std(cfg, cfg.init_std), dtype=dtype, lora=lora_spec(cfg, target),
+                         deterministic=self.deterministic, name=name)
 
         q_BTNK = proj(n, "heads", "q", "query")(x_BTD)
         k_BTGK = proj(g, "kv_heads", "k", "key")(x_BTD)
@@ -267,12 +302,12 @@ class Attention(nn.Module):
 
         new_cache = None
         if layer_cache is not None:
-            cache_k_BSGK, cache_v_BSGK = layer_cache
-            start = (0, ctx.cache_index, 0, 0)
-            cache_k_BSGK = jax.lax.dynamic_update_slice(cache_k_BSGK, k_BTGK.astype(cache_k_BSGK.dtype), start)
-            cache_v_BSGK = jax.lax.dynamic_update_slice(cache_v_BSGK, v_BTGK.astype(cache_v_BSGK.dtype), start)
-            new_cache = (cache_k_BSGK, cache_v_BSGK)
-            k_BSGK, v_BSGK = cache_k_BSGK, cache_v_BSGK
+            new_cache = tuple(jax.lax.dynamic_update_slice(old_BGSK, jnp.swapaxes(new_BTGK, 1, 2).astype(old_BGSK.dtype),
+                                                           (0, 0, ctx.cache_index, 0))
+                              for old_BGSK, new_BTGK in zip(layer_cache, (k_BTGK, v_BTGK)))
+            # several new tokens (prefill): the xla kernel's layout, in float32 (exact for bfloat16 values; XLA CPU
+            # has no bfloat16 batched dot for this transposed operand)
+            k_BSGK, v_BSGK = (jnp.swapaxes(c_BGSK, 1, 2).astype(jnp.float32) for c_BGSK in new_cache)
         else:
             k_BSGK, v_BSGK = k_BTGK, v_BTGK
 
@@ -283,8 +318,12 @@ class Attention(nn.Module):
             out_BTNK = cudnn_attention(q_BTNK, k_BSGK, v_BSGK, cfg)
         elif self.kernel == "splash":
             out_BTNK = splash_attention(q_BTNK, k_BSGK, v_BSGK, cfg, ctx.segment_ids_BT)
+        elif layer_cache is not None and q_BTNK.shape[1] == 1:
+            out_BTNK = decode_attention(q_BTNK, k_BTGK, v_BTGK, *layer_cache, ctx.cache_index, ctx.mask_BTS,
+                                        ctx.bias_BNTS, attention_scale(k, cfg))
         else:
-            out_BTNK = xla_attention(q_BTNK, k_BSGK, v_BSGK, ctx.mask_BTS, ctx.bias_BNTS, dropout_rng, cfg.dropout)
+            out_BTNK = xla_attention(q_BTNK, k_BSGK, v_BSGK, ctx.mask_BTS, ctx.bias_BNTS, dropout_rng, cfg.dropout,
+                                     attention_scale(k, cfg))
         out_BTNK = checkpoint_name(constrain(out_BTNK, ("batch", "act_length", "act_heads", None)), "attn_out")
         out_BTD = Dense((cfg.d_model,), ("heads", "head_dim", "embed"), n_in=2, use_bias=cfg.use_bias,
                         init_std=self.out_std, dtype=dtype, lora=lora_spec(cfg, "o"), deterministic=self.deterministic,

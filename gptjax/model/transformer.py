@@ -12,6 +12,7 @@ from gptjax.config import ModelConfig
 from gptjax.model.attention import AttnContext, Attention, KVCache, attention_mask, choose_kernel
 from gptjax.model.layers import Dropout, Mlp, Norm, matmul_2d, alibi_bias, normal_init, rope_angles, sinusoidal_table
 from gptjax.model.lora import lora_spec
+from gptjax.model.mup import hidden_init_std, output_multiplier
 from gptjax.parallel.rules import constrain
 
 PADDED_LOGIT = -1e9  # logits of padded vocabulary entries: never sampled, ~0 probability, finite (no NaN in sums)
@@ -34,9 +35,10 @@ class Block(nn.Module):
     def __call__(self, x_BTD, layer_cache, ctx: AttnContext):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
-        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
+        in_std = hidden_init_std(cfg, cfg.init_std)
+        out_std = in_std / math.sqrt(2 * cfg.n_layer)
         attn = Attention(cfg, out_std, self.kernel, self.deterministic, name="attn")
-        mlp = Mlp(cfg.mlp, cfg.gelu_approximate, cfg.d_model, cfg.ff_dim, cfg.use_bias, cfg.init_std, out_std, dtype,
+        mlp = Mlp(cfg.mlp, cfg.gelu_approximate, cfg.d_model, cfg.ff_dim, cfg.use_bias, in_std, out_std, dtype,
                   lora_spec(cfg, "mlp"), self.deterministic, name="mlp")
         norm1 = Norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, name="norm1")
         norm2 = Norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, name="norm2")
@@ -59,8 +61,10 @@ def _block_class(cfg: ModelConfig):
 
 
 def head_logits(x_BTD, head_DV, cfg: ModelConfig) -> jax.Array:
-    """Final-normed hidden states [..., D] -> logits [..., padded_vocab] (float32), padded entries at PADDED_LOGIT."""
-    logits_BTV = matmul_2d(x_BTD, head_DV, 1, jnp.dtype(cfg.dtype))
+    """Final-normed hidden states [..., D] -> logits [..., padded_vocab] (float32), padded entries at PADDED_LOGIT.
+
+    Under model.parametrization=mup the logits carry μP's readout multiplier 1/m (gptjax.model.mup)."""
+    logits_BTV = matmul_2d(x_BTD, head_DV, 1, jnp.dtype(cfg.dtype)) * output_multiplier(cfg)
     if cfg.padded_vocab != cfg.vocab_size:
         logits_BTV = jnp.where(jnp.arange(cfg.padded_vocab) < cfg.vocab_size, logits_BTV, PADDED_LOGIT)
     return logits_BTV
@@ -135,22 +139,27 @@ class Transformer(nn.Module):
         )
         kernel = choose_kernel(cfg, length, decoding=cache is not None,
                                dropout=not deterministic and cfg.dropout > 0, packed=custom_layout)
-        kv_LBSGK = (cache.k_LBSGK, cache.v_LBSGK) if cache is not None else None
+        kv_LBGSK = (cache.k_LBGSK, cache.v_LBGSK) if cache is not None else None
         block_cls = _block_class(cfg)
         if cfg.scan_layers:
             stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                             in_axes=(0, nn.broadcast), length=cfg.n_layer,
                             metadata_params={nn.PARTITION_NAME: "layers"})
-            x_BTD, new_kv = stack(cfg, kernel, deterministic, name="layers")(x_BTD, kv_LBSGK, ctx)
+            x_BTD, new_kv = stack(cfg, kernel, deterministic, name="layers")(x_BTD, kv_LBGSK, ctx)
         else:
             new_k, new_v = [], []
             for i in range(cfg.n_layer):
-                layer_cache = (kv_LBSGK[0][i], kv_LBSGK[1][i]) if cache is not None else None
+                layer_cache = (kv_LBGSK[0][i], kv_LBGSK[1][i]) if cache is not None else None
                 x_BTD, layer_new = block_cls(cfg, kernel, deterministic, name=f"layer_{i}")(x_BTD, layer_cache, ctx)
                 if cache is not None:
                     new_k.append(layer_new[0])
                     new_v.append(layer_new[1])
-            new_kv = (jnp.stack(new_k), jnp.stack(new_v)) if cache is not None else None
+            if cache is None:
+                new_kv = None
+            elif isinstance(cache.k_LBGSK, tuple):  # per-layer buffers stay apart (see KVCache)
+                new_kv = (tuple(new_k), tuple(new_v))
+            else:
+                new_kv = (jnp.stack(new_k), jnp.stack(new_v))
 
         if cfg.norm_placement == "pre":
             x_BTD = Norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, name="norm_f")(x_BTD)

@@ -232,10 +232,9 @@ def saved_mask_of(cfg, meta: dict):
     """The trainable mask a checkpoint was saved with (None: it holds every param)."""
     if meta.get("saved_params") != "trainable":
         return None
-    from gptjax.train.freeze import trainable_mask
-    import flax.linen as nn
+    from gptjax.train.finetune import run_trainable_mask
 
-    return trainable_mask(cfg.finetune.freeze, cfg.model, nn.unbox(abstract_params(cfg.model)))
+    return run_trainable_mask(cfg)
 
 
 def base_model_params(meta: dict, target):
@@ -258,8 +257,8 @@ def base_model_params(meta: dict, target):
         key = param_key(path)
         if key in have and tuple(have[key].shape) == tuple(abstract.shape):
             return jax.device_put(np.asarray(have[key], abstract.dtype), abstract.sharding)
-        if is_new_param(path):
-            return jax.device_put(np.zeros(abstract.shape, abstract.dtype), abstract.sharding)
+        if is_new_param(path) or (key in have and key in ("embedding", "lm_head")):  # new, or widened by added tokens:
+            return jax.device_put(np.zeros(abstract.shape, abstract.dtype), abstract.sharding)  # saved, so replaced
         raise GptjaxError(f"the base model {source} has no param {key} of shape {tuple(abstract.shape)}, which this "
                           f"finetune's checkpoint expects from it; it changed since the finetune started")
 

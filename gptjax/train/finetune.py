@@ -21,10 +21,15 @@ REFERENCE_CACHE = "reference_logprobs.npz"
 
 
 def finetune_tokenizer(cfg: Config, source) -> tokenizers.Tokenizer:
-    """The base model's (`train.init_from`) tokenizer: finetuning data are text records tokenized with it."""
+    """The base model's (`train.init_from`) tokenizer, which the records are tokenized with; the chat template adds
+    its role tokens (gptjax.data.sft.CHAT_TOKENS) after the base's vocabulary."""
+    from gptjax.data.sft import CHAT_TOKENS
+
     if source.tokenizer is None:
         raise GptjaxError(f"train.init_from={cfg.train.init_from} has no tokenizer (a weights-only import), and "
                           f"finetuning reads text records; import it again with --tokenizer-dir")
+    if adds_tokens(cfg):
+        return tokenizers.WithSpecialTokens(source.tokenizer, CHAT_TOKENS)
     return source.tokenizer
 
 
@@ -37,7 +42,14 @@ def run_trainable_mask(cfg: Config) -> Any | None:
 
     if cfg.train.objective not in config_lib.FINETUNE_OBJECTIVES:
         return None
-    return trainable_mask(cfg.finetune.freeze, cfg.model, nn.unbox(abstract_params(cfg.model, cfg.train.seed)))
+    return trainable_mask(cfg.finetune.freeze, cfg.model, nn.unbox(abstract_params(cfg.model, cfg.train.seed)),
+                          train_embeddings=adds_tokens(cfg))
+
+
+def adds_tokens(cfg: Config) -> bool:
+    """True when the finetune adds special tokens to the base's vocabulary (the chat template's role tokens): their
+    embeddings must learn, so the token embedding (and an untied output head) train under every freeze policy."""
+    return cfg.finetune.template == "chat" and cfg.train.objective in ("sft", "dpo")
 
 
 def _npz_bytes(arrays: dict) -> bytes:

@@ -25,8 +25,9 @@ def is_new_param(path) -> bool:
     return names[-1] in ADAPTER_NAMES or names[0] in HEAD_NAMES
 
 
-def trainable_mask(freeze: str, model_cfg: ModelConfig, params: Any) -> Any | None:
-    """A bool tree shaped like `params` (True = trains) for the policy `freeze`, or None when everything trains."""
+def trainable_mask(freeze: str, model_cfg: ModelConfig, params: Any, train_embeddings: bool = False) -> Any | None:
+    """A bool tree shaped like `params` (True = trains) for the policy `freeze`, or None when everything trains.
+    `train_embeddings` also trains the token embedding and an untied output head (new tokens must learn theirs)."""
     kind, blocks = freeze_policy(freeze)
     if kind == "none":
         return None
@@ -34,7 +35,7 @@ def trainable_mask(freeze: str, model_cfg: ModelConfig, params: Any) -> Any | No
 
     def trains(path, _) -> bool:
         names = _names(path)
-        if names[0] in HEAD_NAMES:
+        if names[0] in HEAD_NAMES or (train_embeddings and names[0] in ("embedding", "lm_head")):
             return True
         if kind == "lora":
             return names[-1] in ADAPTER_NAMES

@@ -132,7 +132,7 @@ def init_params_from(source: Any, cfg: Config, tok: tokenizers.Tokenizer, step: 
     if source.tokenizer is None:
         note(f"train.init_from={path} has no tokenizer; its token ids are taken to mean what {tok.kind} (vocab "
              f"{tok.vocab_size}) of the data means")
-    elif tokenizers.fingerprint(source.tokenizer) != tokenizers.fingerprint(tok):
+    elif tokenizers.fingerprint(source.tokenizer) != tokenizers.fingerprint(tokenizers.base_tokenizer(tok)):
         raise GptjaxError(f"train.init_from={path} was trained with another tokenizer than the data's; prepare "
                           f"the data with its tokenizer (`gptjax prepare ... --tokenizer-dir {path}/tokenizer`)")
     have = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(source.params)[0])
@@ -141,6 +141,8 @@ def init_params_from(source: Any, cfg: Config, tok: tokenizers.Tokenizer, step: 
         key = jax.tree_util.keystr(key_path)
         if key not in have and is_new_param(key_path):
             return fresh
+        if key in have and grown_vocabulary(key, have[key].shape, abstract.shape):
+            return jax.device_put(with_source_rows(np.asarray(fresh), np.asarray(have[key]), key), sharding)
         if key not in have or tuple(have[key].shape) != tuple(abstract.shape):
             found = "missing" if key not in have else f"shape {tuple(have[key].shape)}"
             raise GptjaxError(f"train.init_from={path} does not fit this model: param {key} is {found}, the config "
@@ -149,6 +151,27 @@ def init_params_from(source: Any, cfg: Config, tok: tokenizers.Tokenizer, step: 
 
     placed = jax.tree_util.tree_map_with_path(take, params, step.abstract_state.params, step.shardings.params)
     return placed, {"path": str(Path(path).absolute()), "step": source.step}
+
+
+VOCAB_AXIS = {"['embedding']": 0, "['lm_head']": 1}
+
+
+def grown_vocabulary(key: str, source_shape, target_shape) -> bool:
+    """True for a token embedding / output head that the run's larger vocabulary (added tokens) widens."""
+    axis = VOCAB_AXIS.get(key)
+    if axis is None or len(source_shape) != len(target_shape):
+        return False
+    others_equal = all(a == b for i, (a, b) in enumerate(zip(source_shape, target_shape)) if i != axis)
+    return others_equal and source_shape[axis] < target_shape[axis]
+
+
+def with_source_rows(fresh: np.ndarray, source: np.ndarray, key: str) -> np.ndarray:
+    """`fresh` (the run's init) with the source's rows of its vocabulary copied in; added tokens keep their init."""
+    out = fresh.copy()
+    index = [slice(None)] * out.ndim
+    index[VOCAB_AXIS[key]] = slice(0, source.shape[VOCAB_AXIS[key]])
+    out[tuple(index)] = source
+    return out
 
 
 def load_init_source(cfg: Config):

@@ -1,5 +1,8 @@
-"""Learning-rate schedules and the AdamW optimizer (decay on >=2-D weights only, global-norm clipping)."""
+"""Learning-rate schedules and the AdamW optimizer (decay on >=2-D weights only, global-norm clipping,
+per-leaf learning-rate multipliers for μP)."""
 from __future__ import annotations
+
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,15 +45,41 @@ def decay_mask(params):
     return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(t: TrainConfig, trainable=None) -> optax.GradientTransformation:
-    """AdamW after global-norm clipping; with a `trainable` bool tree, frozen leaves get no update and no state.
+def scale_by_multipliers(multiplier_of: Callable[[tuple], float]) -> optax.GradientTransformation:
+    """Multiplies each update leaf by `multiplier_of(key path)` (a Python float fixed at trace time); no state.
+
+    Key paths, not a params-shaped tree: inside `optax.multi_transform` the frozen leaves are MaskedNodes, and the
+    paths of the leaves left are the params' own."""
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree_util.tree_map_with_path(lambda path, u: u * multiplier_of(path), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def adamw(t: TrainConfig, lr_multipliers: Callable[[tuple], float] | None = None) -> optax.GradientTransformation:
+    """optax.adamw's chain (Adam direction, decoupled decay on >=2-D weights, -lr), with per-leaf multipliers on
+    the Adam direction when given: lr·multiplier for the step, lr·wd for the decay (the `mup` package's MuAdamW)."""
+    direction = [optax.scale_by_adam(b1=t.beta1, b2=t.beta2, eps=t.eps)]
+    if lr_multipliers is not None:
+        direction.append(scale_by_multipliers(lr_multipliers))
+    return optax.chain(*direction, optax.add_decayed_weights(t.weight_decay, decay_mask),
+                       optax.scale_by_learning_rate(lr_schedule(t)))
+
+
+def make_optimizer(t: TrainConfig, trainable=None,
+                   lr_multipliers: Callable[[tuple], float] | None = None) -> optax.GradientTransformation:
+    """AdamW after global-norm clipping; with a `trainable` bool tree, frozen leaves get no update and no state;
+    with `lr_multipliers` (key path -> float, e.g. `gptjax.model.mup.adam_lr_multipliers`), per-leaf learning rates.
 
     The state's structure does not depend on the values of the optimizer settings (clipping is always in the chain,
-    inf when off), so a resumed run may change lr, clipping, decay or betas and still restore its moments."""
-    adamw = optax.chain(
+    inf when off; the multipliers add one stateless stage whatever their values), so a resumed run may change lr,
+    clipping, decay or betas and still restore its moments."""
+    optimizer = optax.chain(
         optax.clip_by_global_norm(t.grad_clip if t.grad_clip > 0 else float("inf")),
-        optax.adamw(lr_schedule(t), b1=t.beta1, b2=t.beta2, eps=t.eps, weight_decay=t.weight_decay, mask=decay_mask))
+        adamw(t, lr_multipliers))
     if trainable is None:
-        return adamw
+        return optimizer
     labels = jax.tree_util.tree_map(lambda keep: "train" if keep else "frozen", trainable)
-    return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
+    return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)

@@ -17,6 +17,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from gptjax.config import FINETUNE_OBJECTIVES, Config
+from gptjax.model.mup import adam_lr_multipliers
 from gptjax.model.transformer import Transformer
 from gptjax.parallel.rules import batch_sharding, use_rules
 from gptjax.train.objectives import Objective, batch_format, make_objective
@@ -181,7 +182,7 @@ def build_step(cfg: Config, mesh: Mesh, *, objective: Objective | None = None, t
     leaves (no gradient, no optimizer state); `frozen_example` (a params-shaped tree, e.g. a DPO reference) is
     carried in the state beside the trainable params, sharded like them."""
     model = Transformer(cfg.model)
-    optimizer = make_optimizer(cfg.train, trainable)
+    optimizer = make_optimizer(cfg.train, trainable, adam_lr_multipliers(cfg.model))
     objective = objective or make_objective(cfg)
     shardings, abstract_state = state_shardings(model, optimizer, cfg, mesh, frozen_example)
     in_sharding = batch_sharding(mesh)
