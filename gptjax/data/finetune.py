@@ -259,8 +259,7 @@ class EpochStream:
     def _locate(self, row: int) -> tuple[int, int]:
         while not self.counts or sum(self.counts) <= row:
             epoch = len(self.counts)
-            rows = self.data.epoch_rows(self.seed, epoch) if epoch not in self._cache else self._cache[epoch]
-            self.counts.append(len(next(iter(rows.values()))))
+            self.counts.append(len(next(iter(self._epoch(epoch).values()))))
         starts = np.concatenate([[0], np.cumsum(self.counts)])
         epoch = int(np.searchsorted(starts, row, side="right") - 1)
         return epoch, row - int(starts[epoch])

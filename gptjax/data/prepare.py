@@ -19,6 +19,7 @@ from gptjax.data.pipeline import FORMAT_VERSION, run_pipeline
 from gptjax.data.pipeline.settings import OUTPUT_INDEPENDENT
 from gptjax.data.stages import doc_in_val
 from gptjax.errors import GptjaxError
+from gptjax.fileio import sha256_file
 
 BUNDLED = {
     "shakespeare_char": {"inputs": ("tinyshakespeare.txt",), "tokenizer": "char"},
@@ -99,7 +100,7 @@ def resolve_data(data_cfg: DataConfig) -> Path:
         "v": FORMAT_VERSION, "tokenizer": kind, "vocab_size": data_cfg.vocab_size if kind == "sentencepiece" else 0,
         "tokenizer_dir": str(Path(data_cfg.tokenizer_dir).resolve()) if data_cfg.tokenizer_dir else "",
         "val_fraction": data_cfg.val_fraction,
-        "inputs": [(p, os.path.getsize(p), _file_sha256(Path(p))) for p in inputs],
+        "inputs": [(p, os.path.getsize(p), sha256_file(p)) for p in inputs],
     }
     if _changed_prepare_settings(data_cfg.prepare):
         key_src["prepare"] = _changed_prepare_settings(data_cfg.prepare)
@@ -128,11 +129,3 @@ def _changed_prepare_settings(prepare: PrepareConfig) -> dict:
     if prepare.dedup == "near":  # near dedup's defaults have changed before: its settings always enter the key
         changed.update({name: getattr(prepare, name) for name in NEAR_DEDUP_SETTINGS})
     return changed
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -170,8 +170,3 @@ def split_records(task: str, path: Path) -> dict[str, list[dict]]:
                           f"is empty")
     return splits
 
-
-def records_fingerprint(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()

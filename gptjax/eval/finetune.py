@@ -15,10 +15,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gptjax.data.finetune import FinetuneData, load_finetune_data
-from gptjax.data.records import records_fingerprint
 from gptjax.errors import GptjaxError
 from gptjax.eval.suite import data_digest, mean_stderr, model_info
-from gptjax.fileio import write_json_atomic
+from gptjax.fileio import sha256_file, write_json_atomic
 from gptjax.train.objectives import classify_terms, dpo_terms, pair_logprobs, sequence_logprobs
 
 
@@ -87,7 +86,7 @@ def evaluate_finetune(lm, workdir: str, split: str = "test", batch_size: int = 1
     metrics = {**score_split(lm, data, split, batch_size), "split": split}
     task = lm.cfg.finetune.task
     document = {"results": {task: metrics}, "model": model_info(lm, workdir),
-                "data": {task: data_digest({str(data.path): records_fingerprint(data.path)})}}
+                "data": {task: data_digest({str(data.path): sha256_file(data.path)})}}
     if out:
         write_json_atomic(out, document)
     return document

@@ -62,11 +62,10 @@ def attach_reference_logprobs(data, step, reference_params: Callable[[], Any], w
     """DPO with finetune.reference=precomputed: the reference's summed log-probs of every chosen and rejected
     response of every split, attached to `data` (a FinetuneData). Computed once and cached in the workdir, keyed by
     the records, the template and the reference; `reference_params` is called only when they must be computed."""
-    from gptjax.data.records import records_fingerprint
     from gptjax.train.objectives import pair_logprobs
 
     cache = workdir / REFERENCE_CACHE
-    key = f"{records_fingerprint(data.path)}:{step.cfg.finetune.template}:{Path(step.cfg.train.init_from).absolute()}"
+    key = f"{fileio.sha256_file(data.path)}:{step.cfg.finetune.template}:{Path(step.cfg.train.init_from).absolute()}"
     if cache.is_file():
         stored = np.load(cache)
         if str(stored["key"]) == key:

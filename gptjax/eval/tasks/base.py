@@ -8,12 +8,12 @@ A task module turns local data files into one of three item kinds, each matching
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Callable, Iterator, Union
 
 from gptjax.errors import GptjaxError
+from gptjax.fileio import sha256_file
 
 TARGET_DELIMITER = " "  # lm-eval's default target_delimiter, put before every continuation
 FEWSHOT_DELIMITER = "\n\n"  # lm-eval's default fewshot_delimiter, after every few-shot answer
@@ -70,11 +70,6 @@ class LoadedTask:
     files: dict[str, str]
     shots: int
     group_categories: dict[str, str] = dataclasses.field(default_factory=dict)  # MMLU: subject -> category
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def task_file(task: str, data_dir: Path, relative: str) -> Path:
