@@ -24,6 +24,8 @@ LM_EVAL_HF = ["accelerate>=0.26"]  # lm-eval's HF backend, the reference the eva
 FINETUNE_REFS = ["peft>=0.13", "trl>=0.12"]  # LoRA and DPO cross-checks (tests only)
 PLOTS = ["matplotlib>=3.8", "scipy>=1.11"]  # ablation reports, scaling-law fits
 DEDUP_REF = ["datatrove>=0.4"]  # near-dedup comparison (benchmarks/prepare.py, tests)
+GCS = ["gcsfs>=2024.2"]  # gs:// workdirs and data (fsspec; orbax writes checkpoints through tensorstore)
+GCS_EMULATOR = ["gcp-storage-emulator>=2024.8"]  # a local GCS stand-in for the gs:// tests
 
 setup(
     name="gptjax",
@@ -38,8 +40,9 @@ setup(
         "hf": HF,
         "eval": EVAL,
         "plots": PLOTS,
-        "test": TEST + HF + EVAL + LM_EVAL_HF + FINETUNE_REFS + PLOTS + DEDUP_REF + ["jax[tpu]"],  # libtpu: compile-check AOT-compiles for TPU here
-        "tpu": ["jax[tpu]"],
+        "gcs": GCS,
+        "test": TEST + HF + EVAL + LM_EVAL_HF + FINETUNE_REFS + PLOTS + DEDUP_REF + GCS + GCS_EMULATOR + ["jax[tpu]"],  # libtpu: compile-check AOT-compiles for TPU here
+        "tpu": ["jax[tpu]"] + GCS,
         "gpu": ["jax[cuda12]"],
     },
     entry_points={

@@ -20,7 +20,6 @@ from gptjax.errors import GptjaxError
 from gptjax.eval import requests as eval_requests
 from gptjax.generate import SamplingParams, check_sampling, check_token_ids, extrapolation, generate_ids
 from gptjax.model.transformer import Transformer
-from gptjax.model.losses import token_nll
 
 EXPORT_MARKER = "gptjax_export.json"
 NO_STOP_ID = -1  # never sampled, so generation runs to max_new_tokens
@@ -88,18 +87,18 @@ class LM:
         out = np.asarray(self._forward(self.params, batch))
         return out[:, : token_ids.shape[1], : self.config.vocab_size]
 
-    def token_logprobs(self, token_ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        """log p(x_t | x_<t) for t = 1..len-1 of each sequence (right-padding never affects real tokens)."""
+    def token_logprobs(self, token_ids: Sequence[Sequence[int]], batch_size: int = 32) -> list[np.ndarray]:
+        """log p(x_t | x_<t) for t = 1..len-1 of each sequence, scored by the eval engine (gptjax/eval/requests.py)."""
         if any(len(t) < 2 for t in token_ids):
             raise GptjaxError("scoring needs sequences of at least 2 tokens")
         check_token_ids(token_ids, self.config.vocab_size)
-        inputs, lengths = self._padded_batch([t[:-1] for t in token_ids])
-        targets = np.zeros_like(inputs)
-        for row, ids in enumerate(token_ids):
-            targets[row, : len(ids) - 1] = ids[1:]
-        logits = self._forward(self.params, inputs)
-        nll = np.asarray(token_nll(logits, jnp.asarray(targets))[0])
-        return [-nll[row, :n] for row, n in enumerate(lengths)]
+        longest = max((len(t) - 1 for t in token_ids), default=0)
+        if longest > self.config.position_limit:
+            raise GptjaxError(f"sequence of {longest} tokens exceeds the model's position limit "
+                              f"{self.config.position_limit}")
+        scores, _ = eval_requests.score_tokens(self.model, self.params, [(t[:1], t[1:]) for t in token_ids],
+                                               self.config.position_limit, batch_size)
+        return [logprob_N for logprob_N, _ in scores]
 
     def score(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> np.ndarray:
         """Summed log-probs of each text; given contexts, of each text as a continuation of its context.
@@ -112,7 +111,7 @@ class LM:
             sequences.append(prefix + tokenizer.encode(text))
             starts.append(len(prefix) - 1)
         logprobs = self.token_logprobs(sequences)
-        return np.array([float(lp[start:].sum()) for lp, start in zip(logprobs, starts)])
+        return np.array([float(lp[start:].sum(dtype=np.float64)) for lp, start in zip(logprobs, starts)])
 
     def generate_ids(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int = 200, temperature: float = 1.0,
                      top_k: int = 0, top_p: float = 1.0, seed: int = 0, chunk: int = 0,
@@ -258,12 +257,20 @@ def load(path: str | Path, step: int | None = None, dtype: str | None = None) ->
     `dtype` ("float32" or "bfloat16") stores the weights and computes in it (`LM.with_dtype`), None as saved."""
     if dtype is not None and dtype not in WEIGHT_DTYPES:  # before reading anything
         raise GptjaxError(f"dtype {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
-    lm = _load(Path(path), step)
+    lm = _load(path, step)
     return lm if dtype is None else lm.with_dtype(dtype)
 
 
-def _load(path: Path, step: int | None) -> LM:
+def _load(location: str | Path, step: int | None) -> LM:
+    from gptjax import fileio
+
+    if fileio.is_remote(location):
+        fileio.check_remote_root(str(location), "model")
+    path = fileio.as_path(location)
     if (path / EXPORT_MARKER).is_file():
+        if fileio.is_remote(location):
+            raise GptjaxError(f"{location} is a gptjax export; exports load from local directories only: copy it "
+                              f"(`gcloud storage cp -r {location} DIR`) and load DIR")
         from gptjax.interop.native import load_export
 
         return load_export(path)

@@ -212,3 +212,75 @@ def test_hidden_states_and_head_give_the_logits(lm):
     assert hidden.shape == (2, 4, lm.config.d_model)
     np.testing.assert_allclose(head_logits(hidden, head_matrix(lm.params, lm.config), lm.config),
                                logits, atol=1e-5, rtol=1e-5)
+
+
+def _mmlu_like_subject(rng: random.Random, subject: str, n_questions: int, shots: int) -> list[tuple[str, str]]:
+    """lm-eval MMLU's requests for one subject: its header and `shots` dev examples before every question."""
+    from gptjax.eval.tasks import mmlu
+
+    def row() -> list[str]:
+        return [_text(rng, rng.randint(5, 25))] + [_text(rng, rng.randint(1, 4)) for _ in range(4)] + ["B"]
+
+    prefix = mmlu.fewshot_prefix(subject, [row() for _ in range(shots)], shots)
+    questions = [mmlu.question_block(row()) for _ in range(n_questions)]
+    return [(prefix + question, f" {letter}") for question in questions for letter in "ABCD"]
+
+
+def _alone(lm, pairs) -> list[tuple[float, bool]]:
+    return [eval_requests.score_pairs(lm.model, lm.params, [pair], lm.config.block_size, batch_size=1)[0]
+            for pair in pairs]
+
+
+def test_shared_prefix_scores_as_each_request_alone(lm):
+    """Questions sharing a few-shot prefix run it once into a KV cache, each question on top of it: the same
+    log-likelihoods and greedy flags as scoring every request alone — for groups sharing a long prefix, contexts
+    sharing none, and a context left-truncated past block_size (it keeps only the tokens it really shares)."""
+    rng = random.Random(11)
+    encode = lm.tokenizer.encode
+    texts = _mmlu_like_subject(rng, "college_physics", 3, shots=2) + _mmlu_like_subject(rng, "anatomy", 2, shots=1)
+    pairs = [eval_requests.encode_pair(encode, context, continuation, lm.tokenizer.eot_id)
+             for context, continuation in texts]
+    unrelated = [([rng.randrange(50257) for _ in range(rng.randint(5, 30))], [rng.randrange(50257)])
+                 for _ in range(4)]
+    truncated = (pairs[0][0] + [rng.randrange(50257) for _ in range(300)], pairs[0][1])
+    groups = {"few-shot": pairs, "no shared prefix": unrelated, "with a truncated context": pairs[:8] + [truncated]}
+    plan_of = {}
+    for name, group in groups.items():
+        rows, _ = eval_requests.plan_rows(group, lm.config.block_size)
+        plan_of[name] = eval_requests.group_rows(rows)
+        for batch_size in (3, 16):
+            shared = eval_requests.score_pairs(lm.model, lm.params, group, lm.config.block_size, batch_size)
+            alone = _alone(lm, group)
+            np.testing.assert_allclose([s for s, _ in shared], [s for s, _ in alone], atol=1e-5, rtol=0,
+                                       err_msg=f"{name}, batch {batch_size}")
+            assert [g for _, g in shared] == [g for _, g in alone], name
+    plain, few_shot = plan_of["few-shot"]
+    header = len(encode("The following are multiple choice questions (with answers) about"))
+    assert not plain and len(few_shot) == 2 and all(len(g.stem) > 3 * header for g in few_shot)
+    assert [len(g.rows) for g in few_shot] == [3, 2]  # one row per question: its 4 answers share it
+    assert plan_of["no shared prefix"][1] == []
+    plain, with_truncated = plan_of["with a truncated context"]
+    assert len(plain) == 1 and plain[0].tokens[0] != pairs[0][0][0]  # the truncated row starts mid-context
+
+
+def test_best_groups_weighs_a_shared_stem_against_running_rows_whole():
+    # rows 0-2 share 40 tokens, rows 3-4 share 2 (not worth a stem run), row 5 shares nothing
+    assert eval_requests.best_groups([50, 60, 45, 30, 30, 20], [40, 40, 0, 2, 0], overhead=16) == [(0, 2, 40)]
+    # a short stem shared by many rows beats a long one shared by two
+    lengths, shared = [100] * 6, [30, 10, 10, 10, 10]
+    assert eval_requests.best_groups(lengths, shared, overhead=16) == [(0, 5, 10)]
+    assert eval_requests.best_groups([10], []) == [] and eval_requests.best_groups([], []) == []
+
+
+def test_token_logprobs_score_through_the_engine_as_the_full_logits_say(lm):
+    """LM.token_logprobs (and LM.score on it) runs the eval engine: its per-token log-probs equal log_softmax of
+    the model's full logits, also for a sequence that is a prefix of another (its row is folded into the longer)."""
+    import jax
+
+    sequences = [[5, 6, 7, 8, 9, 10], [5, 6, 7], [300, 200, 100, 50]]
+    for ids, logprob_N in zip(sequences, lm.token_logprobs(sequences, batch_size=2)):
+        expected = jax.nn.log_softmax(lm.logits([ids])[0, :-1], axis=-1)[np.arange(len(ids) - 1), ids[1:]]
+        np.testing.assert_allclose(logprob_N, expected, atol=1e-5, rtol=0)
+    text = lm.tokenizer.encode("The river")
+    assert lm.score(["The river"])[0] == pytest.approx(
+        float(lm.token_logprobs([[lm.tokenizer.eot_id] + text])[0].sum()), abs=1e-5)

@@ -217,3 +217,43 @@ def test_kernel_choice_errors_clearly_and_auto_falls_back():
     with pytest.raises(GptjaxError, match="splash"):
         choose(tiny_model(attention_impl="splash"))
     assert choose(tiny_model(attention_impl="auto")) == "xla"
+
+
+def _dot_operand_dtypes(jaxpr) -> list[tuple[str, str]]:
+    """The operand dtypes of every dot_general in `jaxpr`, nested jaxprs (custom_vjp, pjit) included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", None)
+            if inner is not None:
+                found += _dot_operand_dtypes(getattr(inner, "jaxpr", inner))
+    return found
+
+
+def test_bf16_matmul_gradients_run_bf16_dots_with_float32_results():
+    """einsum_f32 on CPU: all three GEMMs of a bf16 layer take bf16 operands (XLA's CPU backend runs a dot with a
+    float32 cotangent operand as a float32 GEMM), the kernel's gradient comes back float32, close to the float32
+    layer's; at float32 it is exactly jnp.dot."""
+    from gptjax.model.layers import einsum_f32
+
+    x = jax.random.normal(jax.random.key(0), (64, 48))
+    w = jax.random.normal(jax.random.key(1), (48, 32)) * 0.1
+
+    def loss(x, w, dtype):
+        y = einsum_f32("mk,kn->mn", x, w, dtype).astype(dtype)
+        return jnp.sum(jnp.tanh(y.astype(jnp.float32)) ** 2)
+
+    grad = jax.grad(loss, argnums=(0, 1))
+    exact = grad(x, w, jnp.float32)
+    reference = jax.grad(lambda x, w: jnp.sum(jnp.tanh(jnp.dot(x, w)) ** 2), argnums=(0, 1))(x, w)
+    assert all(np.array_equal(a, b) for a, b in zip(exact, reference))
+    assert np.array_equal(einsum_f32("mk,kn->mn", x, w, jnp.float32), jnp.dot(x, w))
+
+    low = grad(x, w, jnp.bfloat16)
+    assert [g.dtype for g in low] == [jnp.float32, jnp.float32]
+    for g, r in zip(low, reference):
+        assert float(jnp.abs(g - r).max()) < 0.03 * float(jnp.abs(r).max())
+    dots = _dot_operand_dtypes(jax.make_jaxpr(grad, static_argnums=2)(x, w, jnp.bfloat16).jaxpr)
+    assert len(dots) == 3 and all(pair == ("bfloat16", "bfloat16") for pair in dots), dots

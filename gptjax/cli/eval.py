@@ -79,8 +79,11 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         document = evaluate_finetune(lm, args.workdir, args.split or "test", args.batch_size, args.out)
         print(json.dumps(document["results"]))
         return 0
-    data_dir = Path(args.data or lm.meta.get("data_dir", ""))
-    if not args.data and not data_dir.name:
+    from gptjax.data.prepare import local_data_dir
+
+    recorded = args.data or lm.meta.get("data_dir", "")
+    if not recorded:
         raise GptjaxError("this model does not record its data dir; pass --data DIR")
+    data_dir = local_data_dir(recorded, lm.cfg.data)  # a gs:// dataset is read from its local cache copy
     print(json.dumps(evaluate_split(lm, data_dir, args.split or "val", args.batch_size, args.max_tokens)))
     return 0

@@ -19,6 +19,7 @@ from gptjax.data.pipeline import FORMAT_VERSION, run_pipeline
 from gptjax.data.pipeline.settings import OUTPUT_INDEPENDENT
 from gptjax.data.stages import doc_in_val
 from gptjax.errors import GptjaxError
+from gptjax import fileio
 from gptjax.fileio import sha256_file
 
 BUNDLED = {
@@ -28,7 +29,7 @@ BUNDLED = {
 }
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 __all__ = ["BUNDLED", "BUNDLED_DIR", "FORMAT_VERSION", "cache_root", "doc_in_val", "expand_inputs", "mixture_entries",
-           "prepare", "resolve_data"]
+           "local_data_dir", "prepare", "resolve_data"]
 
 
 def expand_inputs(patterns: list[str] | tuple[str, ...]) -> list[Path]:
@@ -50,6 +51,19 @@ def cache_root(data_cfg: DataConfig) -> Path:
     return Path(data_cfg.cache_dir or os.environ.get("GPTJAX_CACHE") or Path.home() / ".cache" / "gptjax")
 
 
+def local_data_dir(path: str | Path, data_cfg: DataConfig | None = None) -> Path:
+    """A prepared data directory as a local path. A gs:// one is copied once into the cache
+    (`$GPTJAX_CACHE/remote/`, keyed by the URL and its objects' generations, so a changed dataset is fetched again),
+    since grain and the memory-mapped shards read local files."""
+    if not fileio.is_remote(path):
+        return Path(path)
+    fileio.check_remote_root(str(path), "data")
+    if not (fileio.as_path(path) / store.MANIFEST).is_file():
+        raise GptjaxError(f"{path} holds no prepared data (no {store.MANIFEST}); copy a `gptjax prepare` output there "
+                          f"(`gcloud storage cp -r DATA_DIR {path}`) or fix data.path")
+    return fileio.cached_copy(str(path), cache_root(data_cfg or DataConfig()) / "remote")
+
+
 def mixture_entries(data_cfg: DataConfig) -> list[tuple[Path, float]]:
     """(prepared dir, weight) of every `data.mixture` entry "DATA_DIR:WEIGHT", checked: dirs prepared, weights
     positive, one tokenizer for all."""
@@ -62,7 +76,7 @@ def mixture_entries(data_cfg: DataConfig) -> list[tuple[Path, float]]:
             value = float("nan")
         if not sep or not path or not value > 0:
             raise GptjaxError(f"data.mixture entry {entry!r} must be DATA_DIR:WEIGHT with a positive weight")
-        entries.append((Path(path), value))
+        entries.append((local_data_dir(path, data_cfg), value))
     fingerprints = {}
     for path, _ in entries:
         fingerprints[str(path)] = store.read_manifest(path)["tokenizer"]["fingerprint"]
@@ -83,8 +97,9 @@ def resolve_data(data_cfg: DataConfig) -> Path:
             raise GptjaxError("set either data.path or data.mixture, not both")
         return mixture_entries(data_cfg)[0][0]
     if data_cfg.path:
-        store.read_manifest(data_cfg.path)
-        return Path(data_cfg.path)
+        local = local_data_dir(data_cfg.path, data_cfg)
+        store.read_manifest(local)
+        return local
     if data_cfg.dataset:
         if data_cfg.dataset not in BUNDLED:
             raise GptjaxError(f"unknown bundled dataset '{data_cfg.dataset}' (known: {', '.join(BUNDLED)}); "

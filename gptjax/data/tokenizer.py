@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
-from gptjax.fileio import write_bytes_atomic
+from gptjax.fileio import as_path, makedirs, write_bytes_atomic
 from gptjax.errors import GptjaxError
 
 KINDS = ("char", "sentencepiece", "gpt2_bpe")
@@ -299,8 +299,8 @@ def encode_many(tok: Tokenizer, texts: list[str], num_threads: int = 1) -> list[
 
 
 def save(tok: Tokenizer, directory: str | Path) -> None:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = as_path(directory)  # a local dir or a gs:// workdir's tokenizer/
+    makedirs(directory)
     for name, data in tok.files().items():
         write_bytes_atomic(directory / name, data)
 

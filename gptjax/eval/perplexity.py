@@ -81,7 +81,7 @@ def evaluate_split(lm, data_dir: Path, split: str, batch_size: int, max_tokens: 
                 for i in range(start, min(start + batch_size, n_windows))]
 
     def score(rows: list[list[int]]) -> tuple[float, float]:
-        logprobs = lm.token_logprobs(rows)
+        logprobs = lm.token_logprobs(rows, batch_size)
         return -sum(float(lp.sum()) for lp in logprobs), sum(len(lp) for lp in logprobs)
 
     batches = (windows(start) for start in tqdm(range(0, n_windows, batch_size), desc=f"eval {split}", unit="batch"))

@@ -8,12 +8,16 @@ scores equal `HFLM`'s on the same weights. Speed comes from batching and few com
 - every request becomes one input row `(context + continuation)[-(max_len + 1):][:-1]`; a row that is a prefix of
   another row is not run at all, its scores are read from the longer row (identical (context, continuation) pairs,
   MMLU's one-token answers " A".." D" after one context, a continuation that extends another);
-- rows whose tokens before their first query (a multiple-choice context) are shared run as stem + tail: each
-  distinct stem once into a KV cache, every tail (a few tokens, width buckets from 8) on its stem's cache;
+- rows that share a token prefix before their first queries run as stem + tail: each stem once into a KV cache,
+  every row's tail on it (a multiple-choice context shared by its endings; a few-shot prefix, e.g. MMLU's subject
+  header and dev examples, shared by a task's questions). Groups are chosen on the rows' tokens (after any left
+  truncation), to run the fewest tokens (`group_rows`), so sharing is exact; tails are batched over a stem's cache,
+  their widths bucketed from 8;
 - rows run longest first (lm-eval's Collator order) in batches of `batch_size`, right-padded to a width bucket
   (`bucket_width`) and, for a last partial batch, to a power-of-two row count, so only a handful of shapes compile;
-- one jitted call per batch returns just the queried log-probs and greedy flags: the model returns hidden states,
-  the output projection, logsumexp and argmax run on the queried positions only (no [B, T, V] logits).
+- one jitted call per batch (plus one per batch of stems) returns just the queried log-probs and greedy flags: the
+  model returns hidden states, the output projection, logsumexp and argmax run on the queried positions only (no
+  [B, T, V] logits). `LM.token_logprobs` / `LM.score` score through the same engine.
 """
 from __future__ import annotations
 
@@ -36,19 +40,23 @@ TokenPair = tuple[Sequence[int], Sequence[int]]  # (context ids, continuation id
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HFLM.max_gen_toks
 MIN_WIDTH = 32
 MIN_TAIL_WIDTH = 8  # endings after a shared context are short: 8, 12, 16, 24, 32, ...
+STEM_OVERHEAD = 16  # tokens a separate stem run is charged when choosing groups (one more call, padding)
 
 
 class LoglikelihoodResults(list):
     """(sum of log p(continuation | context), is_greedy) per request, in input order, with batch statistics:
     `n_truncated` requests whose context was cut from the left to fit the model, `n_rows` forward rows run
-    (≤ requests: rows that are prefixes of others are shared), `shapes` the batch shapes used: (rows, width,
-    queries), or (contexts, context width, rows, width, queries) for rows that share a context."""
+    (≤ requests: rows that are prefixes of others are shared), `n_stems` shared prefixes run once into a KV cache
+    for the rows after them, `shapes` the batch shapes used: (rows, width, queries), or (stems, stem width, rows,
+    tail width, queries) for rows run on a shared stem."""
 
-    def __init__(self, scores=(), n_truncated: int = 0, n_rows: int = 0, shapes: frozenset = frozenset()):
+    def __init__(self, scores=(), n_truncated: int = 0, n_rows: int = 0, shapes: frozenset = frozenset(),
+                 n_stems: int = 0):
         super().__init__(scores)
         self.n_truncated = n_truncated
         self.n_rows = n_rows
         self.shapes = shapes
+        self.n_stems = n_stems
 
 
 def _widths(minimum: int = MIN_WIDTH) -> Iterator[int]:
@@ -191,16 +199,73 @@ def _batch_arrays(rows: Sequence[_Row], n_rows: int, width: int) -> tuple[np.nda
     return tokens_RW, rows_Q, positions_Q, targets_Q
 
 
-def split_stems(rows: Sequence[_Row]) -> tuple[list[_Row], list[tuple[tuple[int, ...], _Row]]]:
-    """Rows to run whole, and (stem, row) pairs for rows whose tokens before their first query (the stem: a
-    multiple-choice context) are shared with another row, grouped by stem, longest stem first."""
-    by_stem: dict[tuple[int, ...], list[_Row]] = {}
-    for row in rows:
-        by_stem.setdefault(row.tokens[: min(start for _, start, _ in row.queries)], []).append(row)
-    plain = [row for stem, group in by_stem.items() if not stem or len(group) == 1 for row in group]
-    shared = [(stem, row) for stem, group in sorted(by_stem.items(), key=lambda kv: (-len(kv[0]), kv[0]))
-              if stem and len(group) > 1 for row in group]
-    return sorted(plain, key=lambda r: (-len(r.tokens), r.tokens)), shared
+def query_start(row: _Row) -> int:
+    """The row's first queried position: the tokens before it may come from a shared stem's KV cache."""
+    return min(start for _, start, _ in row.queries)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """Length of the longest common prefix of a and b, at most `limit`."""
+    n = min(len(a), len(b), limit)
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def best_groups(lengths: Sequence[int], shared: Sequence[int], overhead: int = STEM_OVERHEAD
+                ) -> list[tuple[int, int, int]]:
+    """(first, last, stem length) of the runs of consecutive sorted rows to score as one stem + tails, chosen to
+    run the fewest tokens: a row alone costs its length, a group its stem once (plus `overhead`) and each row's
+    tokens after the stem. `shared[i]` is the prefix rows i and i + 1 may share. Exact over the tree of shared-
+    prefix intervals (an interval's stem is the least `shared` inside it); rows in no group run whole."""
+    if not lengths:
+        return []
+    ends = np.concatenate([[0], np.cumsum(lengths)])
+    solved: dict[tuple[int, int], tuple[int, list[tuple[int, int, int]]]] = {}
+    stack = [(0, len(lengths) - 1)]
+    while stack:  # post-order over the interval tree, without recursion (it can be deep)
+        lo, hi = stack[-1]
+        if lo == hi:
+            solved[lo, hi] = (lengths[lo], [])
+            stack.pop()
+            continue
+        stem = min(shared[lo:hi])
+        cuts = [j for j in range(lo, hi) if shared[j] == stem]
+        children = list(zip([lo] + [j + 1 for j in cuts], cuts + [hi]))
+        pending = [child for child in children if child not in solved]
+        if pending:
+            stack.extend(pending)
+            continue
+        stack.pop()
+        split_cost = sum(solved[child][0] for child in children)
+        whole_cost = overhead + stem + int(ends[hi + 1] - ends[lo]) - (hi - lo + 1) * stem
+        if stem and whole_cost < split_cost:
+            solved[lo, hi] = (whole_cost, [(lo, hi, stem)])
+        else:
+            solved[lo, hi] = (split_cost, [group for child in children for group in solved[child][1]])
+        for child in children:
+            del solved[child]
+    return solved[0, len(lengths) - 1][1]
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Rows that share `stem`, the tokens before their first queries: the stem runs once into a KV cache."""
+    stem: tuple[int, ...]
+    rows: list[_Row]
+
+
+def group_rows(rows: Sequence[_Row]) -> tuple[list[_Row], list[_Group]]:
+    """Rows to run whole (longest first), and groups of rows sharing a token prefix before their first query
+    (longest stem first; in a group, longest row first): a multiple-choice context shared by its endings, a
+    few-shot prefix shared by a task's questions. Prefixes are compared on the rows' tokens, after any left
+    truncation, so a stem is exact: the same tokens at the same positions."""
+    order = sorted(rows, key=lambda r: r.tokens)
+    shared = [common_prefix(a.tokens, b.tokens, min(query_start(a), query_start(b))) for a, b in zip(order, order[1:])]
+    groups = [_Group(order[lo].tokens[:stem], sorted(order[lo: hi + 1], key=lambda r: (-len(r.tokens), r.tokens)))
+              for lo, hi, stem in best_groups([len(row.tokens) for row in order], shared)]
+    grouped = {id(row) for group in groups for row in group.rows}
+    plain = [row for row in order if id(row) not in grouped]
+    return (sorted(plain, key=lambda r: (-len(r.tokens), r.tokens)),
+            sorted(groups, key=lambda g: (-len(g.stem), g.stem)))
 
 
 def tail_row(stem: Sequence[int], row: _Row) -> _Row:
@@ -209,22 +274,30 @@ def tail_row(stem: Sequence[int], row: _Row) -> _Row:
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def shared_stem_logprobs(params, stem_tokens_SC, stem_len_S, stem_of_R, tail_tokens_RT, tail_len_R, rows_Q,
-                         positions_Q, targets_Q, *, model: Transformer):
-    """query_logprobs for rows = stem + tail: each distinct stem runs once into a KV cache, every tail runs on its
-    stem's cache (padding slots carry segment 0, so real tokens never attend to them)."""
-    cfg = model.cfg
-    (n_stems, stem_width), tail_width = stem_tokens_SC.shape, tail_tokens_RT.shape[1]
+def stem_cache(params, stem_tokens_SC, stem_len_S, *, model: Transformer) -> KVCache:
+    """The KV cache of each stem, right-padded (padding slots carry segment 0, so real tokens never attend to them)."""
+    n_stems, stem_width = stem_tokens_SC.shape
     stem_seg_SC = (jnp.arange(stem_width) < stem_len_S[:, None]).astype(jnp.int32)
     _, cache = model.apply({"params": params}, stem_tokens_SC, segment_ids_BT=stem_seg_SC, return_hidden=True,
-                           cache=init_cache(cfg, n_stems, stem_width + tail_width))
-    cache = KVCache(cache.k_LBGSK[:, stem_of_R], cache.v_LBGSK[:, stem_of_R], cache.pos_BS[stem_of_R],
-                    cache.seg_BS[stem_of_R], cache.index)
+                           cache=init_cache(model.cfg, n_stems, stem_width))
+    return cache
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def tail_logprobs(params, cache: KVCache, stem_len_S, stem_of_R, tail_tokens_RT, tail_len_R, rows_Q, positions_Q,
+                  targets_Q, *, model: Transformer):
+    """query_logprobs for rows = stem + tail: each tail runs on a copy of its stem's cache, with room for it."""
+    cfg = model.cfg
+    tail_width = tail_tokens_RT.shape[1]
+    kv_pad, slot_pad = ((0, 0),) * 3 + ((0, tail_width), (0, 0)), ((0, 0), (0, tail_width))
+    row_cache = KVCache(jnp.pad(cache.k_LBGSK[:, stem_of_R], kv_pad), jnp.pad(cache.v_LBGSK[:, stem_of_R], kv_pad),
+                        jnp.pad(cache.pos_BS[stem_of_R], slot_pad), jnp.pad(cache.seg_BS[stem_of_R], slot_pad),
+                        cache.index)
     # padding positions past the table are clipped (they are masked anyway; an out-of-range gather would be NaN)
     tail_pos_RT = jnp.minimum(stem_len_S[stem_of_R][:, None] + jnp.arange(tail_width), cfg.position_limit - 1)
     tail_seg_RT = (jnp.arange(tail_width) < tail_len_R[:, None]).astype(jnp.int32)
     hidden_RTD, _ = model.apply({"params": params}, tail_tokens_RT, positions_BT=tail_pos_RT,
-                                segment_ids_BT=tail_seg_RT, cache=cache, return_hidden=True)
+                                segment_ids_BT=tail_seg_RT, cache=row_cache, return_hidden=True)
     return target_logprobs(params, hidden_RTD[rows_Q, positions_Q], targets_Q, cfg)
 
 
@@ -239,59 +312,86 @@ def _plain_batches(model: Transformer, params, rows: Sequence[_Row], max_len: in
         yield batch, *map(np.asarray, query_logprobs(params, *arrays, model=model)), arrays[0].shape + arrays[1].shape
 
 
-def _stem_arrays(batch: Sequence[tuple[tuple[int, ...], _Row]], batch_size: int, max_len: int
-                 ) -> tuple[np.ndarray, ...]:
-    """Distinct stems [S, C] (padded as rows are), their lengths [S], and each row's stem index and tail length
-    [R] for one batch of (stem, row) pairs."""
-    slot = {stem: s for s, stem in enumerate(dict.fromkeys(stem for stem, _ in batch))}
-    stem_tokens_SC = np.zeros((bucket_rows(len(slot), batch_size), bucket_width(len(batch[0][0]), max_len)), np.int32)
+def stem_batches(groups: Sequence[_Group], batch_size: int) -> Iterator[list[_Group]]:
+    """Consecutive groups whose rows fit one batch (a larger group goes alone): each stem runs once, however many
+    tail batches its rows fill."""
+    batch: list[_Group] = []
+    for group in groups:
+        if batch and sum(len(g.rows) for g in batch) + len(group.rows) > batch_size:
+            yield batch
+            batch = []
+        batch.append(group)
+    if batch:
+        yield batch
+
+
+def _stem_arrays(stems: Sequence[tuple[int, ...]], batch_size: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stems [S, C], padded as rows are (longest first), and their lengths [S]."""
+    stem_tokens_SC = np.zeros((bucket_rows(len(stems), batch_size), bucket_width(len(stems[0]), max_len)), np.int32)
     stem_len_S = np.zeros(len(stem_tokens_SC), np.int32)
-    for stem, s in slot.items():
+    for s, stem in enumerate(stems):
         stem_tokens_SC[s, : len(stem)], stem_len_S[s] = stem, len(stem)
-    stem_of_R, tail_len_R = np.zeros((2, bucket_rows(len(batch), batch_size)), np.int32)
-    for r, (stem, row) in enumerate(batch):
-        stem_of_R[r], tail_len_R[r] = slot[stem], len(row.tokens) - len(stem)
-    return stem_tokens_SC, stem_len_S, stem_of_R, tail_len_R
+    return stem_tokens_SC, stem_len_S
 
 
-def _shared_batches(model: Transformer, params, shared: Sequence[tuple[tuple[int, ...], _Row]], max_len: int,
-                    batch_size: int) -> Iterator[Batch]:
-    for start in range(0, len(shared), batch_size):
-        batch = shared[start: start + batch_size]
-        stem_tokens_SC, stem_len_S, stem_of_R, tail_len_R = _stem_arrays(batch, batch_size, max_len)
-        tail_tokens_RT, *queries = _batch_arrays([tail_row(stem, row) for stem, row in batch], len(stem_of_R),
-                                                 bucket_width(max(tail_len_R), max_len, MIN_TAIL_WIDTH))
-        out = shared_stem_logprobs(params, stem_tokens_SC, stem_len_S, stem_of_R, tail_tokens_RT, tail_len_R,
-                                   *queries, model=model)
-        yield ([row for _, row in batch], *map(np.asarray, out),
-               stem_tokens_SC.shape + tail_tokens_RT.shape + queries[0].shape)
+def _shared_batches(model: Transformer, params, groups: Sequence[_Group], max_len: int, batch_size: int
+                    ) -> Iterator[Batch]:
+    for stem_batch in stem_batches(groups, batch_size):
+        stem_tokens_SC, stem_len_S = _stem_arrays([g.stem for g in stem_batch], batch_size, max_len)
+        cache = stem_cache(params, stem_tokens_SC, stem_len_S, model=model)
+        members = [(s, row) for s, group in enumerate(stem_batch) for row in group.rows]
+        for start in range(0, len(members), batch_size):
+            batch = members[start: start + batch_size]
+            tails = [tail_row(stem_batch[s].stem, row) for s, row in batch]
+            stem_of_R, tail_len_R = np.zeros((2, bucket_rows(len(batch), batch_size)), np.int32)
+            stem_of_R[: len(batch)] = [s for s, _ in batch]
+            tail_len_R[: len(batch)] = [len(tail.tokens) for tail in tails]
+            tail_tokens_RT, *queries = _batch_arrays(tails, len(stem_of_R),
+                                                     bucket_width(max(tail_len_R), max_len, MIN_TAIL_WIDTH))
+            out = tail_logprobs(params, cache, stem_len_S, stem_of_R, tail_tokens_RT, tail_len_R, *queries,
+                                model=model)
+            yield ([row for _, row in batch], *map(np.asarray, out),
+                   stem_tokens_SC.shape + tail_tokens_RT.shape + queries[0].shape)
 
 
-def score_pairs(model: Transformer, params, pairs: Sequence[TokenPair], max_len: int, batch_size: int = 32,
-                progress: bool = False, share_stems: bool = True) -> LoglikelihoodResults:
-    """(sum log p(continuation | context), is_greedy) per (context ids, continuation ids), in input order.
-    share_stems=False runs every row whole (no KV-cache reuse of shared contexts)."""
+TokenScores = tuple[np.ndarray, np.ndarray]  # per continuation token: log p (float32), is it the argmax
+
+
+def score_tokens(model: Transformer, params, pairs: Sequence[TokenPair], max_len: int, batch_size: int = 32,
+                 progress: bool = False, share_stems: bool = True) -> tuple[list[TokenScores], LoglikelihoodResults]:
+    """Per-token log p(continuation | context) and greedy flags per (context ids, continuation ids), in input order,
+    and the batch statistics (a LoglikelihoodResults without scores). share_stems=False runs every row whole (no
+    KV-cache reuse of shared prefixes)."""
     if batch_size < 1:
         raise GptjaxError(f"batch_size={batch_size} must be >= 1")
     rows, n_truncated = plan_rows(pairs, max_len)
-    plain, shared = split_stems(rows) if share_stems else (rows, [])
-    scores: list[tuple[float, bool] | None] = [None] * len(pairs)
+    plain, groups = group_rows(rows) if share_stems else (rows, [])
+    scores: list[TokenScores | None] = [None] * len(pairs)
     shapes = set()
     bar = tqdm(total=len(pairs), desc="loglikelihood", unit="req", disable=not progress)
-    batches = itertools.chain(_shared_batches(model, params, shared, max_len, batch_size),
+    batches = itertools.chain(_shared_batches(model, params, groups, max_len, batch_size),
                               _plain_batches(model, params, plain, max_len, batch_size))
     for batch, logprob_Q, greedy_Q, shape in batches:
         shapes.add(shape)
         q = 0
         for row in batch:
             for request, _, targets in row.queries:
-                n = len(targets)
-                # float64: a float32 running sum near -600 is off by several ulps (lm-eval cross-check)
-                scores[request] = (float(logprob_Q[q: q + n].sum(dtype=np.float64)), bool(greedy_Q[q: q + n].all()))
-                q += n
+                scores[request] = (logprob_Q[q: q + len(targets)], greedy_Q[q: q + len(targets)])
+                q += len(targets)
             bar.update(len(row.queries))
     bar.close()
-    return LoglikelihoodResults(scores, n_truncated, len(rows), frozenset(shapes))
+    return scores, LoglikelihoodResults((), n_truncated, len(rows), frozenset(shapes), len(groups))
+
+
+def score_pairs(model: Transformer, params, pairs: Sequence[TokenPair], max_len: int, batch_size: int = 32,
+                progress: bool = False, share_stems: bool = True) -> LoglikelihoodResults:
+    """(sum log p(continuation | context), is_greedy) per (context ids, continuation ids), in input order
+    (`score_tokens` summed)."""
+    scores, stats = score_tokens(model, params, pairs, max_len, batch_size, progress, share_stems)
+    # float64: a float32 running sum near -600 is off by several ulps (lm-eval cross-check)
+    return LoglikelihoodResults([(float(logprob_N.sum(dtype=np.float64)), bool(greedy_N.all()))
+                                 for logprob_N, greedy_N in scores], stats.n_truncated, stats.n_rows, stats.shapes,
+                                stats.n_stems)
 
 
 def sum_rolling(scores: Sequence[tuple[float, bool]], windows_per_doc: Sequence[int]) -> list[float]:

@@ -23,7 +23,7 @@ from gptjax.errors import GptjaxError
 from gptjax.model.layers import Dense, apply_rope, dropout
 from gptjax.model.lora import lora_spec
 from gptjax.model.mup import attention_scale, hidden_init_std
-from gptjax.parallel.rules import constrain, spec_for
+from gptjax.parallel.rules import constrain, spec_for, target_platform
 
 
 class KVCache(NamedTuple):
@@ -130,14 +130,6 @@ SPLASH_BLOCK = 128  # splash's default q/kv block; its blocks must be multiples 
 CUDNN_MAX_HEAD_DIM = 128
 
 log = logging.getLogger(__name__)
-
-
-def target_platform() -> str:
-    """The platform the traced computation will run on: the current mesh's devices (the compile-check topology's
-    TPUs included), else the default backend. Not the host's devices: an AOT compile targets another platform."""
-    mesh = jax.sharding.get_abstract_mesh()
-    device = None if mesh.empty else mesh.abstract_device
-    return device.platform if device is not None else jax.default_backend()
 
 
 def kernel_unsupported_reason(impl: str, cfg: ModelConfig, platform: str, length: int, decoding: bool,

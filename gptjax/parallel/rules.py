@@ -52,6 +52,14 @@ def use_rules(mesh: Mesh) -> Iterator[None]:
         yield
 
 
+def target_platform() -> str:
+    """The platform the traced computation will run on: the current mesh's devices (the compile-check topology's
+    TPUs included), else the default backend. Not the host's devices: an AOT compile targets another platform."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else mesh.abstract_device
+    return device.platform if device is not None else jax.default_backend()
+
+
 def _mesh_axes_for(name: str | None) -> tuple[str, ...]:
     if name is None:
         return ()

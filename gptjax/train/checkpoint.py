@@ -11,7 +11,6 @@ back to the newest one that restores with a warning naming the bad step, and the
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +18,7 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 
+from gptjax import fileio
 from gptjax.errors import GptjaxError, warn
 from gptjax.train.state import TrainState, abstract_params
 
@@ -97,7 +97,7 @@ class Checkpoints:
 
     def __init__(self, workdir: str | Path, keep: int = 3, async_save: bool = True, saved_mask=None):
         self.saved_mask = saved_mask  # a trainable mask: only those params are saved (`saved_params`)
-        self.workdir = Path(workdir).absolute()
+        self.workdir = fileio.absolute(workdir)  # a gs:// workdir is written by orbax/tensorstore directly
         self.directory = self.workdir / CHECKPOINT_DIR
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
                                                enable_async_checkpointing=async_save)
@@ -179,8 +179,8 @@ class Checkpoints:
         if jax.process_index() != 0:
             return
         aside = self.workdir / UNREADABLE_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-        aside.parent.mkdir(exist_ok=True)
-        shutil.move(str(self.directory / str(step)), str(aside))
+        fileio.makedirs(aside.parent)
+        fileio.move_tree(self.directory / str(step), aside)
         warn(f"moved the unreadable checkpoint step {step} to {aside}")
         self.manager.reload()
 
@@ -198,7 +198,7 @@ def restore_params(workdir: str | Path, step: int | None = None) -> tuple[Any, d
     from gptjax import config as config_lib
     import flax.linen as nn
 
-    directory = Path(workdir).absolute() / CHECKPOINT_DIR
+    directory = fileio.absolute(workdir) / CHECKPOINT_DIR
     manager = ocp.CheckpointManager(directory, item_names=ITEMS)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
@@ -246,7 +246,7 @@ def base_model_params(meta: dict, target):
     from gptjax.train.freeze import is_new_param
 
     source = meta.get("base") or meta["config"]["train"]["init_from"]
-    if not Path(source).exists():
+    if not fileio.as_path(source).exists():
         raise GptjaxError(f"this checkpoint holds only the finetuned params; the rest come from its base model "
                           f"{source} (train.init_from), which is gone: restore it there, or export the finetune "
                           f"while the base exists (gptjax export)")

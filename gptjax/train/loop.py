@@ -150,7 +150,7 @@ def init_params_from(source: Any, cfg: Config, tok: tokenizers.Tokenizer, step: 
         return jax.device_put(np.asarray(have[key], abstract.dtype), sharding)
 
     placed = jax.tree_util.tree_map_with_path(take, params, step.abstract_state.params, step.shardings.params)
-    return placed, {"path": str(Path(path).absolute()), "step": source.step}
+    return placed, {"path": str(fileio.absolute(path)), "step": source.step}
 
 
 VOCAB_AXIS = {"['embedding']": 0, "['lm_head']": 1}
@@ -295,6 +295,7 @@ class Run:
 
     def save(self, state: TrainState) -> None:
         self.checkpoints.save(state, {"grain": self.iterator.get_state(), "step": int(state.step)}, self.meta)
+        self.writer.sync()  # the metrics up to a checkpoint are stored with it (gs://: uploaded)
 
     def close(self, failing: bool) -> None:
         """Closes sinks and waits for the pending save; while another error is in flight a save failure is only
@@ -327,12 +328,6 @@ def local_rows(global_batch):
     return jax.tree_util.tree_map(rows, global_batch)
 
 
-def _remove_orphaned_temp_files(workdir: Path) -> None:
-    for path in workdir.glob(".*.tmp-*"):
-        if path.is_file():
-            path.unlink(missing_ok=True)
-
-
 def _take_lock(workdir: Path):
     if jax.process_index() != 0:
         return None
@@ -343,7 +338,9 @@ def _take_lock(workdir: Path):
 
 def open_run(cfg: Config, workdir: str | Path) -> Run:
     """Sets up (or resumes) the run in `workdir`: validated config, data, state, step, checkpoints, sinks."""
-    workdir = Path(workdir)
+    if fileio.is_remote(workdir):
+        fileio.check_remote_root(str(workdir), "--workdir")
+    workdir = fileio.as_path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise GptjaxError(f"--workdir {workdir} exists and is not a directory")
     setup_compilation_cache(cfg)
@@ -367,7 +364,7 @@ def open_run(cfg: Config, workdir: str | Path) -> Run:
     if (cfg.train.batch_size // cfg.train.grad_accum) % batch_shards:
         raise GptjaxError(f"the microbatch (train.batch_size / grad_accum = {cfg.train.batch_size // cfg.train.grad_accum})"
                           f" must divide by the data*fsdp mesh size {batch_shards}")
-    workdir.mkdir(parents=True, exist_ok=True)
+    fileio.makedirs(workdir)
     lock = _take_lock(workdir)
     try:
         return _open_locked(cfg, workdir, data_dir, manifest, tok, mesh, lock, source, finetune_data)
@@ -379,7 +376,7 @@ def open_run(cfg: Config, workdir: str | Path) -> Run:
 
 def _open_locked(cfg, workdir, data_dir, manifest, tok, mesh, lock, source, finetune_data) -> Run:
     if jax.process_index() == 0:  # the only writer of those files; another process could delete one mid-write
-        _remove_orphaned_temp_files(workdir)
+        fileio.remove_orphaned_temp_files(workdir)
     checkpoints = Checkpoints(workdir, keep=cfg.train.keep_checkpoints, saved_mask=run_trainable_mask(cfg))
     try:
         return _open_with_checkpoints(cfg, workdir, data_dir, manifest, tok, mesh, lock, checkpoints, source,
@@ -430,9 +427,9 @@ def _open_with_checkpoints(cfg, workdir, data_dir, manifest, tok, mesh, lock, ch
     record["changes"] = changes
     if init_record:
         record["init_from"] = init_record
-    meta = checkpoint_meta(cfg, tok, record, data_dir)
+    meta = checkpoint_meta(cfg, tok, record, cfg.data.path if fileio.is_remote(cfg.data.path) else data_dir)
     if mask is not None:
-        meta.update(saved_params="trainable", base=str(Path(cfg.train.init_from).absolute()))
+        meta.update(saved_params="trainable", base=str(fileio.absolute(cfg.train.init_from)))
     if jax.process_index() == 0:
         fileio.write_json_atomic(workdir / "config.json", config_lib.to_dict(cfg))
         fileio.write_json_atomic(workdir / "record.json", record)
@@ -514,6 +511,7 @@ class MetricsLog:
         now = time.perf_counter()
         if self.last_time is not None:
             dt = now - self.last_time
+            values["step_s"] = dt  # this step's wall time (a hook's, e.g. an eval's, is in the step after it)
             self.step_seconds = dt if self.step_seconds is None else 0.9 * self.step_seconds + 0.1 * dt
         self.last_time = now
         postfix = {"loss": f"{values['loss']:.4f}"}

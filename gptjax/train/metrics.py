@@ -13,6 +13,8 @@ from pathlib import Path
 
 import jax
 
+from gptjax import fileio
+
 # Dense bf16 peak FLOP/s per device (per chip on TPU).
 PEAK_FLOPS = (
     ("TPU v6", 918e12), ("TPU v5p", 459e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12), ("TPU v5", 459e12),
@@ -37,17 +39,52 @@ def peak_flops_per_device(override: float = 0.0) -> float:
     return 0.0
 
 
+class _ObjectRecordWriterFactory:
+    """tensorboardX's writer factory for gs:// logdirs, so event files go through gptjax.fileio (the layer every
+    workdir write uses) instead of tensorboardX's own Cloud Storage client."""
+
+    def open(self, path: str) -> fileio.ObjectAppender:
+        return fileio.ObjectAppender(path, binary=True)
+
+    def directory_check(self, path: str) -> None:
+        pass  # object storage has no directories
+
+
+def _import_tensorboardx():
+    """tensorboardX imported without PyTorch: it imports torch, if installed, only to accept torch tensors as values
+    (~1.5 s of every run's start-up here); gptjax logs floats. A torch already imported is left alone."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX handles
+    try:
+        import tensorboardX
+        from tensorboardX import record_writer
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return tensorboardX.SummaryWriter, record_writer
+
+
+def _summary_writer(logdir):
+    SummaryWriter, record_writer = _import_tensorboardx()
+
+    for scheme in fileio.REMOTE_SCHEMES:
+        record_writer.register_writer_factory(scheme.removesuffix("://"), _ObjectRecordWriterFactory())
+    return SummaryWriter(str(logdir))
+
+
 class MetricWriter:
-    """Appends metrics to workdir/metrics.jsonl and TensorBoard event files (process 0 only)."""
+    """Appends metrics to workdir/metrics.jsonl and TensorBoard event files (process 0 only).
+
+    On a gs:// workdir both are objects rewritten whole, at most every fileio.APPEND_UPLOAD_S, and metrics.jsonl
+    also at every checkpoint (`sync`), so the lines up to the step a run resumes from are always stored."""
 
     def __init__(self, workdir: Path, tensorboard: bool):
         self.enabled = jax.process_index() == 0
-        self.jsonl = open(workdir / "metrics.jsonl", "a") if self.enabled else None
+        self.jsonl = fileio.open_append(workdir / "metrics.jsonl") if self.enabled else None
         self.tb = None
         if self.enabled and tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self.tb = SummaryWriter(str(workdir / "tensorboard"))
+            self.tb = _summary_writer(workdir / "tensorboard")
 
     def write(self, step: int, values: dict) -> None:
         if not self.enabled:
@@ -57,6 +94,11 @@ class MetricWriter:
         if self.tb is not None:
             for key, value in values.items():
                 self.tb.add_scalar(key, float(value), step)
+
+    def sync(self) -> None:
+        """Stores every line written so far (they are already in the file locally; uploaded on object storage)."""
+        if isinstance(self.jsonl, fileio.ObjectAppender):
+            self.jsonl.sync()
 
     def close(self) -> None:
         if self.jsonl:
