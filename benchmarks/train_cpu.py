@@ -4,8 +4,8 @@
     python benchmarks/train_cpu.py [--steps 40] [--configs small,medium] [--repeats 3]
 
 With `--nanogpt DIR` (a writable copy of ../shared/anchors/nanoGPT, unmodified) each config runs as whole
-programs, alternating nanoGPT, gptjax and gptjax with bf16 matmuls (A B C A B C, after one warm-up run of each,
-reported apart as the cold-cache figure), and reports per round the
+programs, alternating nanoGPT, gptjax and gptjax with bf16 matmuls (A B C A B C, after one warm-up run of each, reported
+apart; gptjax's persistent compilation cache is left as a user's second run finds it), and reports per round the
 whole-run wall time (process start to exit), the median step time (steps with an evaluation left out) and the
 final val loss, then the median ratios and an equal-loss check. `small` is nanoGPT's README CPU line (4x128,
 block 64, batch 12, 2000 iters, no dropout) against experiments/shakespeare_char_cpu.py; `medium` is nanoGPT's
@@ -97,7 +97,7 @@ def run_torch(config: dict, steps: int, warmup: int) -> float | None:
     return json.loads(out.stdout.strip().splitlines()[-1])["median_ms"]
 
 
-# nanoGPT's README CPU line, and its 6x384 Shakespeare model at batch 16 (a 64-row step takes ~10 s here).
+# nanoGPT's README CPU line, and its 6x384 Shakespeare model at batch 16 (a 64-row step takes ~8 s here).
 NANOGPT_ARGS = {
     "small": ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
               "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
@@ -191,7 +191,7 @@ def versus_nanogpt(args: argparse.Namespace) -> None:
             return (wall, *gptjax_result(where, stdout, eval_every, checkpoint_every))
 
         warmup = {name: run(name, 99) for name in runs}
-        print(f"{config} warm-up (first runs, cold caches): " +
+        print(f"{config} warm-up runs (not in the medians): " +
               ", ".join(f"{n} {w[0]:.1f} s" for n, w in warmup.items()), flush=True)
         for round_ in range(args.rounds):
             for name in runs:
@@ -223,7 +223,7 @@ def rounds_table(config: str, runs: dict, warmup: dict) -> str:
     val_base = float(np.median([r[2] for r in base]))
     lines.append("")
     lines.append(f"nanoGPT: {tokens / float(np.median([r[1] for r in base])):,.0f} tokens/s, val {val_base:.4f}; "
-                 f"first run (cold caches) {warmup['nanoGPT'][0]:.1f} s")
+                 f"warm-up run {warmup['nanoGPT'][0]:.1f} s")
     for name in names[1:]:
         wall = float(np.median([a[0] / b[0] for a, b in zip(base, runs[name])]))
         step = float(np.median([a[1] / b[1] for a, b in zip(base, runs[name])]))
@@ -234,7 +234,7 @@ def rounds_table(config: str, runs: dict, warmup: dict) -> str:
                      f"({tokens / float(np.median([r[1] for r in runs[name]])):,.0f} tokens/s); val "
                      f"{float(np.median(vals)):.4f}, {gap:+.4f} vs nanoGPT with seed spread {spread:.4f}: "
                      f"{'equal loss' if abs(gap) <= 2 * spread else 'NOT equal loss'} (|gap| <= 2 x spread); "
-                     f"first run (cold caches) {warmup[name][0]:.1f} s")
+                     f"warm-up run {warmup[name][0]:.1f} s")
     return "\n".join(lines) + "\n"
 
 
