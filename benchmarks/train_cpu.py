@@ -105,7 +105,7 @@ NANOGPT_ARGS = {
     "medium": ["--device=cpu", "--compile=False", "--eval_iters=10", "--log_interval=1", "--batch_size=16"],
 }
 GPTJAX_EXPERIMENT = {"small": "experiments/shakespeare_char_cpu.py", "medium": "experiments/shakespeare_char.py"}
-EVAL_EVERY = {"small": 250}  # nanoGPT's eval_interval on its CPU line; medium evaluates only at its last step
+EVAL_EVERY = {"small": 250}  # nanoGPT's eval_interval on its CPU line (left out of its step times); medium: last step
 # Seed spread of nanoGPT's recipe, val loss over the whole split, 4 seeds (benchmarks/quality_cpu.py): nanoGPT's
 # train.py fixes its seed, so its spread cannot be measured by running it unmodified.
 NANOGPT_SEED_STD = 0.0142
@@ -145,11 +145,13 @@ def nanogpt_result(stdout: str, eval_every: int) -> tuple[float, float]:
     return float(np.median(times)), float(val[-1])
 
 
-def gptjax_result(workdir: Path, stdout: str, eval_every: int, checkpoint_every: int) -> tuple[float, float]:
-    """(median step seconds, final val loss) from metrics.jsonl; a step read after an eval or a save is left out."""
+def gptjax_result(workdir: Path, stdout: str) -> tuple[float, float]:
+    """(median step seconds, final val loss) from metrics.jsonl; a step read after an eval or a save (the run's own
+    train.eval_every / checkpoint_every) is left out."""
+    train = json.loads((workdir / "config.json").read_text())["train"]
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     times = [r["step_s"] for r in records if "step_s" in r and r["step"] > 2
-             and (r["step"] - 1) % eval_every and (r["step"] - 1) % checkpoint_every]
+             and (r["step"] - 1) % train["eval_every"] and (r["step"] - 1) % train["checkpoint_every"]]
     return float(np.median(times)), float(json.loads(stdout.strip().splitlines()[-1])["val_loss"])
 
 
@@ -178,7 +180,6 @@ def versus_nanogpt(args: argparse.Namespace) -> None:
     sections = []
     for config in args.configs.split(","):
         eval_every = EVAL_EVERY.get(config, args.medium_steps)
-        checkpoint_every = 500 if config == "small" else 1000
         runs: dict[str, list] = {"nanoGPT": [], **{name: [] for name in GPTJAX_VARIANTS}}
 
         def run(name: str, index: int) -> tuple[float, float, float]:
@@ -188,7 +189,7 @@ def versus_nanogpt(args: argparse.Namespace) -> None:
                 return (wall, *nanogpt_result(stdout, eval_every))
             command = gptjax_command(config, where, index, args.medium_steps) + GPTJAX_VARIANTS[name]
             wall, stdout = timed_run(command, REPO, env)
-            return (wall, *gptjax_result(where, stdout, eval_every, checkpoint_every))
+            return (wall, *gptjax_result(where, stdout))
 
         warmup = {name: run(name, 99) for name in runs}
         print(f"{config} warm-up runs (not in the medians): " +
