@@ -268,11 +268,12 @@ def _load(location: str | Path, step: int | None) -> LM:
         fileio.check_remote_root(str(location), "model")
     path = fileio.as_path(location)
     if (path / EXPORT_MARKER).is_file():
-        if fileio.is_remote(location):
-            raise GptjaxError(f"{location} is a gptjax export; exports load from local directories only: copy it "
-                              f"(`gcloud storage cp -r {location} DIR`) and load DIR")
         from gptjax.interop.native import load_export
 
+        if fileio.is_remote(location):  # safetensors are memory-mapped: read from a local copy, fetched once
+            from gptjax.data.prepare import cache_root
+
+            path = fileio.cached_copy(str(location), cache_root(config_lib.DataConfig()) / "remote")
         return load_export(path)
     if not (path / "checkpoints").is_dir():
         raise GptjaxError(f"{path} is neither a training workdir (no checkpoints/) nor a gptjax export ({EXPORT_MARKER})")

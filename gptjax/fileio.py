@@ -60,9 +60,14 @@ def absolute(path: Any):
 
 
 def _remote_fs(url: str):
-    """(fsspec filesystem, its path) of a URL; a missing filesystem package is one clear error."""
+    """(fsspec filesystem, its path) of a URL; a missing filesystem package is one clear error.
+
+    Object listings are never cached (for gs:// and every other fsspec filesystem created after this: orbax's
+    epath paths included, which hold their own instance): a cached listing goes stale as soon as another
+    filesystem instance, tensorstore or another host writes, and a stale one hides a checkpoint that exists."""
     import fsspec
 
+    fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)
     try:
         return fsspec.core.url_to_fs(url)
     except ImportError as error:

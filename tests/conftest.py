@@ -1,16 +1,24 @@
-"""Shared fixtures: a session cache with the bundled Shakespeare prepared once, and tiny configs."""
+"""Shared fixtures: a session cache with the bundled Shakespeare prepared once, tiny configs, and a local GCS
+emulator (tests/gcs_emulator.py) for gs:// workdirs."""
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Read when gcsfs is imported: its experimental bucket-type lookup goes over gRPC, which the emulator does not serve
+# (each lookup would wait 60 s for it).
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 REPO = Path(__file__).resolve().parent.parent
+GCS_BUCKET = "gptjax-test"  # the bucket the `gcs` emulator holds
 
 
 @pytest.fixture(scope="session")
@@ -97,3 +105,68 @@ def gpt2_bpe_model(tmp_path_factory) -> dict:
     native.export_native(LM(cfg, params, tokenizer), root / "gptjax")
     hf.export_hf(cfg, params, tokenizer, root / "hf")
     return {"gptjax": root / "gptjax", "hf": root / "hf", "config": cfg}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _emulator_env(url: str) -> dict:
+    """Everything pointed at the emulator, and every credential lookup kept on this machine (no metadata server)."""
+    return {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
+            "FSSPEC_GS_TOKEN": "anon", "NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:9",
+            "GCE_METADATA_IP": "127.0.0.1:9", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+    """A GCS emulator holding bucket GCS_BUCKET, this process's environment (and so its subprocesses') pointed at
+    it; yields the fsspec filesystem."""
+    pytest.importorskip("gcsfs")
+    pytest.importorskip("gcp_storage_emulator")
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "w")
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "gcs_emulator.py"), "start", "--host", "127.0.0.1",
+                             "--port", str(port), "--in-memory", "--default-bucket", GCS_BUCKET, "-q"],
+                            stdout=log, stderr=log)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("the GCS emulator did not start")
+            time.sleep(0.1)
+    env = _emulator_env(f"http://127.0.0.1:{port}")
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    import fsspec
+
+    fsspec.config.set_conf_env(fsspec.config.conf)  # FSSPEC_GS_TOKEN
+    try:
+        yield fsspec.filesystem("gs")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        fsspec.config.conf.get("gs", {}).pop("token", None)
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def gcs_lines(fs, url: str) -> list[dict]:
+    """The JSON lines of an object, read past fsspec's listing cache."""
+    fs.invalidate_cache()
+    return [json.loads(line) for line in fs.cat_file(url).decode().splitlines()]
+
+
+def gcs_losses(fs, workdir: str) -> dict[int, float]:
+    """The last logged loss per step of a gs:// workdir (a resumed run re-logs the steps after its checkpoint)."""
+    return {r["step"]: r["loss"] for r in gcs_lines(fs, f"{workdir}/metrics.jsonl") if "loss" in r}

@@ -1,10 +1,14 @@
-"""The local GCS emulator the gs:// tests run: gcp-storage-emulator's CLI with two fixes that bring it closer to GCS.
+"""The local GCS emulator the gs:// tests run: gcp-storage-emulator's CLI with fixes that bring it closer to GCS.
 
-- Object downloads carry the generation headers real GCS sends (`x-goog-generation`, `x-goog-metageneration`):
-  tensorstore (orbax's storage layer) reads an object's generation from them for its conditional writes.
+- Object reads (`GET …/o/OBJ?alt=media` and the download routes) carry the generation headers real GCS sends
+  (`x-goog-generation`, `x-goog-metageneration`). tensorstore (orbax's storage layer) takes an object's generation
+  from them and writes OCDBT's `manifest.ocdbt` on the condition that it is unchanged; without them the condition is
+  "Malformed StorageGeneration". The `get` handler calls the module's `download` by name, so both are patched.
+- The generation preconditions GCS honours and the emulator ignores: `ifGenerationMatch` (0 = only if absent) on
+  uploads and reads answers 412, `ifGenerationNotMatch` on a read of that very generation answers 304.
 - Connections are accepted by many threads with a deep backlog (requests are still handled one at a time): the
   emulator's single-threaded HTTP/1.0 server with a backlog of 5 drops some of the many parallel connections an
-  orbax save opens, and tensorstore then fails now and then with "Malformed StorageGeneration".
+  orbax save opens.
 
     python tests/gcs_emulator.py start --host 127.0.0.1 --port PORT --in-memory --default-bucket BUCKET
 """
@@ -12,27 +16,68 @@ from __future__ import annotations
 
 import sys
 import threading
+from http import HTTPStatus
 from http.server import ThreadingHTTPServer
 
 from gcp_storage_emulator import server
 from gcp_storage_emulator.__main__ import main
+from gcp_storage_emulator.exceptions import NotFound
 from gcp_storage_emulator.handlers import objects
+
+_download = objects.download
+_insert = objects.insert
+
+
+def _query(request, name: str) -> str | None:
+    values = request.query.get(name)
+    return values[0] if values else None
+
+
+def _generation(storage, bucket: str, name: str) -> int | None:
+    try:
+        return int(storage.get_file_obj(bucket, name)["generation"])
+    except NotFound:
+        return None
+
+
+def _precondition_failed(response) -> None:
+    response.status = HTTPStatus.PRECONDITION_FAILED
+    response.json({"error": {"code": 412, "message": "At least one of the pre-conditions you specified did not hold.",
+                             "errors": [{"reason": "conditionNotMet", "message": "Precondition Failed"}]}})
 
 
 def download_with_generation(request, response, storage, *args, **kwargs):
-    try:
-        obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
-        response["x-goog-generation"] = str(obj["generation"])
-        response["x-goog-metageneration"] = str(obj["metageneration"])
-    except Exception:  # a missing object: the emulator's own handler answers 404
-        pass
-    return objects.download(request, response, storage, *args, **kwargs)
+    bucket, name = request.params["bucket_name"], request.params["object_id"]
+    generation = _generation(storage, bucket, name)
+    if generation is not None:
+        response["x-goog-generation"] = str(generation)
+        response["x-goog-metageneration"] = str(storage.get_file_obj(bucket, name)["metageneration"])
+        match, not_match = _query(request, "ifGenerationMatch"), _query(request, "ifGenerationNotMatch")
+        if match is not None and int(match) != generation:
+            return _precondition_failed(response)
+        if not_match is not None and int(not_match) == generation:
+            response.status = HTTPStatus.NOT_MODIFIED
+            return None
+    return _download(request, response, storage, *args, **kwargs)
 
 
+def insert_if_generation_matches(request, response, storage, *args, **kwargs):
+    match = _query(request, "ifGenerationMatch")
+    name = _query(request, "name")
+    if match is not None and name is not None:
+        if (_generation(storage, request.params["bucket_name"], name) or 0) != int(match):
+            return _precondition_failed(response)
+    return _insert(request, response, storage, *args, **kwargs)
+
+
+objects.download = download_with_generation  # what objects.get calls for ?alt=media
 for _, handlers in server.HANDLERS:
     for method, handler in list(handlers.items()):
-        if handler is objects.download:
+        if handler is _download:
             handlers[method] = download_with_generation
+        elif handler is _insert:
+            handlers[method] = insert_if_generation_matches
+
 
 class _Server(ThreadingHTTPServer):
     request_queue_size = 256

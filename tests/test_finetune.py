@@ -285,6 +285,20 @@ def test_dpo_with_a_precomputed_reference_equals_a_live_one(base_dir, tmp_path):
     assert stored["start_val_reward_margin"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_dpo_on_gs_from_a_gs_base_caches_its_reference_there_and_trains_as_locally(base_dir, tmp_path, gcs):
+    from conftest import GCS_BUCKET
+
+    base = f"gs://{GCS_BUCKET}/finetune/base"
+    gcs.put(str(base_dir), base, recursive=True)
+    local = train_run(finetune_config(base_dir, "dpo", steps=3, reference="precomputed"), tmp_path / "local")
+    workdir = f"gs://{GCS_BUCKET}/finetune/dpo"
+    remote = train_run(finetune_config(base, "dpo", steps=3, reference="precomputed"), workdir)
+    gcs.invalidate_cache()
+    assert gcs.exists(f"{workdir}/reference_logprobs.npz")
+    for key in ("loss", "val_loss", "val_reward_margin"):
+        assert remote[key] == local[key], key
+
+
 def test_a_dpo_run_without_a_reference_is_refused():
     with pytest.raises(GptjaxError, match="train.objective='dpo' finetunes a trained model: set train.init_from="
                                           r"RUN_OR_EXPORT \(the DPO reference is that model\)"):

@@ -4,16 +4,16 @@ coordinator are one clear error."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli, tiny_overrides
+from conftest import GCS_BUCKET, REPO, free_port, gcs_losses, run_cli, tiny_overrides
 from test_resume import losses_by_step
 
 from gptjax.errors import GptjaxError
@@ -25,12 +25,6 @@ STEPS = 12
 ARGS = tiny_overrides(steps=STEPS, **{"train.batch_size": 8, "train.checkpoint_every": 4, "train.eval_every": 6,
                                       "model.dropout": 0.1, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
 HEARTBEAT_S = 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_command(workdir: Path, extra: list[str], fault: list[str] | None = None) -> list[str]:
@@ -89,6 +83,24 @@ def test_two_processes_of_4_devices_train_like_one_process_of_8(two_process_run,
     lines = (two_process_run / "metrics.jsonl").read_text().splitlines()
     assert len([line for line in lines if '"loss"' in line]) == STEPS, "metrics are written by process 0 alone"
     assert sorted(p.name for p in (two_process_run / "checkpoints").iterdir() if p.name.isdigit()) == ["12", "4", "8"]
+
+
+def test_two_processes_train_on_a_gs_workdir_like_on_a_local_one(two_process_run, gcs):
+    import gptjax
+
+    workdir = f"gs://{GCS_BUCKET}/runs/two_process"
+    results = run_processes(workdir)
+    assert_ok(results)
+    assert gcs_losses(gcs, workdir) == losses_by_step(two_process_run)
+    gcs.invalidate_cache()
+    steps = {p.rsplit("/", 1)[1] for p in gcs.ls(f"{workdir}/checkpoints")}
+    assert {"4", "8", "12"} <= steps
+    written = {p.split("/checkpoints/12/params/", 1)[1].split("/")[0] for p in gcs.find(f"{workdir}/checkpoints/12/params")}
+    assert {"ocdbt.process_0", "ocdbt.process_1"} <= written, "each process wrote its shards of the checkpoint"
+    remote, local = gptjax.load(workdir), gptjax.load(two_process_run)
+    assert remote.step == local.step == STEPS
+    for a, b in zip(jax.tree_util.tree_leaves(remote.params), jax.tree_util.tree_leaves(local.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_sigkilled_process_stops_its_peer_and_the_run_resumes_exactly(two_process_run, tmp_path):

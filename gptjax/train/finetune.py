@@ -65,9 +65,9 @@ def attach_reference_logprobs(data, step, reference_params: Callable[[], Any], w
     from gptjax.train.objectives import pair_logprobs
 
     cache = workdir / REFERENCE_CACHE
-    key = f"{fileio.sha256_file(data.path)}:{step.cfg.finetune.template}:{Path(step.cfg.train.init_from).absolute()}"
+    key = f"{fileio.sha256_file(data.path)}:{step.cfg.finetune.template}:{fileio.absolute(step.cfg.train.init_from)}"
     if cache.is_file():
-        stored = np.load(cache)
+        stored = np.load(io.BytesIO(cache.read_bytes()))  # a gs:// workdir's object too
         if str(stored["key"]) == key:
             for split in data.splits:
                 data.attach(split, {"ref_chosen": stored[f"{split}_chosen"], "ref_rejected": stored[f"{split}_rejected"]})
