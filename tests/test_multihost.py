@@ -85,16 +85,17 @@ def test_two_processes_of_4_devices_train_like_one_process_of_8(two_process_run,
     assert sorted(p.name for p in (two_process_run / "checkpoints").iterdir() if p.name.isdigit()) == ["12", "4", "8"]
 
 
-def test_two_processes_train_on_a_gs_workdir_like_on_a_local_one(two_process_run, gcs):
+def test_two_processes_on_a_gs_workdir_resume_after_a_kill_like_an_uninterrupted_local_run(two_process_run, gcs):
     import gptjax
 
     workdir = f"gs://{GCS_BUCKET}/runs/two_process"
-    results = run_processes(workdir)
-    assert_ok(results)
+    killed = run_processes(workdir, faults={1: ["--kill-after-step", "10"]})
+    assert killed[1].returncode == -signal.SIGKILL and killed[0].returncode != 0, killed[0].stderr[-2000:]
+    resumed = run_processes(workdir)
+    assert_ok(resumed)
+    assert "resuming from step 8" in resumed[0].stderr
     assert gcs_losses(gcs, workdir) == losses_by_step(two_process_run)
     gcs.invalidate_cache()
-    steps = {p.rsplit("/", 1)[1] for p in gcs.ls(f"{workdir}/checkpoints")}
-    assert {"4", "8", "12"} <= steps
     written = {p.split("/checkpoints/12/params/", 1)[1].split("/")[0] for p in gcs.find(f"{workdir}/checkpoints/12/params")}
     assert {"ocdbt.process_0", "ocdbt.process_1"} <= written, "each process wrote its shards of the checkpoint"
     remote, local = gptjax.load(workdir), gptjax.load(two_process_run)
