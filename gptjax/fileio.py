@@ -62,9 +62,9 @@ def absolute(path: Any):
 def _remote_fs(url: str):
     """(fsspec filesystem, its path) of a URL; a missing filesystem package is one clear error.
 
-    Object listings are never cached (for gs:// and every other fsspec filesystem created after this: orbax's
-    epath paths included, which hold their own instance): a cached listing goes stale as soon as another
-    filesystem instance, tensorstore or another host writes, and a stale one hides a checkpoint that exists."""
+    gs:// object listings are never cached, in every gcsfs instance created after the first call (orbax's epath
+    paths hold their own): a cached listing goes stale as soon as another instance, tensorstore or another host
+    writes, and a stale one hides a checkpoint that exists."""
     import fsspec
 
     fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)
