@@ -21,12 +21,19 @@ def make(cfg, seed=0):
 
 
 def recompute_greedy(model, params, prompt, n_new, window=None):
-    """Reference: run the whole sequence (cropped to `window`) each step and take the argmax."""
+    """Reference: run the whole sequence (cropped to `window`) each step and take the argmax at its last token.
+
+    The sequence is padded at its end to one width, so one compiled forward serves every step: attention is causal,
+    so the padding after the last real token never reaches that token's logits."""
+    width = window or model.cfg.block_size
+    forward = jax.jit(lambda tokens_BT: model.apply({"params": params}, tokens_BT))
     seq = list(prompt)
     for _ in range(n_new):
         context = seq[-window:] if window else seq
-        logits = model.apply({"params": params}, jnp.asarray([context], jnp.int32))
-        seq.append(int(jnp.argmax(logits[0, -1])))
+        tokens_1T = np.zeros((1, width), np.int32)
+        tokens_1T[0, :len(context)] = context
+        logits = forward(jnp.asarray(tokens_1T))
+        seq.append(int(jnp.argmax(logits[0, len(context) - 1])))
     return seq[len(prompt):]
 
 
