@@ -424,7 +424,7 @@ def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
     except GptjaxError:
         raise
     except Exception as e:
-        raise GptjaxError(_failure_in_file(path, e)) from e
+        raise GptjaxError(failure_in_file(path, e)) from e
     if not isinstance(cd, ml_collections.ConfigDict):
         raise GptjaxError(f"{path}: get_config() must return an ml_collections.ConfigDict (start from gptjax.config.base_config())")
     return cd
@@ -446,7 +446,7 @@ def _load_saved_config(path: Path) -> ml_collections.ConfigDict:
 _LOCKED_FIELDS_DUMP = re.compile(r'\s*Other fields present: "\{.*?\}"', re.DOTALL)
 
 
-def _failure_in_file(path: Path, error: Exception) -> str:
+def failure_in_file(path: Path, error: Exception) -> str:
     """'FILE:LINE: Type: message' on one line, LINE being the innermost line of `path` the error passed through."""
     in_file = Path(path).resolve()
     if isinstance(error, SyntaxError) and error.filename and Path(error.filename).resolve() == in_file:

@@ -97,7 +97,7 @@ def load_ablation(path: str | Path) -> Ablation:
     except GptjaxError:
         raise
     except Exception as error:
-        raise GptjaxError(config_lib._failure_in_file(path, error)) from error
+        raise GptjaxError(config_lib.failure_in_file(path, error)) from error
     if not isinstance(ablation, Ablation):
         raise GptjaxError(f"{path}: get_ablation() must return a gptjax.sweep.Ablation, got {type(ablation).__name__}")
     return ablation
