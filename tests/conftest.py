@@ -170,3 +170,13 @@ def gcs_lines(fs, url: str) -> list[dict]:
 def gcs_losses(fs, workdir: str) -> dict[int, float]:
     """The last logged loss per step of a gs:// workdir (a resumed run re-logs the steps after its checkpoint)."""
     return {r["step"]: r["loss"] for r in gcs_lines(fs, f"{workdir}/metrics.jsonl") if "loss" in r}
+
+
+def same_params(a, b) -> None:
+    """Two loaded LMs hold the same step and bit-identical params."""
+    import jax
+    import numpy as np
+
+    assert a.step == b.step
+    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

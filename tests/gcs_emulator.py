@@ -33,9 +33,10 @@ def _query(request, name: str) -> str | None:
     return values[0] if values else None
 
 
-def _generation(storage, bucket: str, name: str) -> int | None:
+def _stored(storage, bucket: str, name: str) -> dict | None:
+    """The object's metadata, None when there is no such object."""
     try:
-        return int(storage.get_file_obj(bucket, name)["generation"])
+        return storage.get_file_obj(bucket, name)
     except NotFound:
         return None
 
@@ -47,11 +48,11 @@ def _precondition_failed(response) -> None:
 
 
 def download_with_generation(request, response, storage, *args, **kwargs):
-    bucket, name = request.params["bucket_name"], request.params["object_id"]
-    generation = _generation(storage, bucket, name)
-    if generation is not None:
+    stored = _stored(storage, request.params["bucket_name"], request.params["object_id"])
+    if stored is not None:
+        generation = int(stored["generation"])
         response["x-goog-generation"] = str(generation)
-        response["x-goog-metageneration"] = str(storage.get_file_obj(bucket, name)["metageneration"])
+        response["x-goog-metageneration"] = str(stored["metageneration"])
         match, not_match = _query(request, "ifGenerationMatch"), _query(request, "ifGenerationNotMatch")
         if match is not None and int(match) != generation:
             return _precondition_failed(response)
@@ -65,7 +66,8 @@ def insert_if_generation_matches(request, response, storage, *args, **kwargs):
     match = _query(request, "ifGenerationMatch")
     name = _query(request, "name")
     if match is not None and name is not None:
-        if (_generation(storage, request.params["bucket_name"], name) or 0) != int(match):
+        stored = _stored(storage, request.params["bucket_name"], name)
+        if (int(stored["generation"]) if stored else 0) != int(match):
             return _precondition_failed(response)
     return _insert(request, response, storage, *args, **kwargs)
 

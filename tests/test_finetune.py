@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import GPT2_FIXTURES, REPO, run_cli
+from conftest import GCS_BUCKET, GPT2_FIXTURES, REPO, run_cli
 from gptjax import config as config_lib
 from gptjax.errors import GptjaxError
 
@@ -286,8 +286,6 @@ def test_dpo_with_a_precomputed_reference_equals_a_live_one(base_dir, tmp_path):
 
 
 def test_dpo_on_gs_from_a_gs_base_caches_its_reference_there_and_trains_as_locally(base_dir, tmp_path, gcs):
-    from conftest import GCS_BUCKET
-
     base = f"gs://{GCS_BUCKET}/finetune/base"
     gcs.put(str(base_dir), base, recursive=True)
     local = train_run(finetune_config(base_dir, "dpo", steps=3, reference="precomputed"), tmp_path / "local")

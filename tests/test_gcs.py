@@ -15,22 +15,16 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 
-from conftest import GCS_BUCKET, REPO, free_port, gcs_lines, gcs_losses, run_cli, tiny_config, tiny_overrides
+from conftest import (GCS_BUCKET, REPO, free_port, gcs_lines, gcs_losses, run_cli, same_params, tiny_config,
+                      tiny_overrides)
 
 pytest.importorskip("gcsfs")
 pytest.importorskip("gcp_storage_emulator")
 
 CONFIG = "experiments/shakespeare_char_cpu.py"
-
-
-def same_params(a, b) -> None:
-    assert a.step == b.step
-    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @dataclasses.dataclass

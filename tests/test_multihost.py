@@ -1,6 +1,6 @@
 """Multi-process training on one machine: 2 real JAX processes x 4 CPU devices (gloo collectives) train like 1 process
-x 8 devices, a SIGKILLed process stops its peer and the run resumes bit-exactly, mismatched configs and an unreachable
-coordinator are one clear error."""
+x 8 devices, a SIGKILLed process stops its peer and the run resumes bit-exactly (on a local and on a gs:// workdir),
+mismatched configs and an unreachable coordinator are one clear error."""
 from __future__ import annotations
 
 import signal
@@ -9,11 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
-from conftest import GCS_BUCKET, REPO, free_port, gcs_losses, run_cli, tiny_overrides
+from conftest import GCS_BUCKET, REPO, free_port, gcs_losses, run_cli, same_params, tiny_overrides
 from test_resume import losses_by_step
 
 from gptjax.errors import GptjaxError
@@ -99,9 +98,8 @@ def test_two_processes_on_a_gs_workdir_resume_after_a_kill_like_an_uninterrupted
     written = {p.split("/checkpoints/12/params/", 1)[1].split("/")[0] for p in gcs.find(f"{workdir}/checkpoints/12/params")}
     assert {"ocdbt.process_0", "ocdbt.process_1"} <= written, "each process wrote its shards of the checkpoint"
     remote, local = gptjax.load(workdir), gptjax.load(two_process_run)
-    assert remote.step == local.step == STEPS
-    for a, b in zip(jax.tree_util.tree_leaves(remote.params), jax.tree_util.tree_leaves(local.params)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert remote.step == STEPS
+    same_params(remote, local)
 
 
 def test_sigkilled_process_stops_its_peer_and_the_run_resumes_exactly(two_process_run, tmp_path):
