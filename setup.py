@@ -46,8 +46,8 @@ setup(
         "gpu": ["jax[cuda12]"],
     },
     entry_points={
-        "console_scripts": ["gptjax=gptjax.cli:main", "gptjax-lm-eval=gptjax.eval.harness:main"],
+        "console_scripts": ["gptjax=gptjax.cli:main", "gptjax-lm-eval=gptjax.interop.lm_eval:main"],
         # read by lm-eval releases with plugin discovery (upstream PR #4013); 0.4.13 needs gptjax-lm-eval
-        "lm_eval.models": ["gptjax=gptjax.eval.harness:GptjaxHarnessLM"],
+        "lm_eval.models": ["gptjax=gptjax.interop.lm_eval:GptjaxHarnessLM"],
     },
 )

@@ -49,14 +49,14 @@ def random_params(model_cfg, seed: int) -> dict:
     """Random float32 params in gptjax's layout (std 0.02, norm scales 1), without compiling anything."""
     import numpy as np
 
-    from gptjax.interop import native
+    from gptjax import export
 
     rng = np.random.default_rng(seed)
     flat = {}
-    for name, shape in native.expected_param_shapes(model_cfg).items():
+    for name, shape in export.expected_param_shapes(model_cfg).items():
         flat[name] = (np.ones(shape, np.float32) if name.endswith("scale")
                       else rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02))
-    return native.unflatten_params(flat)
+    return export.unflatten_params(flat)
 
 
 def gpt2_tokenizer():
@@ -85,7 +85,8 @@ def run_step(step: str, workspace: Path) -> dict:
     import numpy as np
 
     from gptjax.api import LM
-    from gptjax.interop import hf, native
+    from gptjax import export
+    from gptjax.interop import hf
 
     cfg = gpt2_124m_config()
     hf_dir, output = workspace / "hf", workspace / step
@@ -103,8 +104,8 @@ def run_step(step: str, workspace: Path) -> dict:
         imported = hf.read_hf_dir(hf_dir)
         seconds = time.perf_counter() - started
         _, peak = memory_mib()
-        original = native.flatten_params(random_params(cfg.model, SEED))
-        back = native.flatten_params(imported.params)
+        original = export.flatten_params(random_params(cfg.model, SEED))
+        back = export.flatten_params(imported.params)
         vocab = cfg.model.vocab_size
         exact = all(np.array_equal(original[k][:vocab], back[k][:vocab]) if k == "embedding"
                     else np.array_equal(original[k], back[k]) for k in original)
@@ -113,9 +114,9 @@ def run_step(step: str, workspace: Path) -> dict:
     elif step == "import-workdir":
         hf.import_hf(hf_dir, output)
     elif step == "export-native":
-        native.export_native(LM(cfg, params, tokenizer, step=0), output)
+        export.export_native(LM(cfg, params, tokenizer, step=0), output)
     elif step == "load-native":
-        native.load_export(workspace / "export-native")
+        export.load_export(workspace / "export-native")
         output = workspace / "export-native"
     else:
         raise ValueError(f"unknown step {step}")
@@ -197,9 +198,9 @@ def main() -> None:
     finally:
         if not args.workspace:
             shutil.rmtree(workspace, ignore_errors=True)
-    from gptjax.interop import native
+    from gptjax import export
 
-    n_params = sum(math.prod(shape) for shape in native.expected_param_shapes(gpt2_124m_config().model).values())
+    n_params = sum(math.prod(shape) for shape in export.expected_param_shapes(gpt2_124m_config().model).values())
     text = markdown(results, command, n_params, package_versions())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

@@ -3,7 +3,7 @@
 Corpus: the paragraphs (blank-line separated, >= 40 words) of shared/data/english_public_domain,
 plus near-duplicate copies of some of them with a few words replaced, deleted or inserted. Both
 implementations use word 5-gram shingles, 120 permutations, and the clustering `gptjax prepare` runs
-(``gptjax.data.dedup.cluster_signatures``: LSH band hashes, 20 bands x 6 rows, band-by-band union-find),
+(``gptjax.prepare.dedup.cluster_signatures``: LSH band hashes, 20 bands x 6 rows, band-by-band union-find),
 verified by shingle Jaccard as in the pipeline, and unverified so the signatures alone decide.
 Truth: connected components of the graph "true Jaccard of 5-gram sets >= 0.8".
 
@@ -25,7 +25,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from gptjax.data.dedup import (MinHashConfig, UnionFind, cluster_signatures, minhash_signature,  # noqa: E402
+from gptjax.prepare.dedup import (MinHashConfig, UnionFind, cluster_signatures, minhash_signature,  # noqa: E402
                                shingle_hashes)
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "english_public_domain"

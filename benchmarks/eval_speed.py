@@ -77,13 +77,14 @@ def choices(scores) -> list[int]:
 def build_models(root: Path):
     """The gptjax LM and the HF dir of the same random GPT-2 124M weights."""
     from gptjax.api import LM
-    from gptjax.interop import hf, native
+    from gptjax import export
+    from gptjax.interop import hf
 
     cfg = gpt2_124m_config()
     params = random_params(cfg.model, seed=0)
     tokenizer = gpt2_tokenizer()
     lm = LM(cfg, params, tokenizer)
-    native.export_native(lm, root / "gptjax")
+    export.export_native(lm, root / "gptjax")
     hf.export_hf(cfg, params, tokenizer, root / "hf")
     import gptjax
 

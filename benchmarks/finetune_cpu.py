@@ -34,12 +34,12 @@ import jax, numpy as np
 spec = json.loads(sys.argv[1])
 import flax.linen as nn
 from gptjax.config import Config, FinetuneConfig, ModelConfig, TrainConfig, MeshConfig
-from gptjax.data.finetune import example_batch
+from gptjax.finetune.batches import example_batch
 from gptjax.parallel.mesh import configure_cpu_devices, make_mesh
 configure_cpu_devices(1, spec["batch"])
-from gptjax.train.checkpoint import saved_params
-from gptjax.train.freeze import trainable_mask
-from gptjax.train.state import abstract_params
+from gptjax.checkpoint import saved_params
+from gptjax.finetune.freeze import trainable_mask
+from gptjax.model.transformer import abstract_params
 from gptjax.train.step import build_step
 v = spec["variant"]
 model = ModelConfig(vocab_size=50257, block_size=spec["block"], n_layer=12, n_head=12, d_model=768,

@@ -1,4 +1,4 @@
-"""Measure gptjax.data.langid accuracy per language on the lingua sentences and the UDHR texts.
+"""Measure gptjax.prepare.langid accuracy per language on the lingua sentences and the UDHR texts.
 
 Writes a markdown report (default ``benchmarks/results/langid_accuracy.md``) whose first lines give
 the command that produced it. Run from the repository root:
@@ -19,7 +19,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from gptjax.data.langid import (DEFAULT_SAMPLE_CHARS, canonical_language, detect, language_probabilities,  # noqa: E402
+from gptjax.prepare.langid import (DEFAULT_SAMPLE_CHARS, canonical_language, detect, language_probabilities,  # noqa: E402
                                  supported_languages)
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "multilingual"
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
 
     command = "python benchmarks/langid_accuracy.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     report = [
-        "# Language-ID accuracy (gptjax.data.langid, py3langid)",
+        "# Language-ID accuracy (gptjax.prepare.langid, py3langid)",
         "",
         f"Command (from the repository root): `{command.strip()}`",
         "",

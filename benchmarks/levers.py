@@ -203,7 +203,7 @@ def versions() -> str:
 
 def main() -> None:
     from gptjax.config import load_experiment, to_config
-    from gptjax.scale.compile_check import parse_topology
+    from gptjax.train.compile_check import parse_topology
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), help="experiments/NAME.py names")

@@ -23,7 +23,7 @@ import numpy as np
 from gptjax.config import Config, DataConfig, MeshConfig, ModelConfig, TrainConfig
 from gptjax.data import store
 from gptjax.data.loader import WindowSampler, eval_batches
-from gptjax.data.prepare import resolve_data
+from gptjax.prepare.resolve import resolve_data
 from gptjax.parallel.mesh import make_mesh
 from gptjax.train.step import build_step
 

@@ -15,7 +15,7 @@ writes benchmarks/results/prepare.md. With --datatrove-python, that interpreter 
 "datatrove[processing]" spacy orjson tokenizers`) runs datatrove's filters + MinHash + tokenize on the same files.
 This file is also the datatrove driver (`--datatrove-run`), so it imports gptjax only where gptjax runs.
 
-`--mode near-recall` measures near-duplicate dedup alone on a planted corpus (gptjax.data.planted: distinct base
+`--mode near-recall` measures near-duplicate dedup alone on a planted corpus (gptjax.testing.planted: distinct base
 documents cut from shared/data's web_noisy web postings and english_public_domain addresses, plus copies of each
 kind — identical, paragraphs reordered, 1-8% of words substituted / deleted / inserted / mixed, header and footer
 lines added — and hard negatives that share boilerplate, source or a quoted paragraph): precision and recall per
@@ -190,7 +190,7 @@ def run_gptjax(corpus: Path, out: Path, workers: int, tokenizer_dir: Path, langu
 
 def gptjax_minhash_shape() -> tuple[int, int, int]:
     """(word n-gram, bands, rows) of gptjax's default near dedup, which the throughput comparison gives datatrove."""
-    from gptjax.data.dedup import MinHashConfig
+    from gptjax.prepare.dedup import MinHashConfig
 
     config = MinHashConfig()
     return config.ngram, config.bands, config.rows
@@ -420,8 +420,8 @@ OLD_SETTINGS_SIDE = "gptjax 5-gram/0.8"
 def planted_bases(shared: Path, words: int) -> list:
     """Distinct base documents: web postings cut into documents of about `words` words, addresses into ones of
     twice that."""
-    from gptjax.data.planted import BaseDocument, cut_documents
-    from gptjax.data.readers import read_documents
+    from gptjax.testing.planted import BaseDocument, cut_documents
+    from gptjax.prepare.readers import read_documents
 
     groups = [(sorted((shared / "web_noisy" / "nltk_webtext").glob("*.txt")), words)]
     groups += [(sorted((shared / "english_public_domain" / folder).glob("*.txt")), 2 * words)
@@ -435,7 +435,7 @@ def gptjax_near_run(corpus: Path, work: Path) -> None:
     """gptjax's default near dedup from JSONL to kept JSONL (runs in its own process); writes roots and timings."""
     import numpy as np
 
-    from gptjax.data import dedup
+    from gptjax.prepare import dedup
 
     config = dedup.MinHashConfig()
     marks = {"start": time.perf_counter()}
@@ -493,7 +493,7 @@ def datatrove_roots(work: Path, n_docs: int):
     doc as uint32; one input file), joined as its cluster stage joins them."""
     import numpy as np
 
-    from gptjax.data.planted import roots_from_pairs
+    from gptjax.testing.planted import roots_from_pairs
 
     pairs = [np.fromfile(path, dtype="<u4").reshape(-1, 4)[:, [1, 3]] for path in sorted((work / "buckets").glob("*.dups"))]
     return roots_from_pairs(n_docs, np.concatenate(pairs).tolist() if pairs else [])
@@ -517,7 +517,7 @@ def near_roots(side: str, work: Path, n_docs: int):
     """The clusters one side's run found, as the representative of every document."""
     import numpy as np
 
-    from gptjax.data.planted import decision_pairs, roots_from_pairs
+    from gptjax.testing.planted import decision_pairs, roots_from_pairs
 
     if side == "gptjax":
         return np.load(work / "roots.npy")
@@ -551,7 +551,7 @@ def _score_cells(score, copy_kind: bool) -> str:
 
 def near_quality_rows(corpus, scores: dict[str, dict]) -> list[str]:
     """Per kind: documents, then recall and pairwise precision of each side."""
-    from gptjax.data.planted import COPY_KINDS, NEGATIVE_KINDS
+    from gptjax.testing.planted import COPY_KINDS, NEGATIVE_KINDS
 
     rows = []
     for kind in COPY_KINDS + NEGATIVE_KINDS + ("all",):
@@ -564,7 +564,7 @@ def near_quality_rows(corpus, scores: dict[str, dict]) -> list[str]:
 
 def recall_by_edit_rate(corpus, roots) -> list[tuple[int, int]]:
     """(caught, copies) of the word-edit copies in each band of EDIT_RATE_BANDS."""
-    from gptjax.data.planted import WORD_EDIT_KINDS
+    from gptjax.testing.planted import WORD_EDIT_KINDS
 
     counts = []
     for low, high in EDIT_RATE_BANDS:
@@ -574,7 +574,7 @@ def recall_by_edit_rate(corpus, roots) -> list[tuple[int, int]]:
 
 
 NEAR_SIDE_NOTES = {
-    "gptjax": "`gptjax.data.dedup` in memory: read JSONL, `text_signature` per document, `cluster_signatures` "
+    "gptjax": "`gptjax.prepare.dedup` in memory: read JSONL, `text_signature` per document, `cluster_signatures` "
               "(LSH + Jaccard verification), write the kept documents",
     "datatrove": "MinhashDedupSignature (reader), MinhashDedupBuckets (14 tasks), MinhashDedupCluster, "
                  "MinhashDedupFilter (reader + JsonlWriter); `LocalPipelineExecutor`, 1 worker",
@@ -586,14 +586,14 @@ NEAR_SIDE_NOTES = {
 
 def write_near_results(args, corpus, n_bytes: int, runs: dict[str, list[dict]], scores: dict[str, dict],
                        rate_rows: dict[str, list[tuple[int, int]]]) -> None:
-    from gptjax.data.dedup import MinHashConfig
+    from gptjax.prepare.dedup import MinHashConfig
 
     config = MinHashConfig()
     sides, timed_sides = list(scores), list(runs)
     lines = ["# Near-duplicate recall and speed: gptjax against datatrove on planted copies", "",
              "Command (repository root; 2 cores shared with other jobs, so timings are noisy):", "",
              f"    {' '.join(args.command_line)}", "",
-             f"Corpus: {len(corpus.texts):,} documents, {n_bytes / 1e6:.1f} MB (`gptjax.data.planted.plant_corpus`, seed "
+             f"Corpus: {len(corpus.texts):,} documents, {n_bytes / 1e6:.1f} MB (`gptjax.testing.planted.plant_corpus`, seed "
              f"{args.seed}, {args.copies} copies per kind, {args.copies} negatives per kind, word edits at a rate drawn "
              f"uniformly from 1-8%; base documents: shared/data web_noisy/nltk_webtext cut into ~{args.words}-word "
              f"documents, english_public_domain inaugural and state_union addresses into ~{2 * args.words}-word "
@@ -644,8 +644,8 @@ def run_near_recall(args) -> None:
     """The near-recall mode: build the planted corpus, run the sides alternately, score them, write the results."""
     import numpy as np
 
-    from gptjax.data.dedup import MinHashConfig, near_duplicate_clusters
-    from gptjax.data.planted import plant_corpus, score_clusters
+    from gptjax.prepare.dedup import MinHashConfig, near_duplicate_clusters
+    from gptjax.testing.planted import plant_corpus, score_clusters
 
     if not args.datatrove_python:
         raise SystemExit("--mode near-recall needs --datatrove-python (an interpreter with datatrove and spacy)")

@@ -54,7 +54,7 @@ def main() -> None:
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     from gptjax.config import load_experiment, to_config
-    from gptjax.data.prepare import resolve_data
+    from gptjax.prepare.resolve import resolve_data
 
     data_dir = resolve_data(to_config(load_experiment(str(CONFIG))).data)
     losses: dict[str, list[float]] = {"gptjax": [], "PyTorch nanoGPT": []}

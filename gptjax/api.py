@@ -17,11 +17,12 @@ from gptjax import config as config_lib
 from gptjax.config import Config
 from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import GptjaxError
+from gptjax.export import EXPORT_MARKER, load_export
 from gptjax.eval import requests as eval_requests
 from gptjax.generate import SamplingParams, check_sampling, check_token_ids, extrapolation, generate_ids
+from gptjax.model.lora import merge_lora
 from gptjax.model.transformer import Transformer
 
-EXPORT_MARKER = "gptjax_export.json"
 NO_STOP_ID = -1  # never sampled, so generation runs to max_new_tokens
 WEIGHT_DTYPES = ("float32", "bfloat16")  # LM.with_dtype / load(dtype=): weights and compute together
 NO_TOKENIZER_HELP = ("re-import it with its tokenizer (gptjax import --format hf --src DIR --workdir NEW "
@@ -50,6 +51,15 @@ class LM:
         params = jax.tree_util.tree_map(
             lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, self.params)
         cfg = dataclasses.replace(self.cfg, model=dataclasses.replace(self.cfg.model, dtype=dtype))
+        return LM(cfg, params, self.tokenizer, self.step, self.meta)
+
+    def with_lora_merged(self) -> "LM":
+        """This model as a plain one: LoRA adapters folded into their kernels (what an export stores, so it stands
+        alone without its base); itself where it has no adapters."""
+        if self.config.lora_rank == 0:
+            return self
+        params, model_cfg = merge_lora(self.params, self.config)
+        cfg = dataclasses.replace(self.cfg, model=model_cfg, finetune=dataclasses.replace(self.cfg.finetune, freeze="none"))
         return LM(cfg, params, self.tokenizer, self.step, self.meta)
 
     @functools.cached_property
@@ -176,7 +186,7 @@ class LM:
 
     @functools.cached_property
     def _class_logits(self) -> Callable:
-        from gptjax.train.objectives import class_logits
+        from gptjax.model.losses import class_logits
 
         return jax.jit(lambda params, tokens, lengths: class_logits(params, self.model, tokens, lengths))
 
@@ -268,19 +278,18 @@ def _load(location: str | Path, step: int | None) -> LM:
         fileio.check_remote_root(str(location), "model")
     path = fileio.as_path(location)
     if (path / EXPORT_MARKER).is_file():
-        from gptjax.interop.native import load_export
 
         if fileio.is_remote(location):  # safetensors are memory-mapped: read from a local copy, fetched once
-            from gptjax.data.prepare import cache_root
+            from gptjax.data.sources import cache_root
 
             path = fileio.cached_copy(str(location), cache_root(config_lib.DataConfig()) / "remote")
-        return load_export(path)
+        return LM(*load_export(path))
     if not (path / "checkpoints").is_dir():
         raise GptjaxError(f"{path} is neither a training workdir (no checkpoints/) nor a gptjax export ({EXPORT_MARKER})")
-    from gptjax.train.checkpoint import restore_params
+    from gptjax.checkpoint import restore_params
 
     try:
-        params, meta, found_step = restore_params(path, step)
+        params, meta, found_step = restore_params(path, step, load_base=lambda source: load(source).params)
     except FileNotFoundError:
         raise GptjaxError(f"{path} holds no checkpoint yet; train first or pass another --workdir") from None
     cfg = config_lib.from_dict(meta["config"])

@@ -40,8 +40,11 @@ FINETUNE_OBJECTIVES = ("classify", "sft", "dpo")  # objectives that start from t
 LORA_TARGETS = ("q", "k", "v", "o", "mlp")
 FINETUNE_TASKS = ("sms_spam", "instruction", "preference", "classification")
 TEMPLATES = ("alpaca", "chat")
-from gptjax.data.tokenizer import KINDS as TOKENIZERS  # noqa: E402  (the one list of tokenizer kinds)
-
+TOKENIZERS = ("char", "sentencepiece", "gpt2_bpe")
+SENTENCEPIECE_MODEL_TYPES = ("bpe", "unigram")
+DEDUP_MODES = ("none", "exact", "near")
+BOILERPLATE_MODES = ("none", "line", "paragraph")
+TXT_MODES = ("file", "blank_lines")
 
 
 class Resume(enum.Enum):
@@ -88,6 +91,7 @@ class FieldSpec:
     bounds: Bounds | None = None
     options: tuple[str, ...] | None = None
     resume: Resume = Resume.FIXED
+    flag: str = ""  # the `gptjax prepare` flag that sets it, named in that command's errors
 
 
 _SPEC_KEY = "gptjax"  # the dataclasses.field metadata key holding a FieldSpec
@@ -98,14 +102,14 @@ def _declared(default: Any, spec: FieldSpec) -> Any:
 
 
 def bounded(default: float, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-            hi_open: bool = False, also: tuple[float, ...] = (), resume: Resume = Resume.FIXED) -> Any:
+            hi_open: bool = False, also: tuple[float, ...] = (), resume: Resume = Resume.FIXED, flag: str = "") -> Any:
     """A numeric field whose values must lie in `Bounds(lo, hi, lo_open, hi_open, also)`."""
-    return _declared(default, FieldSpec(bounds=Bounds(lo, hi, lo_open, hi_open, also), resume=resume))
+    return _declared(default, FieldSpec(bounds=Bounds(lo, hi, lo_open, hi_open, also), resume=resume, flag=flag))
 
 
-def choice(default: str, options: tuple[str, ...], *, resume: Resume = Resume.FIXED) -> Any:
+def choice(default: str, options: tuple[str, ...], *, resume: Resume = Resume.FIXED, flag: str = "") -> Any:
     """A string field that must be one of `options`."""
-    return _declared(default, FieldSpec(options=options, resume=resume))
+    return _declared(default, FieldSpec(options=options, resume=resume, flag=flag))
 
 
 def setting(default: Any, *, resume: Resume) -> Any:
@@ -198,26 +202,29 @@ class PrepareConfig:
     """
 
     text_field: str = "text"  # JSONL key / Parquet column holding the text
-    txt_mode: str = "file"  # .txt: "file" = one document per file, "blank_lines" = one per paragraph
-    max_doc_bytes: int = 1 << 30  # larger records are dropped and counted
+    # .txt: "file" = one document per file, "blank_lines" = one per paragraph
+    txt_mode: str = choice("file", TXT_MODES, flag="--txt-mode")
+    max_doc_bytes: int = bounded(1 << 30, lo=1)  # larger records are dropped and counted
     normalize: bool = False  # UTF-8 repair, newlines, NFC
     languages: tuple[str, ...] = ()  # ISO codes to keep; () = no language filter
-    lang_threshold: float = 0.5
+    lang_threshold: float = bounded(0.5, lo=0, hi=1, flag="--lang-threshold")
     quality: bool = False  # Gopher quality and repetition rules
-    dedup: str = "none"  # none | exact | near
-    jaccard: float = 0.5  # verified word-3-gram Jaccard of a near-duplicate pair: catches ~8% of words edited
-    num_perm: int = 120
-    bands: int = 30  # 30 bands x 4 rows: a pair at Jaccard 0.6 becomes a candidate with probability 0.985
-    ngram: int = 3
-    boilerplate: str = "none"  # none | line | paragraph
-    boilerplate_max_count: int = 1
-    model_type: str = "bpe"  # sentencepiece: bpe | unigram
+    dedup: str = choice("none", DEDUP_MODES, flag="--dedup")  # exact | near (= exact, then MinHash/LSH)
+    # verified word-3-gram Jaccard of a near-duplicate pair: catches ~8% of words edited
+    jaccard: float = bounded(0.5, lo=0, hi=1, flag="--jaccard")
+    num_perm: int = bounded(120, lo=1, flag="--num-perm")
+    bands: int = bounded(30, lo=1, flag="--bands")  # 30 bands x 4 rows: a pair at Jaccard 0.6 is a candidate w.p. 0.985
+    ngram: int = bounded(3, lo=1, flag="--ngram")
+    boilerplate: str = choice("none", BOILERPLATE_MODES, flag="--boilerplate")
+    boilerplate_max_count: int = bounded(1, lo=1, flag="--boilerplate-max-count")
+    model_type: str = choice("bpe", SENTENCEPIECE_MODEL_TYPES, flag="--model-type")  # sentencepiece
     byte_fallback: bool = True
-    sample_docs: int = 100_000
-    sample_bytes: int = 100 << 20
-    chunk_bytes: int = 16 << 20  # text per work chunk: the unit of parallelism and of resume
-    shard_tokens: int = 1 << 26
-    workers: int = 1  # worker processes
+    sample_docs: int = bounded(100_000, lo=1, flag="--sample-docs")
+    sample_bytes: int = bounded(100 << 20, lo=1, flag="--sample-mb")
+    # text per work chunk: the unit of parallelism and of resume
+    chunk_bytes: int = bounded(16 << 20, lo=1, flag="--chunk-mb")
+    shard_tokens: int = bounded(1 << 26, lo=1, flag="--shard-tokens")
+    workers: int = bounded(1, lo=1, flag="--workers")  # worker processes
     tfds: bool = False  # also write a TFDS array_record copy
 
 
@@ -229,13 +236,13 @@ class DataConfig:
     dataset: str = "shakespeare_char"  # a bundled corpus name, or "" to use `path` or `inputs`
     path: str = ""
     inputs: tuple[str, ...] = ()
-    tokenizer: str = "char"
+    tokenizer: str = choice("char", TOKENIZERS, flag="--tokenizer")
     tokenizer_dir: str = ""  # gpt2_bpe: directory with vocab.json and merges.txt
-    vocab_size: int = 0  # sentencepiece vocabulary size
-    val_fraction: float = 0.1
-    cache_dir: str = ""  # "" = $GPTJAX_CACHE or ~/.cache/gptjax
-    prefetch_threads: int = 2
-    workers: int = 0  # grain worker processes (0 = read in the training process)
+    vocab_size: int = bounded(0, lo=0, flag="--vocab-size")  # sentencepiece vocabulary size
+    val_fraction: float = bounded(0.1, lo=0, hi=1, lo_open=True, hi_open=True)
+    cache_dir: str = setting("", resume=Resume.FREE)  # "" = $GPTJAX_CACHE or ~/.cache/gptjax
+    prefetch_threads: int = bounded(2, lo=0, resume=Resume.FREE)
+    workers: int = bounded(0, lo=0)  # grain worker processes (0 = read in the training process)
     packing: bool = False  # pack whole documents into rows (segment ids + positions) instead of random windows
     mixture: tuple[str, ...] = ()  # "DATA_DIR:WEIGHT" entries: sample train rows from several prepared datasets
     prepare: PrepareConfig = PrepareConfig()  # how `inputs` are cleaned, deduplicated and sharded
@@ -513,17 +520,6 @@ def to_config(cd: ml_collections.ConfigDict) -> Config:
     return from_dict(cd.to_dict())
 
 
-# DataConfig's declarations, in a table beside the class rather than on its fields (which the data pipeline owns).
-DATA_FIELD_SPECS: dict[str, FieldSpec] = {
-    "tokenizer": FieldSpec(options=TOKENIZERS),
-    "vocab_size": FieldSpec(bounds=Bounds(lo=0)),
-    "val_fraction": FieldSpec(bounds=Bounds(lo=0, hi=1, lo_open=True, hi_open=True)),
-    "cache_dir": FieldSpec(resume=Resume.FREE),
-    "prefetch_threads": FieldSpec(bounds=Bounds(lo=0), resume=Resume.FREE),
-    "workers": FieldSpec(bounds=Bounds(lo=0)),
-}
-_SPEC_TABLES: dict[type, dict[str, FieldSpec]] = {DataConfig: DATA_FIELD_SPECS}
-
 
 class Leaf(NamedTuple):
     """A config field that is not a section: its dotted key, its value and its declaration."""
@@ -533,9 +529,9 @@ class Leaf(NamedTuple):
     spec: FieldSpec
 
 
-def field_spec(cls: type, field: dataclasses.Field) -> FieldSpec:
-    """What `field` of section `cls` declares: in its metadata, else in the section's table, else nothing."""
-    return field.metadata.get(_SPEC_KEY) or _SPEC_TABLES.get(cls, {}).get(field.name) or FieldSpec()
+def field_spec(field: dataclasses.Field) -> FieldSpec:
+    """What `field` declares (nothing: any value, fixed on resume)."""
+    return field.metadata.get(_SPEC_KEY) or FieldSpec()
 
 
 def leaf_fields(section: Any = Config(), prefix: str = "") -> list[Leaf]:
@@ -546,7 +542,7 @@ def leaf_fields(section: Any = Config(), prefix: str = "") -> list[Leaf]:
         if dataclasses.is_dataclass(value):
             leaves += leaf_fields(value, f"{prefix}{field.name}.")
         else:
-            leaves.append(Leaf(f"{prefix}{field.name}", value, field_spec(type(section), field)))
+            leaves.append(Leaf(f"{prefix}{field.name}", value, field_spec(field)))
     return leaves
 
 
@@ -555,13 +551,21 @@ def _check(ok: bool, message: str) -> None:
         raise GptjaxError(f"invalid config: {message}")
 
 
-def _check_declared(leaf: Leaf) -> None:
+def declared_violation(leaf: Leaf, name_flag: bool = False) -> str | None:
+    """How `leaf`'s value breaks its declaration ("KEY=VALUE must be ..."), None if it does not; `name_flag` adds
+    the `gptjax prepare` flag that sets it."""
     key, value, spec = leaf
-    fix = f"(set --config.{key}=VALUE or change it in the experiment file)"
-    if spec.options is not None:
-        _check(value in spec.options, f"{key}={value!r} is not one of {', '.join(spec.options)} {fix}")
-    if spec.bounds is not None:
-        _check(spec.bounds.admits(value), f"{key}={value!r} must be {spec.bounds} {fix}")
+    named = f"{key}={value!r}" + (f" ({spec.flag})" if name_flag and spec.flag else "")
+    if spec.options is not None and value not in spec.options:
+        return f"{named} is not one of {', '.join(spec.options)}"
+    if spec.bounds is not None and not spec.bounds.admits(value):
+        return f"{named} must be {spec.bounds}"
+    return None
+
+
+def _check_declared(leaf: Leaf) -> None:
+    problem = declared_violation(leaf)
+    _check(problem is None, f"{problem} (set --config.{leaf.key}=VALUE or change it in the experiment file)")
 
 
 def validate(cfg: Config) -> None:
@@ -584,10 +588,6 @@ def validate(cfg: Config) -> None:
                                 f"{', '.join(LORA_TARGETS)}")
     _check(m.lora_rank == 0 or m.lora_targets, "model.lora_rank > 0 needs at least one of model.lora_targets")
     _check_finetune(cfg)
-    if cfg.data.inputs:  # the pipeline will prepare them: check its settings now, not after minutes of work
-        from gptjax.data.pipeline import settings
-
-        settings.check(cfg.data)
 
 
 def freeze_policy(freeze: str) -> tuple[str, int]:

@@ -31,7 +31,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shakespeare_dir(cache_dir) -> Path:
     from gptjax.config import DataConfig
-    from gptjax.data.prepare import resolve_data
+    from gptjax.prepare.resolve import resolve_data
 
     return resolve_data(DataConfig(cache_dir=str(cache_dir)))
 
@@ -93,16 +93,17 @@ def gpt2_bpe_model(tmp_path_factory) -> dict:
     from gptjax.api import LM
     from gptjax.config import Config, ModelConfig
     from gptjax.data.tokenizer import Gpt2BpeAdapter
-    from gptjax.interop import hf, native
+    from gptjax import export
+    from gptjax.interop import hf
     from gptjax.model.transformer import Transformer
-    from gptjax.train.state import init_params
+    from gptjax.model.transformer import init_params
 
     root = tmp_path_factory.mktemp("gpt2_bpe_model")
     model_cfg = ModelConfig(vocab_size=50257, block_size=256, n_layer=2, n_head=4, d_model=64, init_std=0.2)
     cfg = Config(name="gpt2_bpe_tiny", model=model_cfg)
     params = nn.unbox(init_params(Transformer(model_cfg), 0, 8))
     tokenizer = Gpt2BpeAdapter.from_dir(GPT2_FIXTURES)
-    native.export_native(LM(cfg, params, tokenizer), root / "gptjax")
+    export.export_native(LM(cfg, params, tokenizer), root / "gptjax")
     hf.export_hf(cfg, params, tokenizer, root / "hf")
     return {"gptjax": root / "gptjax", "hf": root / "hf", "config": cfg}
 

@@ -16,9 +16,9 @@ from gptjax import config as config_lib
 from gptjax.cli import main
 from gptjax.cli.common import split_config_overrides
 from gptjax.errors import GptjaxError, RunInterrupted
-from gptjax.sweep import ablation as ablation_lib
-from gptjax.sweep import report as report_lib
-from gptjax.sweep.ablation import Ablation
+from gptjax.ablate import runner as ablation_lib
+from gptjax.ablate import report as report_lib
+from gptjax.ablate.runner import Ablation
 
 SHIPPED = sorted(p for p in (REPO / "experiments" / "ablations").glob("*.py") if p.name != "base.py")
 
@@ -41,7 +41,7 @@ def tiny_base_file(cache_dir: Path, where: Path) -> Path:
 
 def write_ablation_file(path: Path, cache_dir: Path, variants: dict, steps: int = 12) -> Path:
     path.write_text(f"""from gptjax.config import load_experiment
-from gptjax.sweep import Ablation
+from gptjax.ablate import Ablation
 
 
 def get_ablation():
@@ -232,7 +232,7 @@ def test_report_holds_the_runs_numbers(trained, capsys):
     assert ln["vs_reference"] is None
 
     from gptjax.model.transformer import count_params
-    from gptjax.train.checkpoint import restore_params
+    from gptjax.checkpoint import restore_params
 
     params, _, _ = restore_params(plan.runs_of("rms")[0].workdir)
     assert rms["params"] == count_params(params)

@@ -153,7 +153,7 @@ AOT = textwrap.dedent("""
     from gptjax.model import attention
     from gptjax.parallel.mesh import make_mesh
     from gptjax.parallel.rules import use_rules
-    from gptjax.scale import compile_check as cc
+    from gptjax.train import compile_check as cc
     from gptjax.train.step import build_step
 
     cfg = config_lib.to_config(config_lib.load_experiment("experiments/shakespeare_char_cpu.py"))

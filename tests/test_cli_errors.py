@@ -140,7 +140,7 @@ def test_generate_from_an_empty_workdir_errors(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def other_data(tmp_path_factory):
     """A char-level corpus over other characters than Shakespeare's (another tokenizer fingerprint)."""
-    from gptjax.data.prepare import prepare
+    from gptjax.prepare.resolve import prepare
 
     root = tmp_path_factory.mktemp("other")
     (root / "text.txt").write_text("0123456789 abc\n" * 400)
@@ -155,7 +155,7 @@ def tiny_lm(vocab_size: int, tokenizer):
     from gptjax.api import LM
     from gptjax.config import Config
     from gptjax.model.transformer import Transformer
-    from gptjax.train.state import init_params
+    from gptjax.model.transformer import init_params
 
     cfg = Config(model=tiny_model(vocab_size=vocab_size))
     return LM(cfg, nn.unbox(init_params(Transformer(cfg.model), 0, 8)), tokenizer)

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_cli
 from gptjax.errors import GptjaxError
-from gptjax.scale import compile_check as cc
+from gptjax.train import compile_check as cc
 
 CONFIG = "experiments/shakespeare_char_cpu.py"
 TINY = ["--config.model.vocab_size=65", "--config.model.block_size=64", "--config.model.n_layer=2",

@@ -10,7 +10,7 @@ import pytest
 from gptjax.config import DataConfig
 from gptjax.data import loader, store
 from gptjax.data import tokenizer as tokenizers
-from gptjax.data.prepare import BUNDLED_DIR, doc_in_val, prepare, resolve_data
+from gptjax.prepare.resolve import BUNDLED_DIR, doc_in_val, prepare, resolve_data
 from gptjax.errors import GptjaxError
 
 FP = "ab" * 32

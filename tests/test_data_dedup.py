@@ -1,5 +1,5 @@
-"""Tests for gptjax.data.dedup: exact, near-duplicate (measured precision/recall on planted copies) and line dedup;
-and for gptjax.data.planted, the planted-copy corpora those measurements use."""
+"""Tests for gptjax.prepare.dedup: exact, near-duplicate (measured precision/recall on planted copies) and line dedup;
+and for gptjax.testing.planted, the planted-copy corpora those measurements use."""
 import dataclasses
 import json
 import os
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from gptjax.config import DataConfig, PrepareConfig
-from gptjax.data import planted
-from gptjax.data.dedup import (
+from gptjax.testing import planted
+from gptjax.prepare.dedup import (
     MINHASH_PRIME,
     MinHashConfig,
     UnionFind,
@@ -33,10 +33,10 @@ from gptjax.data.dedup import (
     text_signature,
     unit_keys,
 )
-from gptjax.data.documents import make_document
-from gptjax.data.pipeline import run_pipeline
-from gptjax.data.readers import read_documents
-from gptjax.data.stages import minhash_config
+from gptjax.prepare.documents import make_document
+from gptjax.prepare.pipeline import run_pipeline
+from gptjax.prepare.readers import read_documents
+from gptjax.prepare.stages import minhash_config
 from gptjax.errors import GptjaxError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data" / "dedup"
@@ -158,7 +158,7 @@ def test_signature_is_pure_and_identical_across_processes():
     signature = text_signature(text)[1]
     assert np.array_equal(signature, text_signature(text)[1])
     code = (
-        "import sys, json; from gptjax.data.dedup import text_signature; "
+        "import sys, json; from gptjax.prepare.dedup import text_signature; "
         "print(json.dumps(text_signature(sys.stdin.read())[1].tolist()))"
     )
     environment = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO_ROOT)}

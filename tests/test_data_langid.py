@@ -1,12 +1,12 @@
-"""Tests for gptjax.data.langid on known sentences (lingua test data) and UDHR texts."""
+"""Tests for gptjax.prepare.langid on known sentences (lingua test data) and UDHR texts."""
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
 
-from gptjax.data.documents import make_document
+from gptjax.prepare.documents import make_document
 from gptjax.errors import GptjaxError
-from gptjax.data.langid import (
+from gptjax.prepare.langid import (
     LangIdConfig,
     bounded_sample,
     canonical_language,

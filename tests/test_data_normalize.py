@@ -1,11 +1,11 @@
-"""Tests for gptjax.data.normalize: UTF-8 repair, line breaks, control characters, NFC."""
+"""Tests for gptjax.prepare.normalize: UTF-8 repair, line breaks, control characters, NFC."""
 import json
 import unicodedata
 
 import pytest
 
-from gptjax.data.documents import make_document
-from gptjax.data.normalize import decode_utf8, normalize, normalize_document, remove_control_characters, repair_surrogates
+from gptjax.prepare.documents import make_document
+from gptjax.prepare.normalize import decode_utf8, normalize, normalize_document, remove_control_characters, repair_surrogates
 
 
 def test_clean_text_is_unchanged_and_needs_no_repair():

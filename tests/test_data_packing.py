@@ -13,8 +13,8 @@ from conftest import tiny_config
 from test_data_pipeline import settings
 from gptjax.config import DataConfig, PrepareConfig
 from gptjax.data import loader, store
-from gptjax.data.pipeline import run_pipeline
-from gptjax.data.prepare import resolve_data
+from gptjax.prepare.pipeline import run_pipeline
+from gptjax.prepare.resolve import resolve_data
 from gptjax.errors import GptjaxError
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 
 from conftest import dir_snapshot
-from gptjax.data import quality, store
+from gptjax.prepare import quality
+from gptjax.data import store
 from gptjax.data import tokenizer as tokenizers
 from gptjax.data.gpt2_bpe import GPT2BPETokenizer
-from gptjax.data.normalize import normalize
+from gptjax.prepare.normalize import normalize
 from gptjax.cli import prepare as prepare_cli
 from gptjax.config import DataConfig, PrepareConfig
-from gptjax.data.pipeline import read_report, run_pipeline, work_dir_for
-from gptjax.data.pipeline.settings import check as settings_check
-from gptjax.data.stages import doc_in_val
+from gptjax.prepare.pipeline import read_report, run_pipeline, work_dir_for
+from gptjax.prepare.settings import check as settings_check
+from gptjax.prepare.stages import doc_in_val
 from gptjax.errors import GptjaxError
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import REPO
 from gptjax.cli import main as gptjax_main
-from gptjax.data.pipeline import FAULT_KILL_AFTER_PARTS, FAULT_KILL_WORKER_AT_PART, read_report, work_dir_for
-from gptjax.data.pipeline import chunk_files
+from gptjax.prepare.pipeline import FAULT_KILL_AFTER_PARTS, FAULT_KILL_WORKER_AT_PART, read_report, work_dir_for
+from gptjax.prepare.pipeline import chunk_files
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PARAGRAPHS = [json.loads(line)["text"] for line in

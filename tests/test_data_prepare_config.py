@@ -9,7 +9,7 @@ import pytest
 
 from gptjax import config as config_lib
 from gptjax.config import DataConfig, PrepareConfig
-from gptjax.data import prepare as prepare_lib
+from gptjax.prepare import resolve as prepare_lib
 from gptjax.data import store
 from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import GptjaxError

@@ -1,4 +1,4 @@
-"""Tests for gptjax.data.quality: every Gopher rule tripped and not tripped, and the vectorized n-gram maths."""
+"""Tests for gptjax.prepare.quality: every Gopher rule tripped and not tripped, and the vectorized n-gram maths."""
 import json
 import time
 from collections import Counter
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptjax.data.quality import GOPHER_STOP_WORDS, QualityConfig, check, failed_rules, measure, words_of
+from gptjax.prepare.quality import GOPHER_STOP_WORDS, QualityConfig, check, failed_rules, measure, words_of
 
 FIXTURE = Path(__file__).parent / "fixtures" / "data" / "dedup" / "inaugural_paragraphs.jsonl"
 PARAGRAPHS = [json.loads(line)["text"] for line in FIXTURE.read_text(encoding="utf-8").splitlines()]

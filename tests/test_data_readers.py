@@ -1,4 +1,4 @@
-"""Tests for gptjax.data.readers: every supported format and every kind of bad input."""
+"""Tests for gptjax.prepare.readers: every supported format and every kind of bad input."""
 import gzip
 import json
 import tracemalloc
@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from gptjax.data.documents import stable_id
-from gptjax.data.readers import InputPathError, ReaderConfig, ReadStats, read_documents, resolve_inputs
+from gptjax.prepare.documents import stable_id
+from gptjax.prepare.readers import InputPathError, ReaderConfig, ReadStats, read_documents, resolve_inputs
 from gptjax.errors import GptjaxError
 
 

@@ -43,7 +43,7 @@ def _evaluate(model: str, model_args: str, task_dir) -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    import gptjax.eval.harness  # noqa: F401  (registers "gptjax")
+    import gptjax.interop.lm_eval  # noqa: F401  (registers "gptjax")
 
     return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=["gptjax_mc", "gptjax_ppl", "gptjax_gen"],
                                    task_manager=TaskManager(include_path=str(task_dir)), batch_size=4,
@@ -69,9 +69,9 @@ def test_simple_evaluate_gptjax_equals_hf_backend(gpt2_bpe_model, task_dir):
 
 
 def test_lm_eval_command_line_runs_gptjax(gpt2_bpe_model, task_dir, tmp_path):
-    """lm-eval's own CLI (run through gptjax.eval.harness, which registers the model first)."""
+    """lm-eval's own CLI (run through gptjax.interop.lm_eval, which registers the model first)."""
     out_dir = tmp_path / "out"
-    cmd = [sys.executable, "-m", "gptjax.eval.harness", "run", "--model", "gptjax",
+    cmd = [sys.executable, "-m", "gptjax.interop.lm_eval", "run", "--model", "gptjax",
            "--model_args", f"path={gpt2_bpe_model['gptjax']}", "--tasks", "gptjax_mc",
            "--include_path", str(task_dir), "--batch_size", "8", "--output_path", str(out_dir)]
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -83,7 +83,7 @@ def test_lm_eval_command_line_runs_gptjax(gpt2_bpe_model, task_dir, tmp_path):
 
 def test_batch_size_arguments():
     from gptjax.errors import GptjaxError
-    from gptjax.eval.harness import parse_batch_size
+    from gptjax.interop.lm_eval import parse_batch_size
 
     assert parse_batch_size("16") == 16 and parse_batch_size("auto") == 32 and parse_batch_size("auto:4", 8) == 8
     with pytest.raises(GptjaxError, match="not an integer"):

@@ -282,7 +282,7 @@ def test_items_whose_continuation_exceeds_the_window_are_skipped_and_counted():
     from gptjax.eval.suite import run_task
     from gptjax.eval.tasks import load_task
     from gptjax.model.transformer import Transformer
-    from gptjax.train.state import init_params
+    from gptjax.model.transformer import init_params
 
     cfg = Config(model=ModelConfig(vocab_size=50257, block_size=12, n_layer=1, n_head=2, d_model=16))
     lm = LM(cfg, nn.unbox(init_params(Transformer(cfg.model), 0, 8)), Gpt2BpeAdapter.from_dir(GPT2_FIXTURES))

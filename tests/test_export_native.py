@@ -17,7 +17,8 @@ from gptjax.api import EXPORT_MARKER, LM
 from gptjax.config import Config, ModelConfig
 from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import GptjaxError
-from gptjax.interop import native
+from gptjax import export
+from gptjax.train import run as run_lib
 
 FORWARD = jax.jit(lambda model, params, tokens: model.apply({"params": params}, tokens), static_argnums=0)
 
@@ -47,13 +48,13 @@ def random_lm(m: ModelConfig, seed: int = 0, step: int | None = 123) -> LM:
     """An LM with random params (norm scales near 1), built without compiling anything."""
     rng = np.random.default_rng(seed)
     flat = {name: (1.0 + 0.1 * rng.standard_normal(shape) if name.endswith("scale") else 0.2 * rng.standard_normal(shape))
-            .astype(np.float32) for name, shape in native.expected_param_shapes(m).items()}
+            .astype(np.float32) for name, shape in export.expected_param_shapes(m).items()}
     meta = {"record": {"git_commit": "abc123", "command": ["gptjax", "train"]}, "data_dir": "/data/x"}
-    return LM(Config(name="native-test", model=m), native.unflatten_params(flat), char_tokenizer(m.vocab_size), step, meta)
+    return LM(Config(name="native-test", model=m), export.unflatten_params(flat), char_tokenizer(m.vocab_size), step, meta)
 
 
 def assert_same_params(a, b) -> None:
-    flat_a, flat_b = native.flatten_params(jax.device_get(a)), native.flatten_params(jax.device_get(b))
+    flat_a, flat_b = export.flatten_params(jax.device_get(a)), export.flatten_params(jax.device_get(b))
     assert sorted(flat_a) == sorted(flat_b)
     for name in flat_a:
         assert flat_a[name].dtype == flat_b[name].dtype == np.float32, name
@@ -64,9 +65,9 @@ def assert_same_params(a, b) -> None:
 def test_every_variant_round_trips_bit_exactly(variant, tmp_path):
     lm = random_lm(variant_model(**VARIANTS[variant]))
     out = tmp_path / "export"
-    native.export_native(lm, out)
+    export.export_native(lm, out)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [native.WEIGHTS_FILE, native.CONFIG_FILE, native.RECORD_FILE, native.TOKENIZER_DIR, EXPORT_MARKER])
+        [export.WEIGHTS_FILE, export.CONFIG_FILE, export.RECORD_FILE, export.TOKENIZER_DIR, EXPORT_MARKER])
 
     loaded = gptjax.load(out)
     assert isinstance(loaded, LM)
@@ -84,8 +85,8 @@ def test_tensor_names_are_logical_paths(tmp_path):
 
     for name, overrides in (("plain", {}), ("scan", {"scan_layers": True})):
         m = variant_model(**overrides)
-        native.export_native(random_lm(m), tmp_path / name)
-        with safe_open(str(tmp_path / name / native.WEIGHTS_FILE), framework="numpy") as handle:
+        export.export_native(random_lm(m), tmp_path / name)
+        with safe_open(str(tmp_path / name / export.WEIGHTS_FILE), framework="numpy") as handle:
             shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
         if overrides:
             assert shapes["layers/attn/query/kernel"] == (2, 32, 4, 8)
@@ -96,9 +97,9 @@ def test_tensor_names_are_logical_paths(tmp_path):
 
 def test_bfloat16_export_stores_rounded_weights(tmp_path):
     lm = random_lm(variant_model(), seed=3)
-    native.export_native(lm, tmp_path / "f32")
-    native.export_native(lm, tmp_path / "bf16", dtype="bfloat16")
-    sizes = [(tmp_path / d / native.WEIGHTS_FILE).stat().st_size for d in ("f32", "bf16")]
+    export.export_native(lm, tmp_path / "f32")
+    export.export_native(lm, tmp_path / "bf16", dtype="bfloat16")
+    sizes = [(tmp_path / d / export.WEIGHTS_FILE).stat().st_size for d in ("f32", "bf16")]
     assert sizes[1] < 0.55 * sizes[0]
     assert json.loads((tmp_path / "bf16" / EXPORT_MARKER).read_text())["dtype"] == "bfloat16"
     loaded = gptjax.load(tmp_path / "bf16")
@@ -111,7 +112,7 @@ def test_cli_exports_a_training_workdir(tmp_path, capsys, monkeypatch):
     m = variant_model(vocab_size=66, position="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=2)
     source = random_lm(m)
     cfg = Config(name="native-cli", model=m)
-    workdir = native.write_workdir(cfg, source.params, source.tokenizer, tmp_path / "run", {"test": True}, "test run")
+    workdir = run_lib.write_workdir(cfg, source.params, source.tokenizer, tmp_path / "run", {"test": True}, "test run")
     out = tmp_path / "export"
     assert cli.main(["export", "--workdir", str(workdir), "--format", "safetensors", "--out", str(out)]) == 0
     assert "as a gptjax export" in capsys.readouterr().out
@@ -119,8 +120,8 @@ def test_cli_exports_a_training_workdir(tmp_path, capsys, monkeypatch):
     from_workdir, from_export = gptjax.load(workdir), gptjax.load(out)
     assert from_export.step == from_workdir.step == 0 and from_export.cfg == from_workdir.cfg
     assert_same_params(from_workdir.params, from_export.params)
-    assert json.loads((out / native.RECORD_FILE).read_text()) == from_workdir.meta["record"]
-    assert (out / native.TOKENIZER_DIR / "tokenizer.json").is_file()
+    assert json.loads((out / export.RECORD_FILE).read_text()) == from_workdir.meta["record"]
+    assert (out / export.TOKENIZER_DIR / "tokenizer.json").is_file()
     assert cli.main(["generate", "--workdir", str(out), "--prompt", "\u3041\u3042", "--max-new-tokens", "4"]) == 0
 
     before = sorted(p.name for p in out.iterdir())
@@ -136,22 +137,22 @@ def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tokenizers, "save", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        native.export_native(random_lm(variant_model()), tmp_path / "export")
+        export.export_native(random_lm(variant_model()), tmp_path / "export")
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(GptjaxError, match="export dtype 'float16'"):
-        native.export_native(random_lm(variant_model()), tmp_path / "export", dtype="float16")
+        export.export_native(random_lm(variant_model()), tmp_path / "export", dtype="float16")
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.fixture
 def exported(tmp_path) -> Path:
     out = tmp_path / "export"
-    native.export_native(random_lm(variant_model()), out)
+    export.export_native(random_lm(variant_model()), out)
     return out
 
 
 def test_load_rejects_a_truncated_weights_file(exported):
-    weights = exported / native.WEIGHTS_FILE
+    weights = exported / export.WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(GptjaxError, match="not a readable safetensors file.*truncated"):
         gptjax.load(exported)
@@ -174,9 +175,9 @@ def test_load_rejects_a_truncated_weights_file(exported):
     ({"position": "rope"}, "has param 'pos_embedding' that the config does not have (check model.position)"),
 ])
 def test_load_rejects_a_config_edited_to_not_fit_the_weights(exported, edit, fragment):
-    config = json.loads((exported / native.CONFIG_FILE).read_text())
+    config = json.loads((exported / export.CONFIG_FILE).read_text())
     config["model"].update(edit)
-    (exported / native.CONFIG_FILE).write_text(json.dumps(config))
+    (exported / export.CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(GptjaxError) as failure:
         gptjax.load(exported)
     message = str(failure.value)
@@ -204,7 +205,7 @@ def rewrite_weights(path: Path, change) -> None:
     ("embedding", lambda t: np.full(t.shape, 1e300), "holds 4096 NaN or infinite value(s) (as float32)"),
 ])
 def test_load_rejects_non_float_and_non_finite_tensors(exported, name, spoil, fragment):
-    rewrite_weights(exported / native.WEIGHTS_FILE, lambda tensors: {**tensors, name: spoil(tensors[name])})
+    rewrite_weights(exported / export.WEIGHTS_FILE, lambda tensors: {**tensors, name: spoil(tensors[name])})
     with pytest.raises(GptjaxError) as failure:
         gptjax.load(exported)
     message = str(failure.value)
@@ -214,8 +215,8 @@ def test_load_rejects_non_float_and_non_finite_tensors(exported, name, spoil, fr
 def test_a_model_without_tokenizer_exports_and_loads(tmp_path):
     source = random_lm(variant_model(), seed=5)
     lm = LM(source.cfg, source.params, None, 7, source.meta)
-    out = native.export_native(lm, tmp_path / "export")
-    assert not (out / native.TOKENIZER_DIR).exists()
+    out = export.export_native(lm, tmp_path / "export")
+    assert not (out / export.TOKENIZER_DIR).exists()
     assert json.loads((out / EXPORT_MARKER).read_text())["has_tokenizer"] is False
 
     loaded = gptjax.load(out)
@@ -225,17 +226,17 @@ def test_a_model_without_tokenizer_exports_and_loads(tmp_path):
     np.testing.assert_array_equal(loaded.logits(ids), source.logits(ids))
     with pytest.raises(GptjaxError, match="needs a tokenizer"):
         loaded.generate("hi")
-    assert json.loads((tmp_path / "export" / EXPORT_MARKER).read_text())["format_version"] == native.FORMAT_VERSION
+    assert json.loads((tmp_path / "export" / EXPORT_MARKER).read_text())["format_version"] == export.FORMAT_VERSION
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda out: (out / native.WEIGHTS_FILE).unlink(), "model.safetensors is missing"),
-    (lambda out: (out / native.CONFIG_FILE).unlink(), r"export config not found: .*config\.json"),
-    (lambda out: [p.unlink() for p in (out / native.TOKENIZER_DIR).iterdir()], "no tokenizer at"),
+    (lambda out: (out / export.WEIGHTS_FILE).unlink(), "model.safetensors is missing"),
+    (lambda out: (out / export.CONFIG_FILE).unlink(), r"export config not found: .*config\.json"),
+    (lambda out: [p.unlink() for p in (out / export.TOKENIZER_DIR).iterdir()], "no tokenizer at"),
     (lambda out: (out / EXPORT_MARKER).write_text(json.dumps({"format_version": 99})), "format_version 99"),
     (lambda out: (out / EXPORT_MARKER).write_text("{not json"), r"is corrupt \(invalid JSON"),
     (lambda out: (out / EXPORT_MARKER).write_text("[1]"), "holds a JSON list, not an object"),
-    (lambda out: (out / native.TOKENIZER_DIR / "tokenizer.json").rename(out / "moved.json"), "no tokenizer at"),
+    (lambda out: (out / export.TOKENIZER_DIR / "tokenizer.json").rename(out / "moved.json"), "no tokenizer at"),
 ])
 def test_load_rejects_an_incomplete_export(exported, damage, message):
     damage(exported)
@@ -252,6 +253,6 @@ def test_experiment_source_reproduces_the_config_with_nested_sections(tmp_path):
     prepare = dataclasses.replace(base.data.prepare, jaccard=0.7, languages=("en", "de"))
     cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, dataset="", path="/d", prepare=prepare))
     experiment = tmp_path / "experiment.py"
-    experiment.write_text(native.experiment_source(cfg, "a header\nof two lines"))
+    experiment.write_text(run_lib.experiment_source(cfg, "a header\nof two lines"))
     assert experiment.read_text().startswith("# a header\n# of two lines\n")
     assert config_lib.to_config(config_lib.load_experiment(str(experiment))) == cfg

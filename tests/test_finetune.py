@@ -30,14 +30,14 @@ def base_dir(tmp_path_factory, cache_dir) -> Path:
 
     from gptjax.api import LM
     from gptjax.data.tokenizer import Gpt2BpeAdapter
-    from gptjax.interop import native
+    from gptjax import export
     from gptjax.model.transformer import Transformer
-    from gptjax.train.state import init_params
+    from gptjax.model.transformer import init_params
 
     model_cfg = config_lib.ModelConfig(vocab_size=50257, block_size=96, n_layer=2, n_head=2, d_model=32)
     cfg = config_lib.Config(name="finetune_base", model=model_cfg)
     out = tmp_path_factory.mktemp("finetune_base") / "base"
-    native.export_native(LM(cfg, nn.unbox(init_params(Transformer(model_cfg), 0, 8)),
+    export.export_native(LM(cfg, nn.unbox(init_params(Transformer(model_cfg), 0, 8)),
                             Gpt2BpeAdapter.from_dir(GPT2_FIXTURES)), out)
     return out
 
@@ -71,7 +71,7 @@ def tokenizer():
 
 
 def test_spam_split_is_class_balanced_70_10_20():
-    from gptjax.data import records
+    from gptjax.finetune import records
 
     splits = records.split_records("sms_spam", records.records_path("sms_spam", str(FIXTURES)))
     every = [r for split in splits.values() for r in split]
@@ -83,7 +83,7 @@ def test_spam_split_is_class_balanced_70_10_20():
 
 
 def test_instruction_split_is_85_train_10_test_rest_val_in_file_order():
-    from gptjax.data import records
+    from gptjax.finetune import records
 
     path = records.records_path("instruction", str(FIXTURES))
     every = records.read_instruction(path)
@@ -98,7 +98,7 @@ def test_instruction_split_is_85_train_10_test_rest_val_in_file_order():
     ('[{"messages": [{"role": "user", "content": "hi"}]}]', "record 0 has no assistant message"),
 ])
 def test_a_record_missing_a_field_names_the_record_and_the_field(tmp_path, content, message):
-    from gptjax.data import records
+    from gptjax.finetune import records
 
     path = tmp_path / "records.json"
     path.write_text(content)
@@ -108,7 +108,7 @@ def test_a_record_missing_a_field_names_the_record_and_the_field(tmp_path, conte
 
 
 def test_a_label_set_with_one_class_and_a_malformed_tsv_line_are_errors(tmp_path):
-    from gptjax.data import records
+    from gptjax.finetune import records
 
     one_class = tmp_path / "one.jsonl"
     one_class.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "x"}\n')
@@ -124,8 +124,8 @@ def test_a_label_set_with_one_class_and_a_malformed_tsv_line_are_errors(tmp_path
 
 
 def test_sft_loss_counts_exactly_the_response_tokens_and_the_closing_eot():
-    from gptjax.data import records
-    from gptjax.data.finetune import sft_sequences
+    from gptjax.finetune import records
+    from gptjax.finetune.batches import sft_sequences
 
     tok = tokenizer()
     items = records.read_instruction(records.records_path("instruction", str(FIXTURES)))[:6]
@@ -144,9 +144,9 @@ def test_packed_rows_give_the_same_summed_loss_as_padded_rows(base_dir):
 
     import gptjax
     from gptjax.model.transformer import Transformer
-    from gptjax.train.state import init_params
-    from gptjax.data import records
-    from gptjax.data.finetune import packed_rows, padded_sequences, sft_sequences
+    from gptjax.model.transformer import init_params
+    from gptjax.finetune import records
+    from gptjax.finetune.batches import packed_rows, padded_sequences, sft_sequences
     from gptjax.train.objectives import NextTokenLM
 
     lm = gptjax.load(base_dir)
@@ -166,8 +166,8 @@ def test_packed_rows_give_the_same_summed_loss_as_padded_rows(base_dir):
 
 
 def test_an_over_long_record_is_truncated_or_skipped_and_counted(capfd):
-    from gptjax.data import records
-    from gptjax.data.finetune import sft_sequences
+    from gptjax.finetune import records
+    from gptjax.finetune.batches import sft_sequences
 
     tok = tokenizer()
     items = records.read_instruction(records.records_path("instruction", str(FIXTURES)))[:10]
@@ -188,8 +188,8 @@ def test_the_classifier_head_sees_the_last_real_token_whatever_follows(base_dir)
     import flax.linen as nn
 
     from gptjax.model.transformer import Transformer
-    from gptjax.train.objectives import class_logits
-    from gptjax.train.state import init_params
+    from gptjax.model.losses import class_logits
+    from gptjax.model.transformer import init_params
 
     model_cfg = dataclasses.replace(config_lib.ModelConfig(vocab_size=50257, block_size=96, n_layer=2, n_head=2,
                                                            d_model=32), num_classes=3)
@@ -213,7 +213,7 @@ def test_the_classifier_head_sees_the_last_real_token_whatever_follows(base_dir)
 
 
 def flat(params) -> dict[str, np.ndarray]:
-    from gptjax.train.checkpoint import param_key
+    from gptjax.checkpoint import param_key
 
     return {param_key(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
 
@@ -408,27 +408,27 @@ def sentencepiece_base(tmp_path_factory) -> Path:
     import flax.linen as nn
 
     from gptjax.api import LM
-    from gptjax.data import records
+    from gptjax.finetune import records
     from gptjax.data.tokenizer import SentencePieceTokenizer
-    from gptjax.interop import native
+    from gptjax import export
     from gptjax.model.transformer import Transformer
-    from gptjax.train.state import init_params
+    from gptjax.model.transformer import init_params
 
     items = records.read_instruction(records.records_path("instruction", str(FIXTURES)))
     texts = [f"{r['instruction']}\n{r['input']}\n{r['output']}" for r in items] * 3
     tok = SentencePieceTokenizer.train(texts, 384)
     model_cfg = config_lib.ModelConfig(vocab_size=tok.vocab_size, block_size=96, n_layer=2, n_head=2, d_model=32)
     out = tmp_path_factory.mktemp("sp_base") / "base"
-    native.export_native(LM(config_lib.Config(name="sp_base", model=model_cfg),
+    export.export_native(LM(config_lib.Config(name="sp_base", model=model_cfg),
                             nn.unbox(init_params(Transformer(model_cfg), 0, 8)), tok), out)
     return out
 
 
 def test_chat_role_headers_are_added_special_tokens_and_the_base_rows_carry_over(sentencepiece_base, tmp_path):
     import gptjax
-    from gptjax.data.finetune import load_finetune_data
-    from gptjax.data.sft import CHAT_TOKENS
-    from gptjax.train.finetune import finetune_tokenizer
+    from gptjax.finetune.batches import load_finetune_data
+    from gptjax.finetune.templates import CHAT_TOKENS
+    from gptjax.finetune.setup import finetune_tokenizer
 
     base = gptjax.load(sentencepiece_base)
     cfg = finetune_config(sentencepiece_base, "sft", steps=4, model={"vocab_size": 0, "lora_rank": 2},

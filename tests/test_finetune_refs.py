@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import gptjax
-from gptjax.data.finetune import encode_pieces, padded_sequences, preference_pairs, row_width
-from gptjax.data.sft import prompt_pieces
-from gptjax.interop import hf, merged
+from gptjax.finetune.batches import encode_pieces, padded_sequences, preference_pairs, row_width
+from gptjax.finetune.templates import prompt_pieces
+from gptjax.interop import hf
 from gptjax.model.lora import ADAPTER_NAMES, merge_lora
-from gptjax.train.objectives import dpo_terms, sequence_logprobs
+from gptjax.model.losses import dpo_terms, sequence_logprobs
 
 from conftest import GPT2_FIXTURES
 from test_interop_hf import gptjax_model, hf_logits, lm_for, load_hf, max_abs_diff, random_ids, random_params
@@ -118,8 +118,8 @@ def test_llama_lora_matches_peft(tmp_path):
     with peft_model.disable_adapter():  # and peft's base is the exported base
         assert max_abs_diff(hf_logits(peft_model, ids), base_logits) <= LOGIT_TOLERANCE
 
-    # `gptjax export --format hf` of a LoRA model: interop.merged folds the adapters, the export stands alone
-    lm = merged(lm_for(m, params))
+    # `gptjax export --format hf` of a LoRA model: LM.with_lora_merged folds the adapters, the export stands alone
+    lm = lm_for(m, params).with_lora_merged()
     assert lm.config.lora_rank == 0 and lm.cfg.finetune.freeze == "none"
     hf.export_hf(lm.cfg, lm.params, lm.tokenizer, tmp_path / "merged")
     exported = hf_logits(load_hf(tmp_path / "merged"), ids)

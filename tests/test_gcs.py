@@ -67,7 +67,7 @@ def straight_gcs(gcs, gcs_data, cache_dir) -> str:
 def test_a_gs_run_writes_its_files_and_reads_its_data_from_a_local_cache_copy(gcs, gcs_data, straight_gcs, cache_dir,
                                                                               shakespeare_dir):
     from gptjax.data import loader
-    from gptjax.data.prepare import local_data_dir
+    from gptjax.data.sources import local_data_dir
 
     gcs.invalidate_cache()
     names = {p.split("/runs/straight/", 1)[1] for p in gcs.find(straight_gcs)}
@@ -163,7 +163,8 @@ def test_workdir_files_and_tensorboard_events_are_objects_written_through_fileio
 def test_a_gs_dataset_is_copied_once_to_a_local_cache_keyed_by_its_generations(gcs, gcs_data, cache_dir,
                                                                                shakespeare_dir, capfd):
     from gptjax.data import loader
-    from gptjax.data.prepare import local_data_dir, resolve_data
+    from gptjax.data.sources import local_data_dir
+    from gptjax.prepare.resolve import resolve_data
     from gptjax.config import DataConfig
     from gptjax.errors import GptjaxError
 

@@ -20,7 +20,8 @@ from gptjax.config import Config, DataConfig, ModelConfig, TrainConfig
 from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import GptjaxError
 from gptjax.generate import SamplingParams, generate_ids
-from gptjax.interop import hf, native
+from gptjax import export
+from gptjax.interop import hf
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gpt2"
 SHAKESPEARE = Path(gptjax.__file__).parent / "data" / "bundled" / "tinyshakespeare.txt"
@@ -40,10 +41,10 @@ def random_params(m: ModelConfig, seed: int = 0, std: float = 0.2) -> dict:
     """Random float32 params of the right tree for `m` (norm scales near 1), without compiling anything."""
     rng = np.random.default_rng(seed)
     flat = {}
-    for name, shape in native.expected_param_shapes(m).items():
+    for name, shape in export.expected_param_shapes(m).items():
         noise = rng.standard_normal(shape).astype(np.float32)
         flat[name] = 1.0 + 0.1 * noise if name.endswith("scale") else std * noise
-    return native.unflatten_params(flat)
+    return export.unflatten_params(flat)
 
 
 def lm_for(m: ModelConfig, params: dict, tokenizer: tokenizers.Tokenizer | None = None) -> LM:
@@ -106,10 +107,10 @@ def assert_params_round_trip(original: dict, m: ModelConfig, imported: dict, imp
         assert not np.any(imported["lm_head"][:, v:])
     for key in ("pos_embedding", "norm_f"):
         if key in original:
-            for name, leaf in native.flatten_params({key: original[key]}).items():
-                np.testing.assert_array_equal(leaf, native.flatten_params(imported)[name])
+            for name, leaf in export.flatten_params({key: original[key]}).items():
+                np.testing.assert_array_equal(leaf, export.flatten_params(imported)[name])
     for ours, theirs in zip(per_layer(original, m), per_layer(imported, imported_m)):
-        flat_ours, flat_theirs = native.flatten_params(ours), native.flatten_params(theirs)
+        flat_ours, flat_theirs = export.flatten_params(ours), export.flatten_params(theirs)
         for name, leaf in flat_theirs.items():
             if name in flat_ours:
                 np.testing.assert_array_equal(flat_ours[name], leaf, err_msg=name)
@@ -196,7 +197,7 @@ def test_hf_import_matches_logits_and_round_trips(shape, tmp_path):
     out = tmp_path / "back"
     hf.export_hf(lm.cfg, read.params, lm.tokenizer, out)
     original = {name: tensor.detach().numpy() for name, tensor in model.state_dict().items()}
-    exported = dict(native.read_safetensors_lazily(out / hf.WEIGHTS_FILE, None))
+    exported = dict(export.read_safetensors_lazily(out / hf.WEIGHTS_FILE, None))
     for name, tensor in exported.items():
         np.testing.assert_array_equal(tensor, original[name], err_msg=name)
     again = hf.read_hf_dir(out)
@@ -281,7 +282,7 @@ def test_export_bfloat16_halves_the_file_and_loads(tmp_path):
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory) -> tuple[Path, Path]:
     """(workdir, prepared data dir) of a GPT-2-family model trained 6 steps on the bundled Shakespeare (char)."""
-    from gptjax.data.prepare import resolve_data
+    from gptjax.prepare.resolve import resolve_data
     from gptjax.train.loop import train
 
     root = tmp_path_factory.mktemp("trained")
@@ -545,7 +546,7 @@ def spoil_tensor(path: Path, name: str, spoil) -> None:
     """Rewrites the safetensors file at `path` with tensor `name` replaced by `spoil(tensor)`."""
     from safetensors.numpy import save_file
 
-    tensors = dict(native.read_safetensors_lazily(path, None))
+    tensors = dict(export.read_safetensors_lazily(path, None))
     save_file({**tensors, name: spoil(tensors[name])}, str(path), metadata={"format": "pt"})
 
 
@@ -563,10 +564,10 @@ def test_import_refuses_non_float_and_non_finite_tensors(hf_dir, tmp_path, name,
 def test_import_reads_float16_and_bfloat16_weights(hf_dir):
     import ml_dtypes
 
-    expected = native.flatten_params(hf.read_hf_dir(hf_dir).params)
+    expected = export.flatten_params(hf.read_hf_dir(hf_dir).params)
     spoil_tensor(hf_dir / hf.WEIGHTS_FILE, "transformer.wte.weight", lambda t: t.astype(np.float16))
     spoil_tensor(hf_dir / hf.WEIGHTS_FILE, "transformer.wpe.weight", lambda t: t.astype(ml_dtypes.bfloat16))
-    imported = native.flatten_params(hf.read_hf_dir(hf_dir).params)
+    imported = export.flatten_params(hf.read_hf_dir(hf_dir).params)
     np.testing.assert_array_equal(imported["embedding"][:257],
                                   expected["embedding"][:257].astype(np.float16).astype(np.float32))
     np.testing.assert_array_equal(imported["pos_embedding"],
@@ -597,9 +598,9 @@ def test_weights_only_hf_dir_imports_without_tokenizer(tmp_path, capsys, monkeyp
     printed = capsys.readouterr().out
     assert "imported GPT2LMHeadModel" in printed and "no tokenizer" in printed
     assert "training" in printed and "--tokenizer-dir" in printed and "gptjax train" not in printed
-    assert not (workdir / native.TOKENIZER_DIR).exists() and not (workdir / native.EXPERIMENT_FILE).exists()
+    assert not (workdir / export.TOKENIZER_DIR).exists() and not (workdir / export.EXPERIMENT_FILE).exists()
 
-    from gptjax.train.checkpoint import restore_params
+    from gptjax.checkpoint import restore_params
 
     _, meta, step = restore_params(workdir)
     assert step == 0 and meta["tokenizer"] is None and meta["tokenizer_fingerprint"] is None
@@ -643,19 +644,19 @@ def test_weights_only_hf_dir_imports_with_a_tokenizer_dir(tmp_path, capsys, monk
                      "--tokenizer-dir", str(tokenizer_dir)]) == 0
     printed = capsys.readouterr().out
     assert "gpt2_bpe tokenizer" in printed
-    assert f"--tokenizer gpt2_bpe --tokenizer-dir {workdir.absolute() / native.TOKENIZER_DIR}" in printed
-    assert f"gptjax train --config {workdir.absolute() / native.EXPERIMENT_FILE}" in printed
-    assert (workdir / native.EXPERIMENT_FILE).is_file()
+    assert f"--tokenizer gpt2_bpe --tokenizer-dir {workdir.absolute() / export.TOKENIZER_DIR}" in printed
+    assert f"gptjax train --config {workdir.absolute() / export.EXPERIMENT_FILE}" in printed
+    assert (workdir / export.EXPERIMENT_FILE).is_file()
 
     lm = gptjax.load(workdir)
     expected = tokenizers.Gpt2BpeAdapter.from_dir(tokenizer_dir)
     assert tokenizers.fingerprint(lm.tokenizer) == tokenizers.fingerprint(expected)
-    assert tokenizers.fingerprint(tokenizers.load(workdir / native.TOKENIZER_DIR)) == tokenizers.fingerprint(expected)
+    assert tokenizers.fingerprint(tokenizers.load(workdir / export.TOKENIZER_DIR)) == tokenizers.fingerprint(expected)
     assert_greedy_parity(lm, model, "Four score and seven years ago")
 
     # the tokenizer dir may also be a gptjax tokenizer directory (here: the imported workdir's own)
     again = tmp_path / "wd-again"
-    hf.import_hf(tmp_path / "hf", again, tokenizer_dir=workdir / native.TOKENIZER_DIR)
+    hf.import_hf(tmp_path / "hf", again, tokenizer_dir=workdir / export.TOKENIZER_DIR)
     assert tokenizers.fingerprint(gptjax.load(again).tokenizer) == tokenizers.fingerprint(expected)
 
     # the printed advice, followed literally (a few flags added to make it a seconds-long run), trains the import
@@ -690,12 +691,12 @@ def test_import_reads_a_base_model_checkpoint_without_prefix(hf_dir):
     """The original GPT-2 release stores `h.0.attn.c_attn.weight`, `wte.weight`, ... plus causal-mask buffers."""
     from safetensors.numpy import save_file
 
-    expected = native.flatten_params(hf.read_hf_dir(hf_dir).params)
-    tensors = dict(native.read_safetensors_lazily(hf_dir / hf.WEIGHTS_FILE, None))
+    expected = export.flatten_params(hf.read_hf_dir(hf_dir).params)
+    tensors = dict(export.read_safetensors_lazily(hf_dir / hf.WEIGHTS_FILE, None))
     base = {name.removeprefix("transformer."): tensor for name, tensor in tensors.items()}
     base |= {f"h.{i}.attn.bias": np.tril(np.ones((1, 1, 48, 48), np.float32)) for i in range(2)}
     save_file(base, str(hf_dir / hf.WEIGHTS_FILE), metadata={"format": "pt"})
-    imported = native.flatten_params(hf.read_hf_dir(hf_dir).params)
+    imported = export.flatten_params(hf.read_hf_dir(hf_dir).params)
     assert sorted(imported) == sorted(expected)
     for name, leaf in expected.items():
         np.testing.assert_array_equal(imported[name], leaf, err_msg=name)
@@ -746,7 +747,7 @@ def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(native, "write_json", disk_full)
+    monkeypatch.setattr(export, "write_json", disk_full)
     with pytest.raises(OSError):
         hf.export_hf(Config(model=m), random_params(m), char_tokenizer(m.vocab_size), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

@@ -216,7 +216,7 @@ def test_eval_tasks_are_scored_during_training_and_logged(tmp_path, cache_dir):
 
 
 def test_a_failing_save_at_close_never_masks_the_error_that_stopped_the_run(tmp_path, cache_dir, monkeypatch, capfd):
-    from gptjax.train import checkpoint
+    from gptjax import checkpoint
     from gptjax.train.loop import train
 
     def failing_close(self):

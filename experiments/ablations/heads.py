@@ -6,7 +6,7 @@ gptjax ablate --config experiments/ablations/heads.py --workdir runs/ablate_head
 from pathlib import Path
 
 from gptjax.config import load_experiment
-from gptjax.sweep import Ablation
+from gptjax.ablate import Ablation
 
 
 def get_ablation() -> Ablation:

@@ -5,7 +5,7 @@ gptjax ablate --config experiments/ablations/norm.py --workdir runs/ablate_norm 
 from pathlib import Path
 
 from gptjax.config import load_experiment
-from gptjax.sweep import Ablation
+from gptjax.ablate import Ablation
 
 
 def get_ablation() -> Ablation:

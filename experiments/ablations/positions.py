@@ -6,7 +6,7 @@ gptjax ablate --config experiments/ablations/positions.py --workdir runs/ablate_
 from pathlib import Path
 
 from gptjax.config import POSITIONS, load_experiment
-from gptjax.sweep import Ablation
+from gptjax.ablate import Ablation
 
 
 def get_ablation() -> Ablation:

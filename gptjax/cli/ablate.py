@@ -14,7 +14,7 @@ HELP = "train an ablation's variants x seeds at equal FLOPs / tokens / steps and
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from gptjax.sweep.ablation import BUDGETS
+    from gptjax.ablate.runner import BUDGETS
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = __doc__.split("\n\n", 1)[1]
@@ -28,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    from gptjax.sweep import ablation as ablation_lib
-    from gptjax.sweep import report as report_lib
+    from gptjax.ablate import runner as ablation_lib
+    from gptjax.ablate import report as report_lib
 
     ablation = ablation_lib.load_ablation(args.config)
     plan = ablation_lib.plan_ablation(ablation, args.workdir, args.seeds, args.budget or "",

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host compiles; TPU devices are compile-only
-    from gptjax.scale import compile_check as cc
+    from gptjax.train import compile_check as cc
 
     cfg = load_config(args.config, overrides)
     if not args.search:

@@ -74,12 +74,12 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     lm = gptjax.load(args.workdir)
     if lm.cfg.train.objective in FINETUNE_OBJECTIVES and not args.data:
-        from gptjax.eval.finetune import evaluate_finetune
+        from gptjax.finetune.evaluate import evaluate_finetune
 
-        document = evaluate_finetune(lm, args.workdir, args.split or "test", args.batch_size, args.out)
+        document = evaluate_finetune(lm, args.workdir, gptjax.load, args.split or "test", args.batch_size, args.out)
         print(json.dumps(document["results"]))
         return 0
-    from gptjax.data.prepare import local_data_dir
+    from gptjax.data.sources import local_data_dir
 
     recorded = args.data or lm.meta.get("data_dir", "")
     if not recorded:

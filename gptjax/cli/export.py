@@ -1,7 +1,13 @@
-"""`gptjax export --workdir DIR --format hf|safetensors --out OUT`: a trained model in another format."""
+"""`gptjax export --workdir DIR --format hf|safetensors --out OUT`: a trained model in another format.
+
+  --format safetensors   a self-contained gptjax export directory (gptjax.export)
+  --format hf            a transformers GPT-2 / Llama directory (gptjax.interop.hf)
+LoRA adapters are folded into their kernels first, so an export stands alone without its base model.
+"""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "export a trained model (--format hf | safetensors)"
 
@@ -14,6 +20,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    from gptjax.interop import export_cli
+    import gptjax
+    from gptjax import export, fileio
+    from gptjax.errors import GptjaxError
+    from gptjax.interop import hf
+    from gptjax.model.transformer import count_params
 
-    return export_cli(args)
+    if args.format not in ("hf", "safetensors"):
+        raise GptjaxError(f"unknown export format '{args.format}' (hf or safetensors)")
+    out = Path(args.out)
+    fileio.require_empty_destination(out, "--out directory")
+    lm = gptjax.load(args.workdir).with_lora_merged()
+    if args.format == "hf" and lm.config.num_classes:
+        raise GptjaxError(f"{args.workdir} is a classifier (model.num_classes={lm.config.num_classes}); a transformers "
+                          f"causal-LM export has no place for its head: use --format safetensors")
+    if args.format == "safetensors":
+        export.export_native(lm, out, args.dtype)
+        what, notes = "a gptjax export (load it with gptjax.load)", []
+    else:
+        notes = hf.export_hf(lm.cfg, lm.params, lm.tokenizer, out, args.dtype)
+        what = f"a transformers {hf.ARCHITECTURES[hf.hf_family(lm.config)]}"
+    print(f"exported {args.workdir} (step {lm.step}, {count_params(lm.params) / 1e6:.2f}M params) to {out} as "
+          f"{what} in {args.dtype}" + "".join(f"; {note}" for note in notes))
+    return 0

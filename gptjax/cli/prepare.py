@@ -6,9 +6,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+from gptjax import config as config_lib
 from gptjax.config import DataConfig, PrepareConfig
-from gptjax.data import stages
-from gptjax.data import tokenizer as tokenizers
 
 HELP = "raw text -> filtered, deduplicated token shards + tokenizer + report"
 # The command line cleans by default (a config's data.prepare defaults are raw, see PrepareConfig).
@@ -29,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="also write one JSON line per document: kept, or the stage and reason that dropped "
                                "it (and for a duplicate, the copy that was kept)")
     io_group.add_argument("--text-field", default=defaults.text_field, help="JSONL key / Parquet column with the text")
-    io_group.add_argument("--txt-mode", default=defaults.txt_mode, choices=stages.TXT_MODES,
+    io_group.add_argument("--txt-mode", default=defaults.txt_mode, choices=config_lib.TXT_MODES,
                           help=".txt files: one document per file, or one per blank-line-separated paragraph")
     io_group.add_argument("--max-doc-mb", type=float, default=defaults.max_doc_bytes / _MB,
                           help="documents (JSONL lines, whole .txt files) larger than this are dropped and counted")
@@ -43,20 +42,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     filters.add_argument("--lang-threshold", type=float, default=defaults.lang_threshold,
                          help="minimum probability of a kept language")
     filters.add_argument("--no-quality", action="store_true", help="skip the Gopher quality rules")
-    filters.add_argument("--dedup", default=defaults.dedup, choices=stages.DEDUP_MODES,
+    filters.add_argument("--dedup", default=defaults.dedup, choices=config_lib.DEDUP_MODES,
                          help="near = exact, then MinHash/LSH near-duplicates")
     filters.add_argument("--jaccard", type=float, default=defaults.jaccard, help="near-duplicate Jaccard threshold")
     filters.add_argument("--num-perm", type=int, default=defaults.num_perm, help="MinHash permutations")
     filters.add_argument("--bands", type=int, default=defaults.bands, help="LSH bands (rows = num-perm // bands)")
     filters.add_argument("--ngram", type=int, default=defaults.ngram, help="word n-gram size of MinHash shingles")
-    filters.add_argument("--boilerplate", default=defaults.boilerplate, choices=stages.BOILERPLATE_MODES,
+    filters.add_argument("--boilerplate", default=defaults.boilerplate, choices=config_lib.BOILERPLATE_MODES,
                          help="remove lines or paragraphs repeated across documents")
     filters.add_argument("--boilerplate-max-count", type=int, default=defaults.boilerplate_max_count,
                          help="a line/paragraph seen more than this many times corpus-wide is removed")
     tok = parser.add_argument_group("tokenizer and shards")
-    tok.add_argument("--tokenizer", default=DataConfig.tokenizer, choices=tokenizers.KINDS)
+    tok.add_argument("--tokenizer", default=DataConfig.tokenizer, choices=config_lib.TOKENIZERS)
     tok.add_argument("--vocab-size", type=int, default=4096, help="sentencepiece vocabulary size")
-    tok.add_argument("--model-type", default=defaults.model_type, choices=tokenizers.SENTENCEPIECE_MODEL_TYPES,
+    tok.add_argument("--model-type", default=defaults.model_type, choices=config_lib.SENTENCEPIECE_MODEL_TYPES,
                      help="sentencepiece model type")
     tok.add_argument("--no-byte-fallback", action="store_true", help="sentencepiece: map unknown characters to <unk>")
     tok.add_argument("--sample-docs", type=int, default=defaults.sample_docs,
@@ -100,7 +99,7 @@ def config_from_args(args: argparse.Namespace) -> DataConfig:
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     """Runs the pipeline, prints the report table and a one-line summary; returns 0."""
-    from gptjax.data.pipeline import REPORT, read_report, run_pipeline
+    from gptjax.prepare.pipeline import REPORT, read_report, run_pipeline
 
     data = config_from_args(args)
     manifest = run_pipeline(data.inputs, args.out, data, show_progress=not args.quiet, decisions=args.decisions)

@@ -151,7 +151,7 @@ class _MixtureStepBatches:
 def _sources(data_dir: str | Path, data) -> list[tuple[Path, float]]:
     """The prepared directories rows come from, with weights: the mixture's, or just `data_dir`."""
     if data is not None and data.mixture:
-        from gptjax.data.prepare import mixture_entries
+        from gptjax.data.sources import mixture_entries
 
         return mixture_entries(data)
     return [(Path(data_dir), 1.0)]

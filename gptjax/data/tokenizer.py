@@ -14,11 +14,11 @@ import re
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
-from gptjax.fileio import as_path, makedirs, write_bytes_atomic
+from gptjax.config import SENTENCEPIECE_MODEL_TYPES, TOKENIZERS
 from gptjax.errors import GptjaxError
+from gptjax.fileio import as_path, makedirs, write_bytes_atomic
 
-KINDS = ("char", "sentencepiece", "gpt2_bpe")
-SENTENCEPIECE_MODEL_TYPES = ("bpe", "unigram")
+KINDS = TOKENIZERS
 EOT = "<|endoftext|>"
 SPEC_FILE = "tokenizer.json"
 SENTENCEPIECE_SEED = 0  # fixes sentencepiece's sentence sampling, so the same texts train the same model

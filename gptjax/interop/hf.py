@@ -50,7 +50,8 @@ from gptjax.config import Config, DataConfig, ModelConfig
 from gptjax.data import tokenizer as tokenizers
 from gptjax.data.tokenizer import EOT
 from gptjax.errors import GptjaxError
-from gptjax.interop import native
+from gptjax.train import run as run_lib
+from gptjax import export
 
 GPT2 = "gpt2"
 LLAMA = "llama"
@@ -479,7 +480,7 @@ def hf_tokenizer_files(tok: tokenizers.Tokenizer, model_max_length: int) -> tupl
 
 
 def _json_file(path: Path) -> dict:
-    return native.read_json_object(path, "Hugging Face file", "fix it or save the model again with save_pretrained")
+    return export.read_json_object(path, "Hugging Face file", "fix it or save the model again with save_pretrained")
 
 
 def _token_text(value: Any) -> str | None:
@@ -605,7 +606,7 @@ def weight_files(src: Path) -> dict[str, Path]:
     """Tensor name -> the safetensors file holding it (model.safetensors, or the shards of its index)."""
     single, index = src / WEIGHTS_FILE, src / WEIGHTS_INDEX_FILE
     if single.is_file():
-        return {name: single for name in native.safetensors_shapes(single)}
+        return {name: single for name in export.safetensors_shapes(single)}
     if index.is_file():
         weight_map = _json_file(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
@@ -639,7 +640,7 @@ def stored_tensor_names(located: Mapping[str, Path], m: ModelConfig, family: str
     config (buffers such as GPT-2's `attn.bias` causal mask and a tied model's `lm_head.weight` are skipped)."""
     shapes: dict[str, tuple[int, ...]] = {}
     for shard in sorted(set(located.values())):
-        for name, shape in native.safetensors_shapes(shard).items():
+        for name, shape in export.safetensors_shapes(shard).items():
             if located.get(name) == shard:
                 shapes[name] = shape
     indexed_but_absent = sorted(set(located) - set(shapes))
@@ -659,9 +660,9 @@ def stored_tensor_names(located: Mapping[str, Path], m: ModelConfig, family: str
     missing = sorted(set(expected) - set(stored_as))
     unexpected = sorted(set(stored_as) - set(expected))
     if missing:
-        raise GptjaxError(f"{where} lack tensor '{missing[0]}'{native.and_more(missing)}, which config.json implies")
+        raise GptjaxError(f"{where} lack tensor '{missing[0]}'{export.and_more(missing)}, which config.json implies")
     if unexpected:
-        raise GptjaxError(f"{where} have tensor '{stored_as[unexpected[0]]}'{native.and_more(unexpected)}, which "
+        raise GptjaxError(f"{where} have tensor '{stored_as[unexpected[0]]}'{export.and_more(unexpected)}, which "
                           f"config.json does not imply")
     for name, shape in expected.items():
         if tuple(shapes[stored_as[name]]) != shape:
@@ -678,7 +679,7 @@ def read_hf_tensors(located: Mapping[str, Path], stored_as: Mapping[str, str]) -
     hf_name = {stored: name for name, stored in stored_as.items()}
     tensors: dict[str, np.ndarray] = {}
     for shard, shard_names in by_shard.items():
-        tensors.update((hf_name[stored], array) for stored, array in native.read_safetensors_lazily(shard, shard_names))
+        tensors.update((hf_name[stored], array) for stored, array in export.read_safetensors_lazily(shard, shard_names))
     return tensors
 
 
@@ -710,11 +711,11 @@ def read_hf_dir(src: str | Path, block_size: int | None = None, tokenizer_dir: s
     stored_as = stored_tensor_names(located, model, family)
     tokenizer = model_tokenizer(src, hf, None if tokenizer_dir is None else Path(tokenizer_dir))
     if tokenizer is not None:
-        native.check_tokenizer_fits(tokenizer, model, f"in {tokenizer_dir or src}",
+        export.check_tokenizer_fits(tokenizer, model, f"in {tokenizer_dir or src}",
                                     f"pass a --tokenizer-dir whose vocabulary fits the model ({src / 'config.json'})")
     params = params_from_hf(model, family, read_hf_tensors(located, stored_as))
-    native.check_param_shapes({k: v.shape for k, v in native.flatten_params(params).items()},
-                              native.expected_param_shapes(model), f"the params converted from {src}")
+    export.check_param_shapes({k: v.shape for k, v in export.flatten_params(params).items()},
+                              export.expected_param_shapes(model), f"the params converted from {src}")
     return HfModel(family, model, params, tokenizer, hf)
 
 
@@ -739,8 +740,8 @@ def next_steps(tokenizer: tokenizers.Tokenizer | None, workdir: Path) -> str:
                 f"generation, eval and training need a tokenizer: to continue training, import again with "
                 f"--tokenizer-dir DIR (HF tokenizer files, or GPT-2 vocab.json + merges.txt)")
     return (f"to continue training prepare data with its tokenizer (`gptjax prepare --input TEXT... --out "
-            f"{workdir / 'data'} --tokenizer {tokenizer.kind} --tokenizer-dir {workdir / native.TOKENIZER_DIR}`) and "
-            f"run `gptjax train --config {workdir / native.EXPERIMENT_FILE} --workdir {workdir}`")
+            f"{workdir / 'data'} --tokenizer {tokenizer.kind} --tokenizer-dir {workdir / export.TOKENIZER_DIR}`) and "
+            f"run `gptjax train --config {workdir / export.EXPERIMENT_FILE} --workdir {workdir}`")
 
 
 def import_hf(src: str | Path, workdir: str | Path, block_size: int | None = None,
@@ -761,7 +762,7 @@ def import_hf(src: str | Path, workdir: str | Path, block_size: int | None = Non
     header = (f"Imported from {src.absolute()} ({ARCHITECTURES[hf_model.family]}).\n\n"
               f"{advice[0].upper()}{advice[1:]}.\n"
               f"Only the fields gptjax lets a resumed run change (e.g. train.steps) may differ from this file.\n")
-    native.write_workdir(cfg, hf_model.params, hf_model.tokenizer, workdir, provenance, header)
+    run_lib.write_workdir(cfg, hf_model.params, hf_model.tokenizer, workdir, provenance, header)
     return cfg, hf_model
 
 
@@ -773,10 +774,10 @@ def export_hf(cfg: Config, params: Mapping[str, Any], tokenizer: tokenizers.Toke
     Returns notes for the user (how the tokenizer was written, zero biases)."""
     m = cfg.model
     family = hf_family(m)
-    if dtype not in native.EXPORT_DTYPES:
-        raise GptjaxError(f"export dtype '{dtype}' is not one of {', '.join(native.EXPORT_DTYPES)}")
+    if dtype not in export.EXPORT_DTYPES:
+        raise GptjaxError(f"export dtype '{dtype}' is not one of {', '.join(export.EXPORT_DTYPES)}")
     if tokenizer is not None:
-        native.check_tokenizer_fits(tokenizer, m, "of the model", "the workdir's config and tokenizer do not match")
+        export.check_tokenizer_fits(tokenizer, m, "of the model", "the workdir's config and tokenizer do not match")
     tensors = to_hf_tensors(m, jax.device_get(params))
     expected = hf_tensor_shapes(m, family)
     if {name: tensor.shape for name, tensor in tensors.items()} != expected:
@@ -790,10 +791,10 @@ def export_hf(cfg: Config, params: Mapping[str, Any], tokenizer: tokenizers.Toke
     if family == GPT2 and not m.use_bias:
         notes.append("model.use_bias=False written as zero biases (HF GPT-2 always has biases; outputs are the same)")
     with fileio.staged_directory(Path(out), "--out directory") as staging:
-        native.write_safetensors(staging / WEIGHTS_FILE, tensors, dtype, {"format": "pt"})
-        native.write_json(staging / "config.json", hf_config(m, eot_id, dtype))
+        export.write_safetensors(staging / WEIGHTS_FILE, tensors, dtype, {"format": "pt"})
+        export.write_json(staging / "config.json", hf_config(m, eot_id, dtype))
         if eot_id is not None:
-            native.write_json(staging / "generation_config.json", generation_config(eot_id))
+            export.write_json(staging / "generation_config.json", generation_config(eot_id))
         for name, data in tokenizer_files.items():
             fileio.write_bytes_atomic(staging / name, data)
     return notes

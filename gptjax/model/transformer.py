@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -198,3 +199,14 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     else:
         context = seq_len
     return 6.0 * matmul_params + 12.0 * cfg.n_layer * d * context
+
+
+def init_params(model: Transformer, seed: int, seq_len: int):
+    """Boxed (logically partitioned) params for a [1, seq_len] input."""
+    tokens = jnp.zeros((1, seq_len), jnp.int32)
+    return model.init(jax.random.PRNGKey(seed), tokens)["params"]
+
+
+def abstract_params(model_cfg: ModelConfig, seed: int = 0) -> Any:
+    """The boxed (logically partitioned) ShapeDtypeStructs of a model's params, without computing anything."""
+    return jax.eval_shape(lambda: init_params(Transformer(model_cfg), seed, min(model_cfg.block_size, 8)))

@@ -26,13 +26,14 @@ from gptjax import fileio
 from gptjax.config import Config
 from gptjax.data import loader, store
 from gptjax.data import tokenizer as tokenizers
-from gptjax.data.prepare import cache_root, resolve_data
+from gptjax.data.sources import cache_root
+from gptjax.prepare.resolve import resolve_data
 from gptjax.errors import GptjaxError, RunInterrupted, note, warn
 from gptjax.eval.perplexity import evaluate_batches
 from gptjax.model.transformer import count_params, flops_per_token
 from gptjax.parallel.mesh import make_mesh
-from gptjax.train.checkpoint import Checkpoints, checkpoint_meta
-from gptjax.train.finetune import attach_reference_logprobs, finetune_tokenizer, run_trainable_mask
+from gptjax.checkpoint import Checkpoints, checkpoint_meta
+from gptjax.finetune.setup import attach_reference_logprobs, finetune_tokenizer, run_trainable_mask
 from gptjax.train.metrics import MetricWriter, peak_flops_per_device, reproducibility_record
 from gptjax.train.optim import schedule_horizon
 from gptjax.train.state import TrainState
@@ -126,7 +127,7 @@ def resume_config(cfg: Config, saved: dict, step: int, workdir: Path) -> tuple[C
 def init_params_from(source: Any, cfg: Config, tok: tokenizers.Tokenizer, step: Step, params) -> tuple[Any, dict]:
     """`params` (freshly initialised, placed) with every param of the `train.init_from` model `source` (an LM) put
     in, checked against the model; params it lacks must be new to this run (adapters, heads) and keep their init."""
-    from gptjax.train.freeze import is_new_param
+    from gptjax.finetune.freeze import is_new_param
 
     path = cfg.train.init_from
     if source.tokenizer is None:
@@ -193,7 +194,7 @@ class RunBatches:
     iterator: Any
     val_batches: list
     val_bytes_per_token: float
-    finetune: Any = None  # gptjax.data.finetune.FinetuneData
+    finetune: Any = None  # gptjax.finetune.batches.FinetuneData
 
 
 def lm_batches(cfg: Config, data_dir: Path, manifest: dict) -> RunBatches:
@@ -207,7 +208,7 @@ def lm_batches(cfg: Config, data_dir: Path, manifest: dict) -> RunBatches:
 
 
 def finetune_batches(cfg: Config, data) -> RunBatches:
-    from gptjax.data.finetune import EpochStream, FinetuneStepBatches
+    from gptjax.finetune.batches import EpochStream, FinetuneStepBatches
 
     t = cfg.train
     batches = FinetuneStepBatches(EpochStream(data, t.seed), t.batch_size, jax.process_index(), jax.process_count())
@@ -218,7 +219,7 @@ def finetune_batches(cfg: Config, data) -> RunBatches:
 
 def build_run_step(cfg: Config, mesh) -> tuple[Step, Any]:
     """The run's step with its finetune policy (trainable mask, a live DPO reference), and the mask (or None)."""
-    from gptjax.train.state import abstract_params
+    from gptjax.model.transformer import abstract_params
     import flax.linen as nn
 
     mask = run_trainable_mask(cfg)
@@ -267,7 +268,7 @@ class Run:
     summary: dict = dataclasses.field(default_factory=dict)
     last_batch: Any = None
     stopping: str | None = None  # the stop signal as seen at the current step (hooks and the loop agree on it)
-    finetune: Any = None  # the finetuning data (gptjax.data.finetune.FinetuneData), for finetune objectives
+    finetune: Any = None  # the finetuning data (gptjax.finetune.batches.FinetuneData), for finetune objectives
 
     @property
     def is_main(self) -> bool:
@@ -347,7 +348,7 @@ def open_run(cfg: Config, workdir: str | Path) -> Run:
     source = load_init_source(cfg)
     finetune_data = None
     if cfg.train.objective in config_lib.FINETUNE_OBJECTIVES:
-        from gptjax.data.finetune import load_finetune_data
+        from gptjax.finetune.batches import load_finetune_data
 
         tok, manifest = finetune_tokenizer(cfg, source), None
         cfg = with_vocab(cfg, tok.vocab_size)

@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 
 from gptjax import fileio
+from gptjax.errors import GptjaxError
 
 # Dense bf16 peak FLOP/s per device (per chip on TPU).
 PEAK_FLOPS = (
@@ -138,3 +139,25 @@ def reproducibility_record(mesh_shape: dict) -> dict:
         "command": sys.argv,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def read_metrics(workdir: Path) -> dict[int, dict[str, float]]:
+    """A run's metrics.jsonl as step -> values, in step order; a later line wins for the same step and key (a
+    resumed run logs again the steps it redoes after its checkpoint)."""
+    path = Path(workdir) / "metrics.jsonl"
+    rows: dict[int, dict[str, float]] = {}
+    if not path.is_file():
+        return rows
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # a line cut short by a kill mid-write
+            raise GptjaxError(f"{path} line {number} is not JSON; move the file aside and rerun the run") from None
+        step = int(record.pop("step"))
+        rows.setdefault(step, {}).update(record)
+    return dict(sorted(rows.items()))

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gptjax.config import Config, ModelConfig
-from gptjax.model.transformer import Transformer
+from gptjax.config import Config
+from gptjax.model.transformer import Transformer, abstract_params, init_params
 from gptjax.parallel.rules import tree_shardings, use_rules
 
 
@@ -24,17 +24,6 @@ class TrainState:
     frozen: Any = None  # params that are used but never trained (e.g. a DPO reference), sharded like params
     loss_ema: jax.Array | None = None  # running mean of the loss (train.spike_factor)
     skipped_steps: jax.Array | None = None  # updates skipped as loss spikes
-
-
-def init_params(model: Transformer, seed: int, seq_len: int):
-    """Boxed (logically partitioned) params for a [1, seq_len] input."""
-    tokens = jnp.zeros((1, seq_len), jnp.int32)
-    return model.init(jax.random.PRNGKey(seed), tokens)["params"]
-
-
-def abstract_params(model_cfg: ModelConfig, seed: int = 0) -> Any:
-    """The boxed (logically partitioned) ShapeDtypeStructs of a model's params, without computing anything."""
-    return jax.eval_shape(lambda: init_params(Transformer(model_cfg), seed, min(model_cfg.block_size, 8)))
 
 
 def _init_state(model: Transformer, optimizer: optax.GradientTransformation, cfg: Config, frozen=None) -> TrainState:

@@ -157,7 +157,7 @@ class Step:
     def abstract_batch(self, global_batch: int) -> dict:
         """ShapeDtypeStructs (with shardings) of one global training batch, for ahead-of-time lowering."""
         if self.cfg.train.objective in FINETUNE_OBJECTIVES:
-            from gptjax.data.finetune import example_batch
+            from gptjax.finetune.batches import example_batch
 
             example = example_batch(self.cfg.train.objective, global_batch, self.cfg.model.block_size,
                                     self.cfg.finetune.pack)

@@ -1,0 +1,271 @@
+"""orbax checkpoints of a run: params, optimizer state + step + RNG, data-iterator state, and metadata.
+
+Items per step: `params` (restorable alone, for `gptjax.load`), `opt` (opt_state, step, rng, spike statistics),
+`data` (grain iterator state, JSON) and `meta` (resolved config, tokenizer files, reproducibility record, JSON).
+Frozen params (e.g. a DPO reference) are not saved: they are rebuilt from `train.init_from` when a run resumes.
+
+A checkpoint that does not restore (truncated, corrupt) is never deleted and never silently skipped: readers fall
+back to the newest one that restores with a warning naming the bad step, and the trainer moves the bad one aside
+(`checkpoints_unreadable/`) so the run can save that step again.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import jax
+import orbax.checkpoint as ocp
+
+from gptjax import fileio
+from gptjax.errors import GptjaxError, warn
+from gptjax.model.transformer import abstract_params
+
+if TYPE_CHECKING:
+    from gptjax.train.state import TrainState
+
+ITEMS = ("params", "opt", "data", "meta")
+CHECKPOINT_DIR = "checkpoints"
+UNREADABLE_DIR = "checkpoints_unreadable"
+
+logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def with_shardings(abstract_tree, shardings):
+    """ShapeDtypeStructs carrying the target shardings, so orbax restores straight into place."""
+    return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200] if text else ''}"
+
+
+def _opt_item(state: TrainState) -> dict:
+    item = {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+    if state.loss_ema is not None:
+        item.update(loss_ema=state.loss_ema, skipped_steps=state.skipped_steps)
+    return item
+
+
+def param_key(path) -> str:
+    return "/".join(str(getattr(entry, "key", getattr(entry, "name", entry))) for entry in path)
+
+
+def saved_params(params, mask):
+    """What a checkpoint stores of `params`: all of them, or (with a trainable `mask`) a flat dict of the trainable
+    leaves only — the frozen rest is the `train.init_from` model's and is rebuilt from it."""
+    if mask is None:
+        return params
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    keep = jax.tree_util.tree_leaves(mask)
+    return {param_key(path): leaf for (path, leaf), kept in zip(flat, keep) if kept}
+
+
+def with_saved(base_params, saved: dict):
+    """`base_params` with the leaves a partial checkpoint saved put in their places."""
+    return jax.tree_util.tree_map_with_path(lambda path, leaf: saved.get(param_key(path), leaf), base_params)
+
+
+def checkpoint_meta(cfg, tokenizer, record: dict, data_dir: str | Path | None) -> dict:
+    """The `meta` item every checkpoint carries: resolved config, tokenizer files (None for a weights-only import)
+    and its fingerprint, the reproducibility record, the data dir it trained on."""
+    from gptjax import config as config_lib
+    from gptjax.data import tokenizer as tokenizers
+
+    return {"config": config_lib.to_dict(cfg),
+            "tokenizer": None if tokenizer is None else tokenizers.to_json_dict(tokenizer),
+            "tokenizer_fingerprint": None if tokenizer is None else tokenizers.fingerprint(tokenizer),
+            "record": record, "data_dir": str(data_dir or "")}
+
+
+def newest_restorable(steps: list[int], restore: Callable[[int], Any], directory: Path) -> tuple[int, Any, list[int]]:
+    """(step, restored, unreadable steps) for the newest of `steps` that `restore` reads, warning per bad one."""
+    bad = []
+    for step in sorted(steps, reverse=True):
+        try:
+            return step, restore(step), bad
+        except Exception as error:  # orbax/tensorstore raise many types for truncated or corrupt files
+            bad.append(step)
+            older = [s for s in steps if s < step]
+            warn(f"checkpoint step {step} in {directory} cannot be restored ({_short(error)}); "
+                 + (f"falling back to step {max(older)}" if older else "no older checkpoint remains"))
+    raise GptjaxError(f"no checkpoint in {directory} restores (steps {', '.join(map(str, sorted(steps)))} are all "
+                      f"unreadable); nothing was deleted: inspect or move them, or use a new --workdir")
+
+
+class Checkpoints:
+    """A run's CheckpointManager: async saves, keep the last K, restore with shardings, fall back past bad steps."""
+
+    def __init__(self, workdir: str | Path, keep: int = 3, async_save: bool = True, saved_mask=None):
+        self.saved_mask = saved_mask  # a trainable mask: only those params are saved (`saved_params`)
+        self.workdir = fileio.absolute(workdir)  # a gs:// workdir is written by orbax/tensorstore directly
+        self.directory = self.workdir / CHECKPOINT_DIR
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                                               enable_async_checkpointing=async_save)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        self._saving: int | None = None
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, state: TrainState, data_state: dict, meta: dict) -> bool:
+        """Starts an async save of `state` (a finished earlier save is checked first); errors are GptjaxErrors."""
+        step = int(state.step)
+        if step in self.manager.all_steps():
+            return False
+        self.wait()
+        try:
+            started = self.manager.save(step, force=True, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(saved_params(state.params, self.saved_mask)),
+                opt=ocp.args.StandardSave(_opt_item(state)),
+                data=ocp.args.JsonSave(data_state),
+                meta=ocp.args.JsonSave(meta),
+            ))
+        except Exception as error:
+            raise self._save_failed(step, error) from error
+        self._saving = step
+        return started
+
+    def _save_failed(self, step: int, error: BaseException) -> GptjaxError:
+        intact = [s for s in self.manager.all_steps() if s != step]
+        latest = f"the latest intact checkpoint is step {max(intact)}" if intact else "no earlier checkpoint exists"
+        return GptjaxError(f"saving checkpoint step {step} to {self.directory} failed ({_short(error)}); {latest}; "
+                           f"fix the cause (disk space, permissions) and run the same command to resume from it")
+
+    def wait(self) -> None:
+        """Blocks until the pending async save is on disk; its failure is one GptjaxError."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:
+            step, self._saving = self._saving, None
+            raise self._save_failed(step if step is not None else -1, error) from error
+        self._saving = None
+
+    def read_meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def _restore(self, step: int, abstract_state: TrainState, shardings: TrainState,
+                 base_params=None) -> tuple[TrainState, dict, dict]:
+        target = with_shardings(abstract_state, shardings)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(saved_params(target.params, self.saved_mask)),
+            opt=ocp.args.StandardRestore(_opt_item(target)),
+            data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore(),
+        ))
+        opt = restored["opt"]
+        params = restored["params"] if self.saved_mask is None else with_saved(base_params, restored["params"])
+        state = target.replace(step=opt["step"], params=params, opt_state=opt["opt_state"], rng=opt["rng"],
+                               frozen=None, loss_ema=opt.get("loss_ema"), skipped_steps=opt.get("skipped_steps"))
+        return state, restored["data"], restored["meta"]
+
+    def restore_latest(self, abstract_state: TrainState, shardings: TrainState,
+                       base_params=None) -> tuple[TrainState, dict, dict] | None:
+        """(state placed in `shardings`, data-iterator state, meta) of the newest checkpoint that restores, or None
+        when there is none. Unreadable newer ones are moved to `checkpoints_unreadable/` (never deleted). A partial
+        checkpoint (`saved_mask`) fills in `base_params` (placed params of the model it finetunes)."""
+        steps = self.all_steps()
+        if not steps:
+            return None
+        step, restored, bad = newest_restorable(
+            steps, lambda s: self._restore(s, abstract_state, shardings, base_params), self.directory)
+        for bad_step in bad:
+            self._set_aside(bad_step)
+        return restored
+
+    def _set_aside(self, step: int) -> None:
+        if jax.process_index() != 0:
+            return
+        aside = self.workdir / UNREADABLE_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        fileio.makedirs(aside.parent)
+        fileio.move_tree(self.directory / str(step), aside)
+        warn(f"moved the unreadable checkpoint step {step} to {aside}")
+        self.manager.reload()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+
+def restore_params(workdir: str | Path, step: int | None = None,
+                   load_base: Callable[[str], Any] | None = None) -> tuple[Any, dict, int]:
+    """(params on one device, meta, step) from a run's checkpoint (latest restorable unless `step`), no optimizer.
+
+    The target comes from the checkpoint's own config, so a run saved on any mesh restores here. A finetune's
+    partial checkpoint takes its other params from its base model, read by `load_base(path) -> params`."""
+    from gptjax import config as config_lib
+    import flax.linen as nn
+
+    directory = fileio.absolute(workdir) / CHECKPOINT_DIR
+    manager = ocp.CheckpointManager(directory, item_names=ITEMS)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def restore(s: int) -> tuple[Any, dict]:
+        meta = manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        cfg = config_lib.from_dict(meta["config"])
+        shapes = nn.unbox(abstract_params(cfg.model))
+        target = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes)
+        mask = saved_mask_of(cfg, meta)
+        params = manager.restore(s, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(saved_params(target, mask))))["params"]
+        if mask is not None:
+            params = with_saved(base_model_params(meta, target, load_base), params)
+        return params, meta
+
+    try:
+        steps = list(manager.all_steps()) if step is None else [step]
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {workdir}")
+        if step is not None and step not in manager.all_steps():
+            raise GptjaxError(f"{workdir} has no checkpoint at step {step} (it has {sorted(manager.all_steps())})")
+        found, (params, meta), bad = newest_restorable(steps, restore, directory)
+        if bad:
+            warn(f"loaded step {found} of {workdir}")
+        return params, meta, found
+    finally:
+        manager.close()
+
+
+def saved_mask_of(cfg, meta: dict):
+    """The trainable mask a checkpoint was saved with (None: it holds every param)."""
+    if meta.get("saved_params") != "trainable":
+        return None
+    from gptjax.finetune.setup import run_trainable_mask
+
+    return run_trainable_mask(cfg)
+
+
+def base_model_params(meta: dict, target, load_base: Callable[[str], Any] | None):
+    """The params of the model a partial checkpoint finetunes (its `train.init_from`, read by `load_base`), shaped
+    like `target`; the params it adds (adapters, heads) keep zeros until the checkpoint's own values replace them."""
+    import numpy as np
+
+    from gptjax.finetune.freeze import is_new_param
+
+    source = meta.get("base") or meta["config"]["train"]["init_from"]
+    if not fileio.as_path(source).exists():
+        raise GptjaxError(f"this checkpoint holds only the finetuned params; the rest come from its base model "
+                          f"{source} (train.init_from), which is gone: restore it there, or export the finetune "
+                          f"while the base exists (gptjax export)")
+    if load_base is None:
+        raise GptjaxError(f"this checkpoint holds only the finetuned params; load it with gptjax.load, which reads "
+                          f"the rest from its base model {source}")
+    have = {param_key(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(load_base(source))[0]}
+
+    def fill(path, abstract):
+        key = param_key(path)
+        if key in have and tuple(have[key].shape) == tuple(abstract.shape):
+            return jax.device_put(np.asarray(have[key], abstract.dtype), abstract.sharding)
+        if is_new_param(path) or (key in have and key in ("embedding", "lm_head")):  # new, or widened by added tokens:
+            return jax.device_put(np.zeros(abstract.shape, abstract.dtype), abstract.sharding)  # saved, so replaced
+        raise GptjaxError(f"the base model {source} has no param {key} of shape {tuple(abstract.shape)}, which this "
+                          f"finetune's checkpoint expects from it; it changed since the finetune started")
+
+    return jax.tree_util.tree_map_with_path(fill, target)

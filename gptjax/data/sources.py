@@ -1,0 +1,50 @@
+"""Where a run's prepared data lives: the cache root, a local copy of a gs:// dataset, and `data.mixture`'s entries."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gptjax import fileio
+from gptjax.config import DataConfig
+from gptjax.data import store
+from gptjax.errors import GptjaxError
+
+
+def cache_root(data_cfg: DataConfig) -> Path:
+    return Path(data_cfg.cache_dir or os.environ.get("GPTJAX_CACHE") or Path.home() / ".cache" / "gptjax")
+
+
+def local_data_dir(path: str | Path, data_cfg: DataConfig | None = None) -> Path:
+    """A prepared data directory as a local path. A gs:// one is copied once into the cache
+    (`$GPTJAX_CACHE/remote/`, keyed by the URL and its objects' generations, so a changed dataset is fetched again),
+    since grain and the memory-mapped shards read local files."""
+    if not fileio.is_remote(path):
+        return Path(path)
+    fileio.check_remote_root(str(path), "data")
+    if not (fileio.as_path(path) / store.MANIFEST).is_file():
+        raise GptjaxError(f"{path} holds no prepared data (no {store.MANIFEST}); copy a `gptjax prepare` output there "
+                          f"(`gcloud storage cp -r DATA_DIR {path}`) or fix data.path")
+    return fileio.cached_copy(str(path), cache_root(data_cfg or DataConfig()) / "remote")
+
+
+def mixture_entries(data_cfg: DataConfig) -> list[tuple[Path, float]]:
+    """(prepared dir, weight) of every `data.mixture` entry "DATA_DIR:WEIGHT", checked: dirs prepared, weights
+    positive, one tokenizer for all."""
+    entries = []
+    for entry in data_cfg.mixture:
+        path, sep, weight = entry.rpartition(":")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = float("nan")
+        if not sep or not path or not value > 0:
+            raise GptjaxError(f"data.mixture entry {entry!r} must be DATA_DIR:WEIGHT with a positive weight")
+        entries.append((local_data_dir(path, data_cfg), value))
+    fingerprints = {}
+    for path, _ in entries:
+        fingerprints[str(path)] = store.read_manifest(path)["tokenizer"]["fingerprint"]
+    if len(set(fingerprints.values())) > 1:
+        listing = ", ".join(f"{path} ({fp[:12]})" for path, fp in fingerprints.items())
+        raise GptjaxError(f"data.mixture datasets were tokenized with different tokenizers: {listing}; prepare them "
+                          f"with one tokenizer (`gptjax prepare --tokenizer-dir FIRST_DIR/tokenizer ...` reuses one)")
+    return entries

@@ -1,0 +1,49 @@
+"""The pipeline's settings: a `DataConfig` (tokenizer, val fraction and its `prepare` section), checked in one
+place before any work, and the part of them that decides the output (the resume and cache key).
+
+Each field's range or options are declared on the field (`gptjax.config`); this module adds the checks that
+relate fields or need the stages' own libraries (MinHash banding, the language list of py3langid)."""
+from __future__ import annotations
+
+import dataclasses
+
+from gptjax import config as config_lib
+from gptjax.config import DataConfig
+from gptjax.errors import GptjaxError
+from gptjax.prepare.stages import langid_config, minhash_config
+
+DEFAULT_VOCAB_SIZE = 4096
+OUTPUT_INDEPENDENT = ("workers", "tfds")  # they change how the output is computed or exported, not its tokens
+
+
+def vocab_size(data: DataConfig) -> int:
+    """The sentencepiece vocabulary to train (data.vocab_size, or 4096 where it is 0)."""
+    return data.vocab_size or DEFAULT_VOCAB_SIZE
+
+
+def check(data: DataConfig) -> None:
+    """Raises a GptjaxError naming the first setting of `data` the pipeline cannot run with."""
+    for leaf in config_lib.leaf_fields(data, "data."):
+        if leaf.key in ("data.val_fraction", "data.cache_dir", "data.prefetch_threads", "data.workers"):
+            continue  # training-time fields; a prepare may hold no val split at all (val_fraction 0)
+        problem = config_lib.declared_violation(leaf, name_flag=True)
+        if problem:
+            raise GptjaxError(problem)
+    if not 0.0 <= data.val_fraction < 1.0:
+        raise GptjaxError(f"data.val_fraction={data.val_fraction} (--val-fraction) must lie in [0, 1)")
+    if data.tokenizer == "gpt2_bpe" and not data.tokenizer_dir:
+        raise GptjaxError("the gpt2_bpe tokenizer needs data.tokenizer_dir (--tokenizer-dir) holding vocab.json and "
+                          "merges.txt")
+    if data.prepare.dedup == "near":
+        minhash_config(data.prepare)
+    if data.prepare.languages:
+        langid_config(data.prepare)
+
+
+def settings_key(data: DataConfig) -> dict:
+    """The settings that determine the prepared output (not the worker count or extra exports)."""
+    prepare = {name: value for name, value in dataclasses.asdict(data.prepare).items()
+               if name not in OUTPUT_INDEPENDENT}
+    prepare["languages"] = list(data.prepare.languages)
+    return {"tokenizer": data.tokenizer, "vocab_size": vocab_size(data), "tokenizer_dir": data.tokenizer_dir,
+            "val_fraction": data.val_fraction, "prepare": prepare}

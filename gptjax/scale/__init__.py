@@ -1,1 +1,0 @@
-"""Planning runs at scale: ahead-of-time compile checks for Cloud TPU topologies."""
