@@ -10,11 +10,12 @@ from typing import Any, get_type_hints
 import pytest
 
 from gptjax import config as config_lib
-from gptjax.config import (Bounds, Change, Config, DataConfig, MeshConfig, ModelConfig, Resume, TrainConfig,
-                           apply_overrides, load_experiment, resume_changes, to_config, to_dict, to_json, validate)
+from gptjax.config import (Bounds, Change, Config, DataConfig, MeshConfig, ModelConfig, PrepareConfig, Resume,
+                           TrainConfig, apply_overrides, load_experiment, resume_changes, to_config, to_dict, to_json,
+                           validate)
 from gptjax.errors import GptjaxError
 
-CHECKED_SECTIONS = (ModelConfig, TrainConfig, MeshConfig, DataConfig)
+CHECKED_SECTIONS = (ModelConfig, TrainConfig, MeshConfig, DataConfig, PrepareConfig)
 
 
 def replaced(section: Any, dotted: str, value: Any) -> Any:
@@ -48,12 +49,16 @@ def test_every_numeric_field_declares_its_range(section):
     hints = get_type_hints(section)
     numeric = [f for f in dataclasses.fields(section) if hints[f.name] in (int, float)]
     assert numeric
-    undeclared = [f.name for f in numeric if config_lib.field_spec(section, f).bounds is None]
+    undeclared = [f.name for f in numeric if config_lib.field_spec(f).bounds is None]
     assert undeclared == [], f"{section.__name__} fields without a declared range: {undeclared}"
 
 
-def test_data_table_names_only_real_fields():
-    assert set(config_lib.DATA_FIELD_SPECS) <= {f.name for f in dataclasses.fields(DataConfig)}
+def test_prepare_fields_name_their_prepare_flag():
+    leaves = {leaf.key: leaf for leaf in config_lib.leaf_fields(DataConfig(), "data.")}
+    assert leaves["data.prepare.dedup"].spec.flag == "--dedup" and leaves["data.tokenizer"].spec.flag == "--tokenizer"
+    bad = leaves["data.prepare.shard_tokens"]._replace(value=0)
+    assert config_lib.declared_violation(bad, name_flag=True) == "data.prepare.shard_tokens=0 (--shard-tokens) must be >= 1"
+    assert config_lib.declared_violation(bad) == "data.prepare.shard_tokens=0 must be >= 1"
 
 
 def test_defaults_are_valid():

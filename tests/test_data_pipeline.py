@@ -411,7 +411,7 @@ def test_decisions_file_says_what_happened_to_every_document(tmp_path):
     (["--num-perm", "10", "--bands", "20"], "num_perm=10"),
     (["--languages", "en,xx"], "does not know the codes xx"),
     (["--tokenizer", "gpt2_bpe"], "needs data.tokenizer_dir (--tokenizer-dir)"),
-    (["--chunk-mb", "0", "--shard-tokens", "0"], "data.prepare.shard_tokens must be >= 1"),
+    (["--chunk-mb", "0", "--shard-tokens", "0"], "data.prepare.shard_tokens=0 (--shard-tokens) must be >= 1"),
 ])
 def test_bad_settings_exit_2_with_one_line_before_any_work(tmp_path, capsys, flags, expected):
     from gptjax.cli import main as gptjax_main
