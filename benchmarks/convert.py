@@ -84,8 +84,8 @@ def run_step(step: str, workspace: Path) -> dict:
     """Runs one step in this process; returns its seconds, RSS before and peak RSS, and output size."""
     import numpy as np
 
-    from gptjax.api import LM
     from gptjax import export
+    from gptjax.api import LM
     from gptjax.interop import hf
 
     cfg = gpt2_124m_config()

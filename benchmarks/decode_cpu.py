@@ -62,8 +62,8 @@ def build(seed: int = 0):
     import numpy as np
     import torch
     import transformers
-
     from convert import gpt2_124m_config, random_params
+
     from gptjax.api import LM
     from gptjax.interop import hf
 

@@ -25,8 +25,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from gptjax.prepare.dedup import (MinHashConfig, UnionFind, cluster_signatures, minhash_signature,  # noqa: E402
-                               shingle_hashes)
+from gptjax.prepare.dedup import MinHashConfig, UnionFind, cluster_signatures, minhash_signature, shingle_hashes  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "english_public_domain"
 WORD = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")

@@ -76,8 +76,8 @@ def choices(scores) -> list[int]:
 
 def build_models(root: Path):
     """The gptjax LM and the HF dir of the same random GPT-2 124M weights."""
-    from gptjax.api import LM
     from gptjax import export
+    from gptjax.api import LM
     from gptjax.interop import hf
 
     cfg = gpt2_124m_config()

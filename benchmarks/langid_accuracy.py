@@ -19,8 +19,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from gptjax.prepare.langid import (DEFAULT_SAMPLE_CHARS, canonical_language, detect, language_probabilities,  # noqa: E402
-                                 supported_languages)
+from gptjax.prepare.langid import (  # noqa: E402
+    DEFAULT_SAMPLE_CHARS,
+    canonical_language,
+    detect,
+    language_probabilities,
+    supported_languages,
+)
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "multilingual"
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "langid_accuracy.md"

@@ -23,8 +23,8 @@ import numpy as np
 from gptjax.config import Config, DataConfig, MeshConfig, ModelConfig, TrainConfig
 from gptjax.data import store
 from gptjax.data.loader import WindowSampler, eval_batches
-from gptjax.prepare.resolve import resolve_data
 from gptjax.parallel.mesh import make_mesh
+from gptjax.prepare.resolve import resolve_data
 from gptjax.train.step import build_step
 
 MODEL = dict(n_layer=2, n_head=4, block_size=64, use_bias=False, dropout=0.0)

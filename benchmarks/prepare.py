@@ -199,7 +199,12 @@ def gptjax_minhash_shape() -> tuple[int, int, int]:
 def datatrove_run(corpus: Path, work: Path, workers: int, tokenizer_json: Path, minhash_shape: tuple[int, int, int]) -> None:
     """datatrove's filters + MinHash (gptjax's n-gram, bands and rows) + GPT-2 tokenization (runs in its venv)."""
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
+    from datatrove.pipeline.dedup import (
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
     from datatrove.pipeline.readers import JsonlReader
@@ -420,8 +425,8 @@ OLD_SETTINGS_SIDE = "gptjax 5-gram/0.8"
 def planted_bases(shared: Path, words: int) -> list:
     """Distinct base documents: web postings cut into documents of about `words` words, addresses into ones of
     twice that."""
-    from gptjax.testing.planted import BaseDocument, cut_documents
     from gptjax.prepare.readers import read_documents
+    from gptjax.testing.planted import BaseDocument, cut_documents
 
     groups = [(sorted((shared / "web_noisy" / "nltk_webtext").glob("*.txt")), words)]
     groups += [(sorted((shared / "english_public_domain" / folder).glob("*.txt")), 2 * words)
@@ -456,7 +461,12 @@ def gptjax_near_run(corpus: Path, work: Path) -> None:
 def datatrove_near_run(corpus: Path, work: Path) -> None:
     """datatrove's default MinHash dedup, its four stages from JSONL to kept JSONL (runs in its own process)."""
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
+    from datatrove.pipeline.dedup import (
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter

@@ -17,8 +17,8 @@ from gptjax import config as config_lib
 from gptjax.config import Config
 from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import GptjaxError
-from gptjax.export import EXPORT_MARKER, load_export
 from gptjax.eval import requests as eval_requests
+from gptjax.export import EXPORT_MARKER, load_export
 from gptjax.generate import SamplingParams, check_sampling, check_token_ids, extrapolation, generate_ids
 from gptjax.model.lora import merge_lora
 from gptjax.model.transformer import Transformer

@@ -200,8 +200,9 @@ def restore_params(workdir: str | Path, step: int | None = None,
 
     The target comes from the checkpoint's own config, so a run saved on any mesh restores here. A finetune's
     partial checkpoint takes its other params from its base model, read by `load_base(path) -> params`."""
-    from gptjax import config as config_lib
     import flax.linen as nn
+
+    from gptjax import config as config_lib
 
     directory = fileio.absolute(workdir) / CHECKPOINT_DIR
     manager = ocp.CheckpointManager(directory, item_names=ITEMS)

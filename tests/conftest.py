@@ -90,13 +90,12 @@ def gpt2_bpe_model(tmp_path_factory) -> dict:
     tokenizer files): the pair the eval cross-checks against lm-evaluation-harness's HF backend use."""
     import flax.linen as nn
 
+    from gptjax import export
     from gptjax.api import LM
     from gptjax.config import Config, ModelConfig
     from gptjax.data.tokenizer import Gpt2BpeAdapter
-    from gptjax import export
     from gptjax.interop import hf
-    from gptjax.model.transformer import Transformer
-    from gptjax.model.transformer import init_params
+    from gptjax.model.transformer import Transformer, init_params
 
     root = tmp_path_factory.mktemp("gpt2_bpe_model")
     model_cfg = ModelConfig(vocab_size=50257, block_size=256, n_layer=2, n_head=4, d_model=64, init_std=0.2)

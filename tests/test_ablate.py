@@ -10,15 +10,15 @@ import statistics
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, dir_snapshot, tiny_config
+
 from gptjax import config as config_lib
+from gptjax.ablate import report as report_lib
+from gptjax.ablate import runner as ablation_lib
+from gptjax.ablate.runner import Ablation
 from gptjax.cli import main
 from gptjax.cli.common import split_config_overrides
 from gptjax.errors import GptjaxError, RunInterrupted
-from gptjax.ablate import runner as ablation_lib
-from gptjax.ablate import report as report_lib
-from gptjax.ablate.runner import Ablation
 
 SHIPPED = sorted(p for p in (REPO / "experiments" / "ablations").glob("*.py") if p.name != "base.py")
 
@@ -231,8 +231,8 @@ def test_report_holds_the_runs_numbers(trained, capsys):
         statistics.fmean(losses["rms"]) - statistics.fmean(losses["ln"]), abs=1e-12)
     assert ln["vs_reference"] is None
 
-    from gptjax.model.transformer import count_params
     from gptjax.checkpoint import restore_params
+    from gptjax.model.transformer import count_params
 
     params, _, _ = restore_params(plan.runs_of("rms")[0].workdir)
     assert rms["params"] == count_params(params)

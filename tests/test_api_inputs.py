@@ -10,16 +10,16 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import REPO, tiny_model
+from test_generate import make
 
 import gptjax
-from conftest import REPO, tiny_model
 from gptjax import api, cli
 from gptjax.api import LM
 from gptjax.cli.generate import interpret_escapes
 from gptjax.config import Config
 from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import GptjaxError
-from test_generate import make
 
 VOCAB = 66  # tiny_model's; its embedding table is padded to 128 rows
 CHARS = ("\n\t éü日本語" + string.ascii_letters + string.digits + ".,:;!?'-()")[: VOCAB - 1]

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import tiny_model
+
 from gptjax.model import attention
 
 needs_libtpu = pytest.mark.skipif(not importlib.util.find_spec("libtpu"),

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import dir_snapshot, run_cli, tiny_overrides
+
 from gptjax.cli import main
 
 CONFIG = "experiments/shakespeare_char_cpu.py"
@@ -150,12 +150,11 @@ def other_data(tmp_path_factory):
 
 def tiny_lm(vocab_size: int, tokenizer):
     import flax.linen as nn
-
     from conftest import tiny_model
+
     from gptjax.api import LM
     from gptjax.config import Config
-    from gptjax.model.transformer import Transformer
-    from gptjax.model.transformer import init_params
+    from gptjax.model.transformer import Transformer, init_params
 
     cfg = Config(model=tiny_model(vocab_size=vocab_size))
     return LM(cfg, nn.unbox(init_params(Transformer(cfg.model), 0, 8)), tokenizer)

@@ -6,8 +6,8 @@ import importlib.util
 import re
 
 import pytest
-
 from conftest import run_cli
+
 from gptjax.errors import GptjaxError
 from gptjax.train import compile_check as cc
 

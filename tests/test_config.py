@@ -10,9 +10,24 @@ from typing import Any, get_type_hints
 import pytest
 
 from gptjax import config as config_lib
-from gptjax.config import (Bounds, Change, Config, DataConfig, MeshConfig, ModelConfig, PrepareConfig, Resume,
-                           TrainConfig, apply_overrides, load_experiment, resume_changes, to_config, to_dict, to_json,
-                           validate)
+from gptjax.config import (
+    Bounds,
+    Change,
+    Config,
+    DataConfig,
+    MeshConfig,
+    ModelConfig,
+    PrepareConfig,
+    Resume,
+    TrainConfig,
+    apply_overrides,
+    load_experiment,
+    resume_changes,
+    to_config,
+    to_dict,
+    to_json,
+    validate,
+)
 from gptjax.errors import GptjaxError
 
 CHECKED_SECTIONS = (ModelConfig, TrainConfig, MeshConfig, DataConfig, PrepareConfig)

@@ -10,8 +10,8 @@ import pytest
 from gptjax.config import DataConfig
 from gptjax.data import loader, store
 from gptjax.data import tokenizer as tokenizers
-from gptjax.prepare.resolve import BUNDLED_DIR, doc_in_val, prepare, resolve_data
 from gptjax.errors import GptjaxError
+from gptjax.prepare.resolve import BUNDLED_DIR, doc_in_val, prepare, resolve_data
 
 FP = "ab" * 32
 CORPUS_EN = Path(__file__).parent / "fixtures" / "gpt2" / "corpus.en"

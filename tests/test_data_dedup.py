@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gptjax.config import DataConfig, PrepareConfig
-from gptjax.testing import planted
+from gptjax.errors import GptjaxError
 from gptjax.prepare.dedup import (
     MINHASH_PRIME,
     MinHashConfig,
@@ -37,7 +37,7 @@ from gptjax.prepare.documents import make_document
 from gptjax.prepare.pipeline import run_pipeline
 from gptjax.prepare.readers import read_documents
 from gptjax.prepare.stages import minhash_config
-from gptjax.errors import GptjaxError
+from gptjax.testing import planted
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data" / "dedup"
 WEB_FIXTURES = Path(__file__).parent / "fixtures" / "dedup_web"

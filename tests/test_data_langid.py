@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from gptjax.prepare.documents import make_document
 from gptjax.errors import GptjaxError
+from gptjax.prepare.documents import make_document
 from gptjax.prepare.langid import (
     LangIdConfig,
     bounded_sample,

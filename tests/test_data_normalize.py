@@ -5,7 +5,13 @@ import unicodedata
 import pytest
 
 from gptjax.prepare.documents import make_document
-from gptjax.prepare.normalize import decode_utf8, normalize, normalize_document, remove_control_characters, repair_surrogates
+from gptjax.prepare.normalize import (
+    decode_utf8,
+    normalize,
+    normalize_document,
+    remove_control_characters,
+    repair_surrogates,
+)
 
 
 def test_clean_text_is_unchanged_and_needs_no_repair():

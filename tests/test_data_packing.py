@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import tiny_config
 from test_data_pipeline import settings
+
 from gptjax.config import DataConfig, PrepareConfig
 from gptjax.data import loader, store
+from gptjax.errors import GptjaxError
 from gptjax.prepare.pipeline import run_pipeline
 from gptjax.prepare.resolve import resolve_data
-from gptjax.errors import GptjaxError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PARAGRAPHS = [json.loads(line)["text"] for line in
@@ -117,8 +117,8 @@ def test_packed_rows_are_per_step_deterministic_sharded_and_resumable(varied):
 
 def test_packed_batch_trains_only_within_documents(varied):
     import jax
-
     from conftest import tiny_model
+
     from gptjax.model.transformer import Transformer
     from gptjax.train.objectives import NextTokenLM, lm_batch
 

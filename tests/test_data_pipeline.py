@@ -11,19 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import dir_snapshot
-from gptjax.prepare import quality
+
+from gptjax.cli import prepare as prepare_cli
+from gptjax.config import DataConfig, PrepareConfig
 from gptjax.data import store
 from gptjax.data import tokenizer as tokenizers
 from gptjax.data.gpt2_bpe import GPT2BPETokenizer
+from gptjax.errors import GptjaxError
+from gptjax.prepare import quality
 from gptjax.prepare.normalize import normalize
-from gptjax.cli import prepare as prepare_cli
-from gptjax.config import DataConfig, PrepareConfig
 from gptjax.prepare.pipeline import read_report, run_pipeline, work_dir_for
 from gptjax.prepare.settings import check as settings_check
 from gptjax.prepare.stages import doc_in_val
-from gptjax.errors import GptjaxError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PARAGRAPHS = [json.loads(line)["text"] for line in

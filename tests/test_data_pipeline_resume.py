@@ -10,11 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from gptjax.cli import main as gptjax_main
-from gptjax.prepare.pipeline import FAULT_KILL_AFTER_PARTS, FAULT_KILL_WORKER_AT_PART, read_report, work_dir_for
-from gptjax.prepare.pipeline import chunk_files
+from gptjax.prepare.pipeline import (
+    FAULT_KILL_AFTER_PARTS,
+    FAULT_KILL_WORKER_AT_PART,
+    chunk_files,
+    read_report,
+    work_dir_for,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PARAGRAPHS = [json.loads(line)["text"] for line in

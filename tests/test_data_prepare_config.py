@@ -9,10 +9,10 @@ import pytest
 
 from gptjax import config as config_lib
 from gptjax.config import DataConfig, PrepareConfig
-from gptjax.prepare import resolve as prepare_lib
 from gptjax.data import store
 from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import GptjaxError
+from gptjax.prepare import resolve as prepare_lib
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PARAGRAPHS = [json.loads(line)["text"] for line in

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from gptjax.errors import GptjaxError
 from gptjax.prepare.documents import stable_id
 from gptjax.prepare.readers import InputPathError, ReaderConfig, ReadStats, read_documents, resolve_inputs
-from gptjax.errors import GptjaxError
 
 
 def read_all(inputs, config=None):

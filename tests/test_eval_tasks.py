@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
+
 from gptjax.cli import main as cli_main
 from gptjax.errors import GptjaxError
 from gptjax.eval import suite
@@ -274,15 +274,14 @@ def test_cli_tasks_end_to_end(gpt2_bpe_model, tmp_path):
 
 def test_items_whose_continuation_exceeds_the_window_are_skipped_and_counted():
     import flax.linen as nn
-
     from conftest import GPT2_FIXTURES
+
     from gptjax.api import LM
     from gptjax.config import Config, ModelConfig
     from gptjax.data.tokenizer import Gpt2BpeAdapter
     from gptjax.eval.suite import run_task
     from gptjax.eval.tasks import load_task
-    from gptjax.model.transformer import Transformer
-    from gptjax.model.transformer import init_params
+    from gptjax.model.transformer import Transformer, init_params
 
     cfg = Config(model=ModelConfig(vocab_size=50257, block_size=12, n_layer=1, n_head=2, d_model=16))
     lm = LM(cfg, nn.unbox(init_params(Transformer(cfg.model), 0, 8)), Gpt2BpeAdapter.from_dir(GPT2_FIXTURES))

@@ -8,8 +8,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
-
 from conftest import REPO
+
 from gptjax import config as config_lib
 from gptjax.model.transformer import Transformer, count_params
 

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 
 import gptjax
-from gptjax import cli
+from gptjax import cli, export
 from gptjax.api import EXPORT_MARKER, LM
 from gptjax.config import Config, ModelConfig
 from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import GptjaxError
-from gptjax import export
 from gptjax.train import run as run_lib
 
 FORWARD = jax.jit(lambda model, params, tokens: model.apply({"params": params}, tokens), static_argnums=0)

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import GCS_BUCKET, GPT2_FIXTURES, REPO, run_cli
+
 from gptjax import config as config_lib
 from gptjax.errors import GptjaxError
 
@@ -28,11 +28,10 @@ def base_dir(tmp_path_factory, cache_dir) -> Path:
     """A random-init GPT-2-BPE model (vocab 50257, block 96) as a gptjax export: the model finetunes start from."""
     import flax.linen as nn
 
+    from gptjax import export
     from gptjax.api import LM
     from gptjax.data.tokenizer import Gpt2BpeAdapter
-    from gptjax import export
-    from gptjax.model.transformer import Transformer
-    from gptjax.model.transformer import init_params
+    from gptjax.model.transformer import Transformer, init_params
 
     model_cfg = config_lib.ModelConfig(vocab_size=50257, block_size=96, n_layer=2, n_head=2, d_model=32)
     cfg = config_lib.Config(name="finetune_base", model=model_cfg)
@@ -143,10 +142,9 @@ def test_packed_rows_give_the_same_summed_loss_as_padded_rows(base_dir):
     import flax.linen as nn
 
     import gptjax
-    from gptjax.model.transformer import Transformer
-    from gptjax.model.transformer import init_params
     from gptjax.finetune import records
     from gptjax.finetune.batches import packed_rows, padded_sequences, sft_sequences
+    from gptjax.model.transformer import Transformer, init_params
     from gptjax.train.objectives import NextTokenLM
 
     lm = gptjax.load(base_dir)
@@ -177,7 +175,7 @@ def test_an_over_long_record_is_truncated_or_skipped_and_counted(capfd):
     skipped_note = capfd.readouterr().err
     assert all(len(s.ids) <= 60 for s in kept) and all(len(s.ids) <= 60 for s in skipped)
     assert len(skipped) < len(kept) <= len(items)
-    assert f"of 10 train records are longer than 60 tokens" in truncated_note and "truncated" in truncated_note
+    assert "of 10 train records are longer than 60 tokens" in truncated_note and "truncated" in truncated_note
     assert f"{len(items) - len(skipped)} skipped" in skipped_note
 
 
@@ -187,9 +185,8 @@ def test_an_over_long_record_is_truncated_or_skipped_and_counted(capfd):
 def test_the_classifier_head_sees_the_last_real_token_whatever_follows(base_dir):
     import flax.linen as nn
 
-    from gptjax.model.transformer import Transformer
     from gptjax.model.losses import class_logits
-    from gptjax.model.transformer import init_params
+    from gptjax.model.transformer import Transformer, init_params
 
     model_cfg = dataclasses.replace(config_lib.ModelConfig(vocab_size=50257, block_size=96, n_layer=2, n_head=2,
                                                            d_model=32), num_classes=3)
@@ -407,12 +404,11 @@ def sentencepiece_base(tmp_path_factory) -> Path:
     template's three added tokens widen the embedding (387 -> 512 rows)."""
     import flax.linen as nn
 
-    from gptjax.api import LM
-    from gptjax.finetune import records
-    from gptjax.data.tokenizer import SentencePieceTokenizer
     from gptjax import export
-    from gptjax.model.transformer import Transformer
-    from gptjax.model.transformer import init_params
+    from gptjax.api import LM
+    from gptjax.data.tokenizer import SentencePieceTokenizer
+    from gptjax.finetune import records
+    from gptjax.model.transformer import Transformer, init_params
 
     items = records.read_instruction(records.records_path("instruction", str(FIXTURES)))
     texts = [f"{r['instruction']}\n{r['input']}\n{r['output']}" for r in items] * 3
@@ -427,8 +423,8 @@ def sentencepiece_base(tmp_path_factory) -> Path:
 def test_chat_role_headers_are_added_special_tokens_and_the_base_rows_carry_over(sentencepiece_base, tmp_path):
     import gptjax
     from gptjax.finetune.batches import load_finetune_data
-    from gptjax.finetune.templates import CHAT_TOKENS
     from gptjax.finetune.setup import finetune_tokenizer
+    from gptjax.finetune.templates import CHAT_TOKENS
 
     base = gptjax.load(sentencepiece_base)
     cfg = finetune_config(sentencepiece_base, "sft", steps=4, model={"vocab_size": 0, "lora_rank": 2},
@@ -457,7 +453,7 @@ def test_chat_role_headers_are_added_special_tokens_and_the_base_rows_carry_over
 
 
 def test_with_source_rows_copies_the_base_vocabulary_and_keeps_added_rows():
-    from gptjax.train.loop import grown_vocabulary, with_source_rows
+    from gptjax.train.run import grown_vocabulary, with_source_rows
 
     fresh, source = np.zeros((8, 3), np.float32), np.ones((5, 3), np.float32)
     assert grown_vocabulary("['embedding']", (5, 3), (8, 3)) and not grown_vocabulary("['embedding']", (5, 4), (8, 3))

@@ -12,6 +12,8 @@ import types
 import jax
 import numpy as np
 import pytest
+from conftest import GPT2_FIXTURES
+from test_interop_hf import gptjax_model, hf_logits, lm_for, load_hf, max_abs_diff, random_ids, random_params
 
 import gptjax
 from gptjax.finetune.batches import encode_pieces, padded_sequences, preference_pairs, row_width
@@ -19,9 +21,6 @@ from gptjax.finetune.templates import prompt_pieces
 from gptjax.interop import hf
 from gptjax.model.lora import ADAPTER_NAMES, merge_lora
 from gptjax.model.losses import dpo_terms, sequence_logprobs
-
-from conftest import GPT2_FIXTURES
-from test_interop_hf import gptjax_model, hf_logits, lm_for, load_hf, max_abs_diff, random_ids, random_params
 
 LOGIT_TOLERANCE = 1e-5
 DPO_TOLERANCE = 1e-6

@@ -17,9 +17,17 @@ import time
 
 import numpy as np
 import pytest
-
-from conftest import (GCS_BUCKET, REPO, free_port, gcs_lines, gcs_losses, run_cli, same_params, tiny_config,
-                      tiny_overrides)
+from conftest import (
+    GCS_BUCKET,
+    REPO,
+    free_port,
+    gcs_lines,
+    gcs_losses,
+    run_cli,
+    same_params,
+    tiny_config,
+    tiny_overrides,
+)
 
 pytest.importorskip("gcsfs")
 pytest.importorskip("gcp_storage_emulator")
@@ -162,11 +170,11 @@ def test_workdir_files_and_tensorboard_events_are_objects_written_through_fileio
 
 def test_a_gs_dataset_is_copied_once_to_a_local_cache_keyed_by_its_generations(gcs, gcs_data, cache_dir,
                                                                                shakespeare_dir, capfd):
+    from gptjax.config import DataConfig
     from gptjax.data import loader
     from gptjax.data.sources import local_data_dir
-    from gptjax.prepare.resolve import resolve_data
-    from gptjax.config import DataConfig
     from gptjax.errors import GptjaxError
+    from gptjax.prepare.resolve import resolve_data
 
     url = f"gs://{GCS_BUCKET}/data/copied-once"  # not gcs_data, which the training runs above have copied already
     gcs.put(str(shakespeare_dir), url, recursive=True)
@@ -186,7 +194,8 @@ def test_a_gs_dataset_is_copied_once_to_a_local_cache_keyed_by_its_generations(g
 def test_a_second_trainer_on_a_gs_workdir_in_use_is_refused(gcs, gcs_data, cache_dir):
     from gptjax import fileio
     from gptjax.errors import GptjaxError
-    from gptjax.train.loop import LOCK_FILE, train
+    from gptjax.train.loop import train
+    from gptjax.train.run import LOCK_FILE
 
     workdir = f"gs://{GCS_BUCKET}/runs/locked"
     with fileio.exclusive_lock(f"{workdir}/{LOCK_FILE}", "test holder"):
@@ -198,7 +207,7 @@ def test_a_second_trainer_on_a_gs_workdir_in_use_is_refused(gcs, gcs_data, cache
 
 @pytest.mark.slow
 def test_sigkill_leaves_a_lock_object_that_the_resumed_run_takes_over(gcs, gcs_data, straight_gcs):
-    from gptjax.train.loop import LOCK_FILE
+    from gptjax.train.run import LOCK_FILE
 
     workdir = f"gs://{GCS_BUCKET}/runs/killed"
     args = ["--config", CONFIG, "--workdir", workdir, *tiny_overrides(steps=20, **{

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import tiny_model
+
 from gptjax.errors import GptjaxError
 from gptjax.generate import SamplingParams, generate_ids, sample
 from gptjax.model.transformer import Transformer

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 
 import gptjax
-from gptjax import cli
+from gptjax import cli, export
 from gptjax.api import LM
 from gptjax.config import Config, DataConfig, ModelConfig, TrainConfig
 from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import GptjaxError
 from gptjax.generate import SamplingParams, generate_ids
-from gptjax import export
 from gptjax.interop import hf
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gpt2"

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, tiny_config
 
 from gptjax import config as config_lib

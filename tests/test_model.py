@@ -9,15 +9,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import tiny_config, tiny_model
+
 from gptjax.config import ATTENTION_PATTERNS, POSITIONS
 from gptjax.errors import GptjaxError
 from gptjax.model import attention
 from gptjax.model.transformer import PADDED_LOGIT, Transformer
+from gptjax.train.objectives import NextTokenLM, lm_batch
 from gptjax.train.optim import make_optimizer
 from gptjax.train.state import TrainState
-from gptjax.train.objectives import NextTokenLM, lm_batch
 from gptjax.train.step import train_step
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import GCS_BUCKET, REPO, free_port, gcs_losses, run_cli, same_params, tiny_overrides
 from test_resume import losses_by_step
 

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import tiny_config, tiny_model
+
 from gptjax.config import TrainConfig
 from gptjax.errors import GptjaxError
 from gptjax.model import attention

@@ -14,7 +14,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
 from conftest import REPO, run_cli, tiny_overrides
 
 CONFIG = "experiments/shakespeare_char_cpu.py"
@@ -195,7 +194,7 @@ def test_extending_steps_keeps_the_lr_horizon_and_says_so(tmp_path, cache_dir):
 
 def test_a_second_trainer_on_a_workdir_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path, cache_dir):
     from gptjax import fileio
-    from gptjax.train.loop import LOCK_FILE
+    from gptjax.train.run import LOCK_FILE
 
     workdir = tmp_path / "run"
     workdir.mkdir()

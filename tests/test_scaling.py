@@ -54,8 +54,7 @@ VARIANTS = {
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_param_count_equals_the_models(variant):
-    from gptjax.model.transformer import count_params
-    from gptjax.model.transformer import abstract_params
+    from gptjax.model.transformer import abstract_params, count_params
 
     cfg = ModelConfig(vocab_size=66, block_size=16, n_layer=3, n_head=4, d_model=32, **VARIANTS[variant])
     got = counts.param_counts(cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import flax.linen as nn
@@ -11,17 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from dataclasses import replace
-
 from conftest import REPO, run_cli, tiny_config, tiny_overrides
 
 REPO_DATA = REPO / "gptjax" / "data" / "bundled"
 from gptjax.config import TrainConfig
 from gptjax.model.transformer import Transformer
+from gptjax.train.objectives import NextTokenLM, lm_batch
 from gptjax.train.optim import decay_mask, lr_schedule, make_optimizer
 from gptjax.train.state import TrainState
-from gptjax.train.objectives import NextTokenLM, lm_batch
 from gptjax.train.step import train_step
 
 

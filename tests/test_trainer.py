@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import tiny_config
+
 from gptjax.errors import GptjaxError
 from gptjax.model.losses import token_nll
 from gptjax.parallel.mesh import make_mesh
@@ -161,8 +161,9 @@ def test_init_from_starts_from_another_runs_params_with_a_fresh_optimizer(tmp_pa
 
 
 def test_a_failed_save_is_one_clear_error_and_earlier_checkpoints_stay_intact(tmp_path, cache_dir, monkeypatch):
-    import gptjax
     import orbax.checkpoint as ocp
+
+    import gptjax
     from gptjax.train.loop import train
 
     real_save = ocp.CheckpointManager.save

@@ -17,6 +17,7 @@ import tempfile
 
 import tpuvm
 
+
 def build_parser() -> tpuvm.Parser:
     p = tpuvm.parser(__doc__.splitlines()[0])
     tpuvm.add_launch_args(p)

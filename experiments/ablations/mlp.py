@@ -5,8 +5,8 @@ gptjax ablate --config experiments/ablations/mlp.py --workdir runs/ablate_mlp --
 """
 from pathlib import Path
 
-from gptjax.config import load_experiment
 from gptjax.ablate import Ablation
+from gptjax.config import load_experiment
 
 
 def get_ablation() -> Ablation:

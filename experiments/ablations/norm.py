@@ -4,8 +4,8 @@ gptjax ablate --config experiments/ablations/norm.py --workdir runs/ablate_norm 
 """
 from pathlib import Path
 
-from gptjax.config import load_experiment
 from gptjax.ablate import Ablation
+from gptjax.config import load_experiment
 
 
 def get_ablation() -> Ablation:

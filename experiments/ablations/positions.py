@@ -5,8 +5,8 @@ gptjax ablate --config experiments/ablations/positions.py --workdir runs/ablate_
 """
 from pathlib import Path
 
-from gptjax.config import POSITIONS, load_experiment
 from gptjax.ablate import Ablation
+from gptjax.config import POSITIONS, load_experiment
 
 
 def get_ablation() -> Ablation:

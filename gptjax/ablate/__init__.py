@@ -1,7 +1,7 @@
-"""Ablation sweeps: variants x seeds of one base config at a matched budget (`ablation`), and their report
-(`report`). `gptjax ablate` is the command line."""
-from gptjax.ablate.runner import BUDGETS, Ablation, Plan, PlannedRun, execute, load_ablation, plan_ablation
+"""Ablations (`gptjax ablate`, `experiments/ablations/`): named variants x seeds of one base config trained at a
+matched budget, resumably (`runner`), and their report against the baseline (`report`)."""
 from gptjax.ablate.report import welch_test, write_report
+from gptjax.ablate.runner import BUDGETS, Ablation, Plan, PlannedRun, execute, load_ablation, plan_ablation
 
 __all__ = ["BUDGETS", "Ablation", "Plan", "PlannedRun", "execute", "load_ablation", "plan_ablation", "welch_test",
            "write_report"]

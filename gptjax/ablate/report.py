@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Sequence
 
 from gptjax import fileio
-from gptjax.errors import GptjaxError
 from gptjax.ablate.runner import WALL_KEY, Plan, PlannedRun, flops_per_token, is_finished
+from gptjax.errors import GptjaxError
 from gptjax.train.metrics import read_metrics
 
 CONFIDENCE = 0.95
@@ -139,8 +139,7 @@ def run_result(run: PlannedRun) -> RunResult:
 
 def param_counts(run: PlannedRun) -> tuple[int, int]:
     """(all params, params outside the token/position embeddings and an untied output head)."""
-    from gptjax.model.transformer import count_params
-    from gptjax.model.transformer import abstract_params
+    from gptjax.model.transformer import abstract_params, count_params
 
     params = abstract_params(run.counted_model)
     embedding = sum(count_params(params[name]) for name in EMBEDDING_PARAMS if name in params)

@@ -139,14 +139,14 @@ def flops_per_token(model: ModelConfig) -> float:
 
 def counted_model(cfg: Config, data_vocab: int) -> ModelConfig:
     """The model config with model.vocab_size taken from (or checked against) the data's vocabulary."""
-    from gptjax.train.loop import with_vocab
+    from gptjax.data.tokenizer import with_vocab
 
     return with_vocab(cfg, data_vocab).model
 
 
 def data_vocab_size(cfg: Config) -> int:
     """The vocabulary of the tokenizer the config's data is prepared with (preparing it on first use)."""
-    from gptjax.train.loop import open_data
+    from gptjax.train.run import open_data
 
     return open_data(cfg)[2].vocab_size
 
@@ -278,7 +278,7 @@ def _wall_clock_hook():
     """A training hook that logs `wall_s` beside each val loss: seconds since the run's first step was dispatched
     (so compiling it and opening the run are left out), plus the time a resumed run had already spent (its last
     `wall_s` at or before the step it resumed from)."""
-    from gptjax.train.loop import EvalHook
+    from gptjax.train.hooks import EvalHook
 
     class WallClock(EvalHook):
         def __init__(self):
@@ -314,7 +314,7 @@ def cpu_device_split(plan: Plan) -> None:
 def check_eval_tasks(plan: Plan) -> None:
     """Loads the downstream tasks once, so missing task data fails before the first run, not after it."""
     if plan.base.train.eval_tasks:
-        from gptjax.train.loop import TaskEvalHook
+        from gptjax.train.hooks import TaskEvalHook
 
         TaskEvalHook(plan.base)
 
@@ -322,7 +322,7 @@ def check_eval_tasks(plan: Plan) -> None:
 def check_existing_runs(plan: Plan) -> None:
     """Refuses, before anything trains, a run directory holding a checkpoint of another config than planned (the
     ablation file changed since): resuming it would mix two experiments."""
-    from gptjax.train.loop import with_vocab
+    from gptjax.data.tokenizer import with_vocab
 
     for run in plan.runs:
         saved = run.workdir / RUN_CONFIG_FILE

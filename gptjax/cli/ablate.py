@@ -28,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    from gptjax.ablate import runner as ablation_lib
     from gptjax.ablate import report as report_lib
+    from gptjax.ablate import runner as ablation_lib
 
     ablation = ablation_lib.load_ablation(args.config)
     plan = ablation_lib.plan_ablation(ablation, args.workdir, args.seeds, args.budget or "",

@@ -72,7 +72,7 @@ def _use_compilation_cache(cfg, setting: str | None) -> None:
     """The persistent compilation cache training uses (or `setting`): a second start skips compiling the decoder."""
     import dataclasses
 
-    from gptjax.train.loop import setup_compilation_cache
+    from gptjax.train.run import setup_compilation_cache
 
     if setting is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compilation_cache=setting))

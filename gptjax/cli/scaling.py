@@ -67,7 +67,8 @@ def _config_with_vocab(path: str, overrides: list[str]):
 
     cfg = load_config(path, overrides)
     if cfg.model.vocab_size == 0:
-        from gptjax.train.loop import open_data, with_vocab
+        from gptjax.data.tokenizer import with_vocab
+        from gptjax.train.run import open_data
 
         try:
             tokenizer = open_data(cfg)[2]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gptjax.fileio import fsync_dir, read_json, temp_path
 from gptjax.errors import GptjaxError
+from gptjax.fileio import fsync_dir, read_json, temp_path
 
 MAGIC = b"GPTJAXTK"
 INDEX_MAGIC = b"GPTJAXDX"

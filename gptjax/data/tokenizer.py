@@ -6,6 +6,7 @@ checkpoint and export, and rebuilt from them alone. `<|endoftext|>` is a control
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -14,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
-from gptjax.config import SENTENCEPIECE_MODEL_TYPES, TOKENIZERS
+from gptjax.config import SENTENCEPIECE_MODEL_TYPES, TOKENIZERS, Config
 from gptjax.errors import GptjaxError
 from gptjax.fileio import as_path, makedirs, write_bytes_atomic
 
@@ -332,3 +333,14 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, model_type
                               f"{' or '.join(SENTENCEPIECE_MODEL_TYPES)})")
         return SentencePieceTokenizer.train(texts, vocab_size, model_type=model_type, byte_fallback=byte_fallback)
     raise GptjaxError(f"tokenizer '{kind}' is not trained from text; for gpt2_bpe pass its vocab.json/merges.txt dir")
+
+
+def with_vocab(cfg: Config, tok_vocab: int) -> Config:
+    """The config with model.vocab_size taken from the tokenizer (or checked against it)."""
+    m = cfg.model
+    if m.vocab_size == 0:
+        return dataclasses.replace(cfg, model=dataclasses.replace(m, vocab_size=tok_vocab))
+    if m.vocab_size < tok_vocab:
+        raise GptjaxError(f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's {tok_vocab}; "
+                          f"set model.vocab_size=0 to take it from the data")
+    return cfg

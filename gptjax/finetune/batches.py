@@ -18,15 +18,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from gptjax.config import Config
-from gptjax.finetune import records as records_lib
 from gptjax.data.packing import shuffled_order
-from gptjax.finetune.templates import EOT, Piece, prompt_pieces, record_pieces
 from gptjax.errors import GptjaxError, note
+from gptjax.finetune import records as records_lib
+from gptjax.finetune.templates import EOT, Piece, prompt_pieces, record_pieces
 
 ROW_MULTIPLE = 16
 

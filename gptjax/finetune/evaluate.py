@@ -14,10 +14,10 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from gptjax.finetune.batches import FinetuneData, load_finetune_data
 from gptjax.errors import GptjaxError
 from gptjax.eval.suite import data_digest, mean_stderr, model_info
 from gptjax.fileio import sha256_file, write_json_atomic
+from gptjax.finetune.batches import FinetuneData, load_finetune_data
 from gptjax.model.losses import classify_terms, dpo_terms, pair_logprobs, sequence_logprobs
 
 

@@ -13,8 +13,6 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from gptjax.data.packing import shuffled_order
 from gptjax.errors import GptjaxError
 

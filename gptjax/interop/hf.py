@@ -44,14 +44,13 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from gptjax import fileio
 from gptjax import config as config_lib
+from gptjax import export, fileio
 from gptjax.config import Config, DataConfig, ModelConfig
 from gptjax.data import tokenizer as tokenizers
 from gptjax.data.tokenizer import EOT
 from gptjax.errors import GptjaxError
 from gptjax.train import run as run_lib
-from gptjax import export
 
 GPT2 = "gpt2"
 LLAMA = "llama"

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax.config import ModelConfig
-from gptjax.model.attention import AttnContext, Attention, KVCache, attention_mask, choose_kernel
-from gptjax.model.layers import Dropout, Mlp, Norm, matmul_2d, alibi_bias, normal_init, rope_angles, sinusoidal_table
+from gptjax.model.attention import Attention, AttnContext, KVCache, attention_mask, choose_kernel
+from gptjax.model.layers import Dropout, Mlp, Norm, alibi_bias, matmul_2d, normal_init, rope_angles, sinusoidal_table
 from gptjax.model.lora import lora_spec
 from gptjax.model.mup import hidden_init_std, output_multiplier
 from gptjax.parallel.rules import constrain

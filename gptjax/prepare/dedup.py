@@ -22,9 +22,9 @@ from typing import Literal
 
 import numpy as np
 
-from gptjax.prepare.documents import Document, with_text
 from gptjax.data.hashing import mix64
 from gptjax.errors import GptjaxError
+from gptjax.prepare.documents import Document, with_text
 
 Unit = Literal["line", "paragraph"]
 

@@ -10,8 +10,8 @@ import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from gptjax.prepare.documents import Document
 from gptjax.errors import GptjaxError
+from gptjax.prepare.documents import Document
 
 DEFAULT_SAMPLE_CHARS = 2000
 SAMPLE_WINDOWS = 4

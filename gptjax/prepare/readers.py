@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from gptjax.errors import GptjaxError
 from gptjax.prepare.documents import Document, line_source, make_document, row_source
 from gptjax.prepare.normalize import decode_utf8, repair_surrogates
-from gptjax.errors import GptjaxError
 
 TxtMode = Literal["file", "blank_lines", "separator"]
 

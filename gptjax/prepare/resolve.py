@@ -14,14 +14,13 @@ import os
 from pathlib import Path
 
 from gptjax.config import DataConfig, PrepareConfig
-from gptjax.prepare import readers
 from gptjax.data import store
-from gptjax.prepare.pipeline import FORMAT_VERSION, run_pipeline
-from gptjax.prepare import settings
-from gptjax.prepare.stages import doc_in_val
 from gptjax.data.sources import cache_root, local_data_dir, mixture_entries
 from gptjax.errors import GptjaxError
 from gptjax.fileio import sha256_file
+from gptjax.prepare import readers, settings
+from gptjax.prepare.pipeline import FORMAT_VERSION, run_pipeline
+from gptjax.prepare.stages import doc_in_val
 
 BUNDLED = {
     "shakespeare_char": {"inputs": ("tinyshakespeare.txt",), "tokenizer": "char"},

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from gptjax.config import DataConfig, PrepareConfig
-from gptjax.prepare import dedup, langid, normalize, quality
 from gptjax.data import store
 from gptjax.data import tokenizer as tokenizers
+from gptjax.prepare import dedup, langid, normalize, quality
 from gptjax.prepare.documents import Document
 from gptjax.prepare.report import StageStats
 

@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gptjax.prepare.dedup import UnionFind
 from gptjax.errors import GptjaxError
+from gptjax.prepare.dedup import UnionFind
 
 ORIGINAL = "original"
 DISTINCT = "distinct"

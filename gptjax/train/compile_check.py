@@ -318,8 +318,7 @@ def candidates(cfg: Config, n_devices: int, hbm_bytes: float, slices: int = 1, m
     tensor size the meshes tried are the two ends: fully sharded (data = slices) and fully replicated (fsdp = 1)."""
     import flax.linen as nn
 
-    from gptjax.model.transformer import count_params
-    from gptjax.model.transformer import abstract_params
+    from gptjax.model.transformer import abstract_params, count_params
 
     n_params = count_params(nn.unbox(abstract_params(cfg.model)))
     out = []

@@ -14,8 +14,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gptjax.eval.tasks.base import (TARGET_DELIMITER, ChoiceItem, LoadedTask, Skipped, assemble, checked_gold,
-                                    string_list_problem, jsonl_built, task_file)
+from gptjax.eval.tasks.base import (
+    TARGET_DELIMITER,
+    ChoiceItem,
+    LoadedTask,
+    Skipped,
+    assemble,
+    checked_gold,
+    jsonl_built,
+    string_list_problem,
+    task_file,
+)
 
 FILE = "hellaswag/hellaswag_val.jsonl"
 N_CHOICES = 4

@@ -6,8 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptjax.eval.tasks.base import (TARGET_DELIMITER, ContinuationItem, LoadedTask, Skipped, assemble, jsonl_built,
-                                    task_file)
+from gptjax.eval.tasks.base import (
+    TARGET_DELIMITER,
+    ContinuationItem,
+    LoadedTask,
+    Skipped,
+    assemble,
+    jsonl_built,
+    task_file,
+)
 
 FILE = "lambada/lambada_openai.jsonl"
 

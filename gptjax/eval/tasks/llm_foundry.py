@@ -13,8 +13,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptjax.eval.tasks.base import (TARGET_DELIMITER, ChoiceItem, LoadedTask, Skipped, assemble, checked_gold,
-                                    string_list_problem, jsonl_built, task_file)
+from gptjax.eval.tasks.base import (
+    TARGET_DELIMITER,
+    ChoiceItem,
+    LoadedTask,
+    Skipped,
+    assemble,
+    checked_gold,
+    jsonl_built,
+    string_list_problem,
+    task_file,
+)
 
 FILES = {"arc_easy": "llm_foundry_evals/arc_easy.jsonl", "arc_challenge": "llm_foundry_evals/arc_challenge.jsonl",
          "piqa": "llm_foundry_evals/piqa.jsonl", "winogrande": "llm_foundry_evals/winogrande.jsonl"}

@@ -16,8 +16,16 @@ import json
 from pathlib import Path
 
 from gptjax.errors import GptjaxError
-from gptjax.eval.tasks.base import (FEWSHOT_DELIMITER, TARGET_DELIMITER, ChoiceItem, LoadedTask, Skipped, assemble,
-                                    read_text, task_file)
+from gptjax.eval.tasks.base import (
+    FEWSHOT_DELIMITER,
+    TARGET_DELIMITER,
+    ChoiceItem,
+    LoadedTask,
+    Skipped,
+    assemble,
+    read_text,
+    task_file,
+)
 
 LETTERS = ("A", "B", "C", "D")
 CATEGORIES_FILE = "mmlu/subject_categories.json"

@@ -2,11 +2,10 @@
 tokenizer -> tokenize -> shards, resumable, with a report.
 
 Every stage is a pure function over a chunk of documents (gptjax.prepare.stages) or over per-document keys
-(gptjax.prepare.dedup); this package only moves their inputs and outputs through a work directory beside the output
+(gptjax.prepare.dedup), run with the settings `gptjax.prepare.settings` checks and keys; this package only moves their inputs and outputs through a work directory beside the output
 (`.<out>.work/`), running the per-chunk tasks on an `Executor`. Modules:
 
 - `executor`: the `Executor` interface (`map`, `shutdown`) and `LocalExecutor`, the process pool;
-- `settings`: the checks of a `DataConfig` (tokenizer + `prepare` section) and the key of its output;
 - `chunk_files`: the work directory's files (cleaned chunks, token parts, dedup arrays, done markers);
 - phases, in order: `clean`, `corpus_dedup`, `tokenizer`, `tokenize`, `shards` (`survivors` reads what dedup
   kept), passing the frozen results of `results`;

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from gptjax.data import store
-from gptjax.prepare.stages import SPLITS, CleanChunk, Drop, TokenizedChunk
 from gptjax.fileio import atomic_open, write_bytes_atomic, write_json_atomic
+from gptjax.prepare.stages import SPLITS, CleanChunk, Drop, TokenizedChunk
 
 KEEP = "keep.npy"  # bool [n]: documents that survive dedup
 DUPLICATE_OF = "duplicate_of.npy"  # int64 [n]: the kept copy of each duplicate, -1 for the others

@@ -17,13 +17,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gptjax.config import DataConfig
+from gptjax.fileio import write_json_atomic
 from gptjax.prepare import dedup
 from gptjax.prepare.pipeline import chunk_files
 from gptjax.prepare.pipeline.chunk_files import CleanChunkReader, CorpusIndex, SourceNames
 from gptjax.prepare.pipeline.results import DedupResult
 from gptjax.prepare.report import StageStats
 from gptjax.prepare.stages import minhash_config
-from gptjax.fileio import write_json_atomic
 
 _BOILERPLATE_PARTITION_KEYS = 1 << 22
 _SHINGLE_CACHE_DOCS = 4096

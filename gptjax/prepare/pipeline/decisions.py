@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gptjax.fileio import atomic_open
 from gptjax.prepare.pipeline import chunk_files
 from gptjax.prepare.stages import Drop
-from gptjax.fileio import atomic_open
 
 
 def _part_drops(work: Path, n_parts: int) -> dict[int, Drop]:

@@ -12,11 +12,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gptjax.config import DataConfig
-from gptjax.prepare import readers
 from gptjax.data import store
 from gptjax.data import tokenizer as tokenizers
+from gptjax.errors import GptjaxError
+from gptjax.fileio import exclusive_lock, read_json, write_json_atomic
+from gptjax.prepare import readers, settings
 from gptjax.prepare.pipeline import chunk_files
-from gptjax.prepare import settings
 from gptjax.prepare.pipeline.clean import clean_phase, n_clean_documents
 from gptjax.prepare.pipeline.corpus_dedup import dedup_phase
 from gptjax.prepare.pipeline.decisions import write_decisions
@@ -25,10 +26,14 @@ from gptjax.prepare.pipeline.results import DedupResult, ShardResult, TokenizerI
 from gptjax.prepare.pipeline.shards import shard_phase
 from gptjax.prepare.pipeline.tokenize import tokenize_phase
 from gptjax.prepare.pipeline.tokenizer import tokenizer_phase
-from gptjax.prepare.report import (StageStats, drop_summary, merge_stage_maps, render_table, stages_from_json,
-                                stages_to_json)
-from gptjax.errors import GptjaxError
-from gptjax.fileio import exclusive_lock, read_json, write_json_atomic
+from gptjax.prepare.report import (
+    StageStats,
+    drop_summary,
+    merge_stage_maps,
+    render_table,
+    stages_from_json,
+    stages_to_json,
+)
 
 FORMAT_VERSION = 2
 REPORT = "report.json"

@@ -10,11 +10,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gptjax.data import store
+from gptjax.errors import GptjaxError
 from gptjax.prepare.pipeline import chunk_files
 from gptjax.prepare.pipeline.results import ResumeCounts, ShardResult, TokenizerInfo
 from gptjax.prepare.report import StageStats
 from gptjax.prepare.stages import SPLITS
-from gptjax.errors import GptjaxError
 
 Piece = tuple[int, int, int]  # (part, first document, end document)
 

@@ -11,15 +11,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gptjax.config import DataConfig
-from gptjax.prepare import stages
 from gptjax.data import tokenizer as tokenizers
+from gptjax.errors import GptjaxError
+from gptjax.prepare import stages
 from gptjax.prepare.pipeline import chunk_files
 from gptjax.prepare.pipeline.executor import Executor
 from gptjax.prepare.pipeline.results import DedupResult, ResumeCounts, TokenizeResult
 from gptjax.prepare.pipeline.survivors import char_cut_texts
 from gptjax.prepare.report import StageStats
 from gptjax.prepare.stages import Drop
-from gptjax.errors import GptjaxError
 
 FAULT_KILL_AFTER_PARTS = "GPTJAX_FAULT_KILL_AFTER_PARTS"  # tests: SIGKILL the run after this many parts
 FAULT_KILL_WORKER_AT_PART = "GPTJAX_FAULT_KILL_WORKER_AT_PART"  # tests: SIGKILL the worker tokenizing this part

@@ -11,15 +11,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gptjax.config import DataConfig
-from gptjax.prepare import stages
 from gptjax.data import tokenizer as tokenizers
+from gptjax.errors import GptjaxError
+from gptjax.fileio import write_json_atomic
+from gptjax.prepare import settings, stages
 from gptjax.prepare.pipeline import chunk_files
-from gptjax.prepare import settings
 from gptjax.prepare.pipeline.results import DedupResult, TokenizerInfo
 from gptjax.prepare.pipeline.survivors import char_cut_texts, surviving_texts
 from gptjax.prepare.report import StageStats
-from gptjax.errors import GptjaxError
-from gptjax.fileio import write_json_atomic
 
 
 def _char_tokenizer(work: Path, n_chunks: int, char_cut: bool) -> tokenizers.CharTokenizer:
