@@ -18,7 +18,7 @@ CORE = [
 ]
 DATA = ["py3langid>=0.3", "zstandard>=0.22", "pyarrow>=15", "datasketch>=1.6"]
 HF = ["torch==2.13.0", "transformers>=4.45", "tokenizers>=0.19"]
-TEST = ["pytest>=8", "pytest-timeout>=2.3", "tiktoken>=0.7"]
+TEST = ["pytest>=8", "pytest-timeout>=2.3", "tiktoken>=0.7", "ruff>=0.17,<0.18"]  # ruff: .ci/run lints before the tests
 EVAL = ["lm-eval>=0.4"]
 LM_EVAL_HF = ["accelerate>=0.26"]  # lm-eval's HF backend, the reference the eval cross-checks run against
 FINETUNE_REFS = ["peft>=0.13", "trl>=0.12"]  # LoRA and DPO cross-checks (tests only)
@@ -30,7 +30,8 @@ GCS_EMULATOR = ["gcp-storage-emulator>=2024.8"]  # a local GCS stand-in for the 
 setup(
     name="gptjax",
     version="0.1.0",
-    description="Build GPT-style language models from scratch in JAX/Flax: data, pretraining, eval, finetuning, export.",
+    description=("Build GPT-style language models from scratch in JAX/Flax: data, pretraining, eval, finetuning, "
+                 "export."),
     packages=find_packages(include=["gptjax", "gptjax.*"]),
     package_data={"gptjax": ["data/bundled/*", "data/bundled/english/*/*"]},
     python_requires=">=3.10",
@@ -41,7 +42,8 @@ setup(
         "eval": EVAL,
         "plots": PLOTS,
         "gcs": GCS,
-        "test": TEST + HF + EVAL + LM_EVAL_HF + FINETUNE_REFS + PLOTS + DEDUP_REF + GCS + GCS_EMULATOR + ["jax[tpu]"],  # libtpu: compile-check AOT-compiles for TPU here
+        # libtpu: compile-check AOT-compiles for TPU here
+        "test": TEST + HF + EVAL + LM_EVAL_HF + FINETUNE_REFS + PLOTS + DEDUP_REF + GCS + GCS_EMULATOR + ["jax[tpu]"],
         "tpu": ["jax[tpu]"] + GCS,
         "gpu": ["jax[cuda12]"],
     },

@@ -143,7 +143,8 @@ def markdown(results: list[dict], command: str, n_params: int, versions: dict) -
         f"Command (from the repository root): `{command}`",
         "",
         f"Model: gptjax Config of GPT-2 small (12 layers, d_model 768, 12 heads, vocab 50257 padded to 50304 in "
-        f"gptjax, 1024 learned positions, tied head, biases), {n_params / 1e6:.1f}M params in gptjax's layout (padded vocab rows included), random weights "
+        f"gptjax, 1024 learned positions, tied head, biases), {n_params / 1e6:.1f}M params in gptjax's layout "
+        f"(padded vocab rows included), random weights "
         f"(seed {SEED}); GPT-2 BPE tokenizer from tests/fixtures/gpt2. Each step runs in a fresh process "
         f"(JAX on CPU); 'RSS before' is that process after building its inputs (imports, and the params for "
         f"export steps), 'peak RSS' its high-water mark. Output size counts every file written.",

@@ -8,7 +8,8 @@ numpy and a jitted jax sum over a 512 MiB array), which bounds batch-1 decoding 
 token; prefill tokens/s on a long prompt; the bfloat16-weights option (`LM.with_dtype("bfloat16")`) with its
 agreement with float32's greedy tokens; and gptjax's tokens-per-jit-call lever. Run from the repository root:
 
-    python benchmarks/decode_cpu.py [--rounds 3] [--batches 1 8 32] [--threads N] [--out benchmarks/results/decode_cpu.md]
+    python benchmarks/decode_cpu.py [--rounds 3] [--batches 1 8 32] [--threads N] \\
+        [--out benchmarks/results/decode_cpu.md]
 
 On a loaded machine use --threads 1: with two threads each and another job on a core, torch's thread pool
 stalls and HF's rate collapses (~10x), which says nothing about either implementation.
@@ -163,7 +164,8 @@ def markdown(rows, levers, prefill_rows, bf16, bandwidth, weight_bytes, args, ve
     lines = [
         "# Decoding speed on CPU: gptjax vs Hugging Face transformers (GPT-2 124M shape)", "",
         f"Command (from the repository root): `{args.command}`", "",
-        f"Model: GPT-2 small shape (12 layers, d_model 768, 12 heads, vocab 50257, tied head), random weights (seed 0), "
+        f"Model: GPT-2 small shape (12 layers, d_model 768, 12 heads, vocab 50257, tied head), "
+        "random weights (seed 0), "
         f"the same weights in both. Prompts: {PROMPT_LEN} random token ids per row (equal lengths, no padding); "
         f"{args.new_tokens} greedy new tokens per row, no stop token. gptjax: `LM.generate_ids(temperature=0)` "
         f"(KV cache, all new tokens in one jit call unless noted); HF: `GPT2LMHeadModel.generate(do_sample=False)` "
@@ -183,17 +185,21 @@ def markdown(rows, levers, prefill_rows, bf16, bandwidth, weight_bytes, args, ve
                      f"{'yes' if r['identical'] else 'NO'} |")
     lines += ["", "## Memory-bandwidth bound at batch 1", "",
               f"Read bandwidth measured: {bandwidth['numpy']:.1f} GB/s (numpy sum), {bandwidth['jax']:.1f} GB/s "
-              f"(jitted jax sum) of a 512 MiB float32 array. float32 weights read per token: {weight_bytes / 1e6:.0f} MB "
+              f"(jitted jax sum) of a 512 MiB float32 array. float32 weights read per token: "
+              f"{weight_bytes / 1e6:.0f} MB "
               f"(every parameter once; the tied embedding is the output projection). Bound: {bw:.1f} GB/s / "
               f"{weight_bytes / 1e6:.0f} MB = **{bound:.0f} tokens/s**; gptjax batch 1 reaches "
               f"{rows[0]['gptjax'] / bound:.0%} of it ({rows[0]['gptjax'] * weight_bytes / 1e9:.1f} GB/s of weights), "
               f"HF {rows[0]['hf'] / bound:.0%}. Twice HF's batch-1 rate would need "
               f"{2 * rows[0]['hf'] * weight_bytes / 1e9:.1f} GB/s of float32 weights."]
     if bf16:
-        lines += ["", "## bfloat16 weights (`gptjax.load(path, dtype=\"bfloat16\")`, `gptjax generate --dtype bfloat16`)", "",
+        lines += ["",
+                  "## bfloat16 weights (`gptjax.load(path, dtype=\"bfloat16\")`, `gptjax generate --dtype bfloat16`)",
+                  "",
                   f"Weights stored and read as bfloat16 ({bf16['bytes'] / 1e6:.0f} MB per token, bound "
                   f"{bw * 1e9 / bf16['bytes']:.0f} tokens/s); matmuls accumulate in float32, norms, softmax and "
-                  "logits in float32, the residual stream and KV cache in bfloat16. HF: the same model `.to(torch.bfloat16)`.", "",
+                  "logits in float32, the residual stream and KV cache in bfloat16. HF: the same model "
+                  "`.to(torch.bfloat16)`.", "",
                   "| batch | gptjax bf16 tok/s | gptjax fp32 tok/s | HF bf16 tok/s | positions equal to fp32 | "
                   "row share before the first difference |", "|---:|---:|---:|---:|---:|---:|"]
         for r in bf16["rows"]:

@@ -175,7 +175,8 @@ def main() -> None:
     texts = originals + plant_near_duplicates(originals, args.variants, seed=0)
     truth = true_components(texts)
     n_words = sum(len(text.split()) for text in texts)
-    print(f"corpus: {len(originals)} paragraphs + {args.variants} planted variants = {len(texts)} texts, {n_words} words")
+    print(f"corpus: {len(originals)} paragraphs + {args.variants} planted variants = {len(texts)} texts, "
+          f"{n_words} words")
 
     rng = np.random.default_rng(1)
     duplicate_pairs = [(truth[i], i) for i in range(len(texts)) if truth[i] != i]
@@ -190,19 +191,23 @@ def main() -> None:
     ):
         print(
             f"{name}: signatures {seconds:.3f} s ({1e6 * seconds / len(texts):.0f} us/doc); "
-            f"mean |J_est - J| on {len(duplicate_pairs)} planted pairs {estimate_error(signatures, texts, duplicate_pairs):.4f}, "
+            f"mean |J_est - J| on {len(duplicate_pairs)} planted pairs "
+            f"{estimate_error(signatures, texts, duplicate_pairs):.4f}, "
             f"on 300 random pairs {estimate_error(signatures, texts, random_pairs):.4f}"
         )
         for label, verify_with in (("unverified", None), ("verified", shingles)):
             predicted, cluster_seconds = clusters_from(signatures, verify_with)
             precision, recall = pair_scores(predicted, truth)
             print(
-                f"  cluster_signatures {label}: {cluster_seconds:.3f} s, pair precision {precision:.4f}, recall {recall:.4f}, "
-                f"{sum(p == i for i, p in enumerate(predicted))} kept (truth {sum(t == i for i, t in enumerate(truth))})"
+                f"  cluster_signatures {label}: {cluster_seconds:.3f} s, pair precision {precision:.4f}, "
+                f"recall {recall:.4f}, "
+                f"{sum(p == i for i, p in enumerate(predicted))} kept "
+                f"(truth {sum(t == i for i, t in enumerate(truth))})"
             )
     predicted, lsh_seconds = datasketch_lsh_clusters(minhashes)
     precision, recall = pair_scores(predicted, truth)
-    print(f"  datasketch MinHashLSH unverified: {lsh_seconds:.3f} s, pair precision {precision:.4f}, recall {recall:.4f}")
+    print(f"  datasketch MinHashLSH unverified: {lsh_seconds:.3f} s, pair precision {precision:.4f}, "
+          f"recall {recall:.4f}")
 
     print(
         f"quality averaged over MinHash seeds 1..{args.seeds} "

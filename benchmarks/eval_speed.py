@@ -13,7 +13,8 @@ reported. Workloads (random words, the real GPT-2 BPE):
 gptjax compiles each batch shape once: a warm-up pass compiles them, and its time is reported apart. Run from the
 repository root:
 
-    python benchmarks/eval_speed.py [--items 32] [--repeats 3] [--batch-size 16] [--out benchmarks/results/eval_speed.md]
+    python benchmarks/eval_speed.py [--items 32] [--repeats 3] [--batch-size 16] \\
+        [--out benchmarks/results/eval_speed.md]
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Finetuning cost on CPU: full vs LoRA finetuning of the GPT-2-124M shape (tokens/s, peak memory, checkpointed
 bytes), and a DPO step with stored reference log-probs vs a live reference model.
 
-    python benchmarks/finetune_cpu.py [--steps 4] [--repeats 2] [--block 256] [--batch 4] [--out benchmarks/results/finetune_cpu.md]
+    python benchmarks/finetune_cpu.py [--steps 4] [--repeats 2] [--block 256] [--batch 4] \\
+        [--out benchmarks/results/finetune_cpu.md]
 
 Each variant runs in its own process (peak RSS is per process), variants alternating over `--repeats` rounds; the
 table reports the median over rounds of each round's median step time, and the largest peak RSS. Models are
@@ -101,7 +102,8 @@ def main() -> None:
         for name in VARIANTS:
             rounds[name].append(run_variant(name, args.steps, args.block, args.batch))
             print(name, rounds[name][-1], file=sys.stderr)
-    lines = [f"GPT-2-124M shape (12x768, vocab 50257), block {args.block}, batch {args.batch}, {args.steps} timed steps "
+    lines = [f"GPT-2-124M shape (12x768, vocab 50257), block {args.block}, batch {args.batch}, "
+             f"{args.steps} timed steps "
              f"after 1 warm-up, median of {args.repeats} alternating rounds, one process per run.", "",
              "| variant | s/step | tokens/s | peak RSS (MB) | trainable params | checkpointed params (MB) |",
              "|---|---:|---:|---:|---:|---:|"]

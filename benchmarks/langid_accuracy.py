@@ -117,7 +117,8 @@ def summary_line(label: str, results: list[LanguageResult]) -> str:
     kept = sum(result.n_kept for result in supported) / n_texts
     below = sum(result.accuracy < 0.9 for result in supported)
     return (
-        f"| {label} | {len(supported)} of {len(results)} | {n_texts} | {macro:.4f} | {micro:.4f} | {kept:.4f} | {below} |"
+        f"| {label} | {len(supported)} of {len(results)} | {n_texts} | {macro:.4f} | {micro:.4f} | "
+        f"{kept:.4f} | {below} |"
     )
 
 
@@ -135,7 +136,9 @@ def language_table(results: list[LanguageResult]) -> list[str]:
                 f"{result.kept_share:.3f} | {confusions} |"
             )
         else:
-            rows.append(f"| {result.name} | {result.expected} (not in model) | {result.n_texts} | - | - | {confusions} |")
+            rows.append(
+                f"| {result.name} | {result.expected} (not in model) | {result.n_texts} | - | - | {confusions} |"
+            )
     return rows
 
 
@@ -147,7 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     if not (args.data_dir / "lingua_sentences").is_dir():
-        raise SystemExit(f"no lingua_sentences/ under {args.data_dir}; pass --data-dir pointing at shared/data/multilingual")
+        raise SystemExit(
+            f"no lingua_sentences/ under {args.data_dir}; pass --data-dir pointing at shared/data/multilingual"
+        )
 
     started = time.perf_counter()
     lingua = lingua_results(args.data_dir, args.threshold)

@@ -196,7 +196,9 @@ def gptjax_minhash_shape() -> tuple[int, int, int]:
     return config.ngram, config.bands, config.rows
 
 
-def datatrove_run(corpus: Path, work: Path, workers: int, tokenizer_json: Path, minhash_shape: tuple[int, int, int]) -> None:
+def datatrove_run(
+    corpus: Path, work: Path, workers: int, tokenizer_json: Path, minhash_shape: tuple[int, int, int]
+) -> None:
     """datatrove's filters + MinHash (gptjax's n-gram, bands and rows) + GPT-2 tokenization (runs in its venv)."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import (
@@ -213,12 +215,15 @@ def datatrove_run(corpus: Path, work: Path, workers: int, tokenizer_json: Path, 
     from datatrove.utils.hashing import HashConfig
 
     ngram, bands, rows = minhash_shape
-    minhash = MinhashConfig(hash_config=HashConfig(precision=64), num_buckets=bands, hashes_per_bucket=rows, n_grams=ngram)
+    minhash = MinhashConfig(
+        hash_config=HashConfig(precision=64), num_buckets=bands, hashes_per_bucket=rows, n_grams=ngram
+    )
     n_files = len(list(corpus.glob("*.jsonl")))
     stages = {
         "filters+signatures": ([JsonlReader(str(corpus), glob_pattern="*.jsonl"), GopherRepetitionFilter(),
                                 GopherQualityFilter(), JsonlWriter(str(work / "filtered"), compression=None),
-                                MinhashDedupSignature(output_folder=str(work / "signatures"), config=minhash)], n_files),
+                                MinhashDedupSignature(output_folder=str(work / "signatures"), config=minhash)],
+                               n_files),
         "buckets": ([MinhashDedupBuckets(input_folder=str(work / "signatures"), output_folder=str(work / "buckets"),
                                          config=minhash)], minhash.num_buckets),
         "cluster": ([MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "remove_ids"),
@@ -254,7 +259,8 @@ def run_datatrove(dt_python: str, corpus: Path, work: Path, workers: int, tokeni
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     wall, peak, _ = run_measured([dt_python, str(Path(__file__).resolve()), "--datatrove-run", "--corpus", str(corpus),
-                                  "--work", str(work), "--workers", str(workers), "--tokenizer-json", str(tokenizer_json),
+                                  "--work", str(work), "--workers", str(workers),
+                                  "--tokenizer-json", str(tokenizer_json),
                                   "--minhash-shape", ",".join(map(str, gptjax_minhash_shape()))])
     timings = json.loads((work / "timings.json").read_text())
     shutil.rmtree(work, ignore_errors=True)
@@ -323,9 +329,11 @@ def _corpus_line(counts: dict) -> str:
 
 def _gptjax_stage_section(title: str, run: dict) -> list[str]:
     lines = ["", f"## {title}", "", "Busy seconds are summed over worker processes, so docs/s and MB/s are per core.",
-             "", "| stage | docs in | docs out | MB in | busy s | docs/s | MB/s |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "", "| stage | docs in | docs out | MB in | busy s | docs/s | MB/s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     lines += gptjax_stage_rows(run)
-    lines += ["", "Wall seconds per phase: " + ", ".join(f"{k} {v:.1f}" for k, v in run["report"]["wall_seconds"].items()),
+    lines += ["",
+              "Wall seconds per phase: " + ", ".join(f"{k} {v:.1f}" for k, v in run["report"]["wall_seconds"].items()),
               "", "Dropped: " + "; ".join(f"{name}: " + ", ".join(f"{r} {c:,}" for r, c in s["dropped"].items())
                                             for name, s in run["report"]["stages"].items() if s["dropped"])]
     return lines
@@ -353,10 +361,12 @@ def comparison_rows(ours: dict, theirs: dict) -> list[str]:
     near_mb = stages["dedup_exact"]["bytes_in"] / 1e6
     tok_mb = stages["tokenize"]["bytes_in"] / 1e6
     dedup_busy = stages["dedup_exact"]["seconds"] + stages["dedup_near"]["seconds"]
-    rows = [f"| Gopher quality + repetition rules | {quality_mb:,.1f} | {_per_core(quality_mb, stages['quality']['seconds'])} | "
+    rows = [f"| Gopher quality + repetition rules | {quality_mb:,.1f} | "
+            f"{_per_core(quality_mb, stages['quality']['seconds'])} | "
             f"{their_mb('Gopher Repetition'):,.1f} | "
             f"{_per_core(their_mb('Gopher Repetition'), their_busy('Gopher Repetition', 'Gopher Quality'))} |",
-            f"| MinHash dedup (signatures, LSH, clusters, removal) | {near_mb:,.1f} | {_per_core(near_mb, dedup_busy)} | "
+            f"| MinHash dedup (signatures, LSH, clusters, removal) | {near_mb:,.1f} | "
+            f"{_per_core(near_mb, dedup_busy)} | "
             f"{their_mb('WRITER'):,.1f} | "
             f"{_per_core(their_mb('WRITER'), their_busy('MinHash'))} |",
             f"| GPT-2 BPE tokenization | {tok_mb:,.1f} | {_per_core(tok_mb, stages['tokenize']['seconds'])} | "
@@ -393,7 +403,8 @@ def write_results(args, counts: dict, runs: list[dict], compare_counts: dict | N
                   "| pipeline | workers | wall s | docs/s | MB/s | MB/s per worker | peak RSS (tree) |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for ours, theirs in compare:
-            lines += [_end_to_end_row("gptjax", ours, compare_counts), _end_to_end_row("datatrove", theirs, compare_counts)]
+            lines += [_end_to_end_row("gptjax", ours, compare_counts),
+                      _end_to_end_row("datatrove", theirs, compare_counts)]
         for ours, theirs in compare:
             lines += ["", f"Per-core MB/s by stage ({ours['workers']} worker(s); busy seconds summed over processes):",
                       "", "| stage | gptjax MB in | gptjax MB/s/core | datatrove MB in | datatrove MB/s/core |",
@@ -405,12 +416,14 @@ def write_results(args, counts: dict, runs: list[dict], compare_counts: dict | N
                       "own time is its total minus the steps before it, which it times inclusively).", "",
                       "| stage | step | docs | MB | busy s | docs/s |", "|---|---|---:|---:|---:|---:|"]
             lines += datatrove_stage_rows(theirs)
-            lines += ["", "Wall seconds per stage: " + ", ".join(f"{k} {v['wall']:.1f}" for k, v in theirs["timings"].items())]
+            lines += ["", "Wall seconds per stage: "
+                      + ", ".join(f"{k} {v['wall']:.1f}" for k, v in theirs["timings"].items())]
     if datatrove_note:
         lines += ["", datatrove_note]
     lines += ["", "## Peak memory against corpus size", "",
               "| corpus | MB | workers | wall s | peak RSS (tree) |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {e['scale']:g}x | {e['mb']:,.0f} | {e['workers']} | {e['wall']:.1f} | {e['peak_rss'] / 2**20:,.0f} MiB |"
+    lines += [f"| {e['scale']:g}x | {e['mb']:,.0f} | {e['workers']} | {e['wall']:.1f} | "
+              f"{e['peak_rss'] / 2**20:,.0f} MiB |"
               for e in memory]
     lines += ["", args.notes] if args.notes else []
     RESULTS.write_text("\n".join(lines) + "\n")
@@ -505,7 +518,8 @@ def datatrove_roots(work: Path, n_docs: int):
 
     from gptjax.testing.planted import roots_from_pairs
 
-    pairs = [np.fromfile(path, dtype="<u4").reshape(-1, 4)[:, [1, 3]] for path in sorted((work / "buckets").glob("*.dups"))]
+    pairs = [np.fromfile(path, dtype="<u4").reshape(-1, 4)[:, [1, 3]]
+             for path in sorted((work / "buckets").glob("*.dups"))]
     return roots_from_pairs(n_docs, np.concatenate(pairs).tolist() if pairs else [])
 
 
@@ -578,7 +592,8 @@ def recall_by_edit_rate(corpus, roots) -> list[tuple[int, int]]:
 
     counts = []
     for low, high in EDIT_RATE_BANDS:
-        copies = [i for i, kind in enumerate(corpus.kinds) if kind in WORD_EDIT_KINDS and low <= corpus.edit_rates[i] < high]
+        copies = [i for i, kind in enumerate(corpus.kinds)
+                  if kind in WORD_EDIT_KINDS and low <= corpus.edit_rates[i] < high]
         counts.append((sum(int(roots[i] == roots[corpus.copy_of[i]]) for i in copies), len(copies)))
     return counts
 
@@ -603,8 +618,10 @@ def write_near_results(args, corpus, n_bytes: int, runs: dict[str, list[dict]], 
     lines = ["# Near-duplicate recall and speed: gptjax against datatrove on planted copies", "",
              "Command (repository root; 2 cores shared with other jobs, so timings are noisy):", "",
              f"    {' '.join(args.command_line)}", "",
-             f"Corpus: {len(corpus.texts):,} documents, {n_bytes / 1e6:.1f} MB (`gptjax.testing.planted.plant_corpus`, seed "
-             f"{args.seed}, {args.copies} copies per kind, {args.copies} negatives per kind, word edits at a rate drawn "
+             f"Corpus: {len(corpus.texts):,} documents, {n_bytes / 1e6:.1f} MB "
+             f"(`gptjax.testing.planted.plant_corpus`, seed "
+             f"{args.seed}, {args.copies} copies per kind, {args.copies} negatives per kind, "
+             f"word edits at a rate drawn "
              f"uniformly from 1-8%; base documents: shared/data web_noisy/nltk_webtext cut into ~{args.words}-word "
              f"documents, english_public_domain inaugural and state_union addresses into ~{2 * args.words}-word "
              "ones).", "",
@@ -736,7 +753,8 @@ def main() -> None:
     runs = []
     for workers in args.workers:
         runs.append(run_gptjax(corpus, work / "out", workers, tokenizer_dir))
-        print(f"gptjax workers={workers}: {runs[-1]['wall']:.1f} s, peak {runs[-1]['peak_rss'] / 2**20:.0f} MiB", flush=True)
+        print(f"gptjax workers={workers}: {runs[-1]['wall']:.1f} s, peak {runs[-1]['peak_rss'] / 2**20:.0f} MiB",
+              flush=True)
     memory = [{"scale": args.scale, "mb": counts["bytes"] / 1e6, "workers": r["workers"], "wall": r["wall"],
                "peak_rss": r["peak_rss"]} for r in runs if r["workers"] == max(args.workers)]
     shutil.rmtree(corpus, ignore_errors=True)
@@ -752,7 +770,8 @@ def main() -> None:
             ours = run_gptjax(small, work / "out", workers, tokenizer_dir, languages=False)
             theirs = run_datatrove(args.datatrove_python, small, work / "datatrove", workers, tokenizer_json)
             compare.append((ours, theirs))
-            print(f"compare workers={workers}: gptjax {ours['wall']:.1f} s, datatrove {theirs['wall']:.1f} s", flush=True)
+            print(f"compare workers={workers}: gptjax {ours['wall']:.1f} s, datatrove {theirs['wall']:.1f} s",
+                  flush=True)
         shutil.rmtree(small, ignore_errors=True)
 
     for scale in args.memory_scales:

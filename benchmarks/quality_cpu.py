@@ -61,11 +61,13 @@ def main() -> None:
     for seed in args.seeds:
         losses["gptjax"].append(gptjax_val_loss(seed, args.work))
         losses["PyTorch nanoGPT"].append(torch_val_loss(seed, data_dir))
-        print(f"seed {seed}: gptjax {losses['gptjax'][-1]:.4f}  PyTorch {losses['PyTorch nanoGPT'][-1]:.4f}", flush=True)
+        print(f"seed {seed}: gptjax {losses['gptjax'][-1]:.4f}  PyTorch {losses['PyTorch nanoGPT'][-1]:.4f}",
+              flush=True)
     header = ("| implementation | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean | std |\n"
               "|---|" + "---:|" * (len(args.seeds) + 2) + "\n")
     table = header + "".join(
-        f"| {name} | " + " | ".join(f"{v:.4f}" for v in values) + f" | {np.mean(values):.4f} | {np.std(values, ddof=1):.4f} |\n"
+        f"| {name} | " + " | ".join(f"{v:.4f}" for v in values)
+        + f" | {np.mean(values):.4f} | {np.std(values, ddof=1):.4f} |\n"
         for name, values in losses.items())
     out = REPO / "benchmarks" / "results" / "quality_cpu.md"
     out.write_text(f"`python benchmarks/quality_cpu.py --seeds {' '.join(map(str, args.seeds))}` "

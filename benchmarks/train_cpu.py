@@ -9,8 +9,8 @@ apart; gptjax's persistent compilation cache is left as a user's second run find
 whole-run wall time (process start to exit), the median step time (steps with an evaluation left out) and the
 final val loss, then the median ratios and an equal-loss check. `small` is nanoGPT's README CPU line (4x128,
 block 64, batch 12, 2000 iters, no dropout) against experiments/shakespeare_char_cpu.py; `medium` is nanoGPT's
-6x384 Shakespeare model (block 256, dropout 0.2, batch 16 on these cores, 10 eval batches) for `--medium-steps` steps against
-experiments/shakespeare_char.py with the same overrides. Results go to benchmarks/results/train_vs_nanogpt.md.
+6x384 Shakespeare model (block 256, dropout 0.2, batch 16 on these cores, 10 eval batches) for `--medium-steps` steps
+against experiments/shakespeare_char.py with the same overrides. Results go to benchmarks/results/train_vs_nanogpt.md.
 
 Without it, the step-level mode:
 
@@ -63,7 +63,8 @@ cfg = Config(model=ModelConfig(vocab_size=66, n_layer=c["n_layer"], n_head=c["n_
 step = build_step(cfg, make_mesh(cfg.mesh))
 state = step.init_state()
 rng = np.random.default_rng(0)
-batches = [step.to_global(step.format_batch(rng.integers(0, 65, (c["batch_size"], c["block_size"] + 1), dtype=np.int32)))
+batches = [step.to_global(step.format_batch(rng.integers(0, 65, (c["batch_size"], c["block_size"] + 1),
+                                                         dtype=np.int32)))
            for _ in range(8)]
 times, metrics = [], None
 for i in range(spec["warmup"] + spec["steps"]):
@@ -78,7 +79,8 @@ print(json.dumps({"median_ms": 1000 * float(np.median(times))}))
 
 def run_gptjax(config: dict, variant: dict, steps: int, warmup: int) -> float:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": variant["flags"]}
-    spec = {"config": config, "dtype": variant["dtype"], "steps": steps, "warmup": warmup, "devices": variant["devices"]}
+    spec = {"config": config, "dtype": variant["dtype"], "steps": steps, "warmup": warmup,
+            "devices": variant["devices"]}
     out = subprocess.run([sys.executable, "-c", WORKER, json.dumps(spec)], cwd=REPO, env=env, capture_output=True,
                          text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["median_ms"]
@@ -139,7 +141,8 @@ def timed_run(command: list[str], cwd: Path, env: dict) -> tuple[float, str]:
 
 def nanogpt_result(stdout: str, eval_every: int) -> tuple[float, float]:
     """(median step seconds, last val loss) from train.py's log; steps that ran an evaluation are left out."""
-    steps = [(int(m[0]), float(m[1]) / 1000) for m in re.findall(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", stdout, re.M)]
+    steps = [(int(m[0]), float(m[1]) / 1000)
+             for m in re.findall(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", stdout, re.M)]
     times = [dt for it, dt in steps if it > 0 and it % eval_every]
     val = re.findall(r"^step \d+: train loss [\d.]+, val loss ([\d.]+)", stdout, re.M)
     return float(np.median(times)), float(val[-1])
@@ -246,7 +249,8 @@ def main() -> None:
     p.add_argument("--medium-repeats", type=int, default=1)
     p.add_argument("--configs", default="small,medium")
     p.add_argument("--nanogpt", help="a copy of ../shared/anchors/nanoGPT: time whole runs against its train.py")
-    p.add_argument("--rounds", type=int, default=3, help="--nanogpt: alternating rounds (one run of each program) per config")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="--nanogpt: alternating rounds (one run of each program) per config")
     p.add_argument("--medium-steps", type=int, default=40, help="--nanogpt: steps of the 6x384 runs")
     args = p.parse_args()
     if args.nanogpt:
@@ -265,7 +269,8 @@ def main() -> None:
             for variant, spec in VARIANTS.items():
                 samples[variant].append(run_gptjax(config, spec, steps, warmup))
         tokens = config["batch_size"] * config["block_size"]
-        reference = np.median(samples["PyTorch nanoGPT (eager fp32)"]) if samples["PyTorch nanoGPT (eager fp32)"] else None
+        reference = (np.median(samples["PyTorch nanoGPT (eager fp32)"]) if samples["PyTorch nanoGPT (eager fp32)"]
+                     else None)
         for variant, values in samples.items():
             if not values:
                 continue

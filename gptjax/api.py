@@ -59,7 +59,8 @@ class LM:
         if self.config.lora_rank == 0:
             return self
         params, model_cfg = merge_lora(self.params, self.config)
-        cfg = dataclasses.replace(self.cfg, model=model_cfg, finetune=dataclasses.replace(self.cfg.finetune, freeze="none"))
+        cfg = dataclasses.replace(self.cfg, model=model_cfg,
+                                  finetune=dataclasses.replace(self.cfg.finetune, freeze="none"))
         return LM(cfg, params, self.tokenizer, self.step, self.meta)
 
     @functools.cached_property
@@ -78,7 +79,8 @@ class LM:
             raise GptjaxError("every sequence needs at least one token")
         longest = max(lengths)
         if longest > self.config.position_limit:
-            raise GptjaxError(f"sequence of {longest} tokens exceeds the model's position limit {self.config.position_limit}")
+            raise GptjaxError(f"sequence of {longest} tokens exceeds the model's position limit "
+                              f"{self.config.position_limit}")
         width = 64 * math.ceil(longest / 64)
         if self.config.position in ("learned", "sinusoidal"):
             width = min(width, self.config.position_limit)
@@ -285,7 +287,8 @@ def _load(location: str | Path, step: int | None) -> LM:
             path = fileio.cached_copy(str(location), cache_root(config_lib.DataConfig()) / "remote")
         return LM(*load_export(path))
     if not (path / "checkpoints").is_dir():
-        raise GptjaxError(f"{path} is neither a training workdir (no checkpoints/) nor a gptjax export ({EXPORT_MARKER})")
+        raise GptjaxError(f"{path} is neither a training workdir (no checkpoints/) nor a gptjax export "
+                          f"({EXPORT_MARKER})")
     from gptjax.checkpoint import restore_params
 
     try:

@@ -34,7 +34,8 @@ logging.getLogger("absl").setLevel(logging.WARNING)
 
 def with_shardings(abstract_tree, shardings):
     """ShapeDtypeStructs carrying the target shardings, so orbax restores straight into place."""
-    return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)
+    return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  abstract_tree, shardings)
 
 
 def _short(error: BaseException) -> str:

@@ -311,7 +311,8 @@ class FinetuneConfig:
     beta: float = bounded(0.1, lo=0, lo_open=True, resume=Resume.RECORDED)  # DPO
     label_smoothing: float = bounded(0.0, lo=0, hi=0.5, hi_open=True, resume=Resume.RECORDED)  # DPO (cDPO)
     reference: str = choice("precomputed", ("precomputed", "live"))  # DPO: reference log-probs stored or recomputed
-    samples: int = bounded(8, lo=0, resume=Resume.FREE)  # SFT/DPO: held-out prompts answered into the workdir at the end
+    # SFT/DPO: held-out prompts answered into the workdir at the end
+    samples: int = bounded(8, lo=0, resume=Resume.FREE)
     max_new_tokens: int = bounded(64, lo=1, resume=Resume.FREE)
 
 
@@ -336,7 +337,9 @@ class Config:
 
 def _to_configdict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
-        return ml_collections.ConfigDict({f.name: _to_configdict(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
+        return ml_collections.ConfigDict(
+            {f.name: _to_configdict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        )
     return obj
 
 
@@ -433,7 +436,8 @@ def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
     except Exception as e:
         raise GptjaxError(failure_in_file(path, e)) from e
     if not isinstance(cd, ml_collections.ConfigDict):
-        raise GptjaxError(f"{path}: get_config() must return an ml_collections.ConfigDict (start from gptjax.config.base_config())")
+        raise GptjaxError(f"{path}: get_config() must return an ml_collections.ConfigDict "
+                          f"(start from gptjax.config.base_config())")
     return cd
 
 
@@ -508,7 +512,8 @@ def apply_overrides(cd: ml_collections.ConfigDict, overrides: list[str]) -> ml_c
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
                 raise GptjaxError(f"unknown config key '{dotted}' (from --config.{item})")
             node = node[part]
-        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node or isinstance(node[leaf], ml_collections.ConfigDict):
+        if (not isinstance(node, ml_collections.ConfigDict) or leaf not in node
+                or isinstance(node[leaf], ml_collections.ConfigDict)):
             known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
             raise GptjaxError(f"unknown config key '{dotted}' (from --config.{item}); known keys there: {known}")
         with node.unlocked():

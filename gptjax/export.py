@@ -107,7 +107,9 @@ def deciding_field(param: str) -> str:
     return "model.norm / model.use_bias" if parts[-1] == "bias" else "the model config"
 
 
-def check_param_shapes(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]], where: str) -> None:
+def check_param_shapes(
+    found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]], where: str
+) -> None:
     """Raises one GptjaxError naming the first missing, unexpected or wrongly shaped param."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))

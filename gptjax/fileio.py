@@ -217,13 +217,17 @@ def read_json(path: str | Path, what: str, fix: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise GptjaxError(f"{what} {path} is corrupt (invalid JSON at line {e.lineno}, column {e.colno}); {fix}") from None
+        raise GptjaxError(
+            f"{what} {path} is corrupt (invalid JSON at line {e.lineno}, column {e.colno}); {fix}"
+        ) from None
 
 
 def require_empty_destination(destination: Path, purpose: str) -> None:
     """Raises unless `destination` is absent or an empty directory (checked before any work is done)."""
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise GptjaxError(f"{destination} already exists and is not empty; choose a new {purpose} (nothing was changed)")
+        raise GptjaxError(
+            f"{destination} already exists and is not empty; choose a new {purpose} (nothing was changed)"
+        )
 
 
 @contextlib.contextmanager

@@ -187,7 +187,8 @@ def _window_start(prompts: list[list[int]], width: int, seed: int) -> WindowStat
         kept = prompt[-width:]
         tokens[row, width - len(kept):] = kept
         n_real[row] = len(kept)
-    return WindowState(jnp.asarray(tokens), jnp.asarray(n_real), jnp.zeros((len(prompts),), bool), jax.random.PRNGKey(seed))
+    return WindowState(jnp.asarray(tokens), jnp.asarray(n_real), jnp.zeros((len(prompts),), bool),
+                       jax.random.PRNGKey(seed))
 
 
 def generate_ids(model: Transformer, params, prompts: list[list[int]], max_new_tokens: int, eot_id: int,

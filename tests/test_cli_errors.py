@@ -13,7 +13,7 @@ CONFIG = "experiments/shakespeare_char_cpu.py"
 
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err
-    lines = [l for l in err.splitlines() if l.startswith("gptjax: error:")]
+    lines = [line for line in err.splitlines() if line.startswith("gptjax: error:")]
     assert len(lines) == 1, err
     return lines[0]
 
@@ -124,7 +124,7 @@ def test_incompatible_checkpoint_is_refused_and_kept(tmp_path, cache_dir):
     second = run_cli(["train", "--config", CONFIG, "--workdir", str(workdir), *tiny_overrides(steps=6),
                       "--config.model.d_model=64"])
     assert second.returncode == 2
-    lines = [l for l in second.stderr.splitlines() if l.startswith("gptjax: error:")]
+    lines = [line for line in second.stderr.splitlines() if line.startswith("gptjax: error:")]
     assert len(lines) == 1 and "incompatible config (model.d_model: 32 -> 64)" in lines[0]
     assert dir_snapshot(workdir) == before
 
@@ -176,7 +176,8 @@ def test_eval_refuses_token_ids_outside_the_models_vocabulary(shakespeare_dir):
     from gptjax.eval.perplexity import evaluate_split
 
     lm = tiny_lm(20, None)  # a weights-only model: no fingerprint to compare, so the ids themselves are checked
-    with pytest.raises(GptjaxError, match=r"holds token id \d+ at position \d+, outside the model's vocabulary \[0, 20\)"):
+    with pytest.raises(GptjaxError,
+                       match=r"holds token id \d+ at position \d+, outside the model's vocabulary \[0, 20\)"):
         evaluate_split(lm, shakespeare_dir, "val", 4)
 
 

@@ -72,7 +72,8 @@ def test_prepare_fields_name_their_prepare_flag():
     leaves = {leaf.key: leaf for leaf in config_lib.leaf_fields(DataConfig(), "data.")}
     assert leaves["data.prepare.dedup"].spec.flag == "--dedup" and leaves["data.tokenizer"].spec.flag == "--tokenizer"
     bad = leaves["data.prepare.shard_tokens"]._replace(value=0)
-    assert config_lib.declared_violation(bad, name_flag=True) == "data.prepare.shard_tokens=0 (--shard-tokens) must be >= 1"
+    assert (config_lib.declared_violation(bad, name_flag=True)
+            == "data.prepare.shard_tokens=0 (--shard-tokens) must be >= 1")
     assert config_lib.declared_violation(bad) == "data.prepare.shard_tokens=0 must be >= 1"
 
 

@@ -44,12 +44,15 @@ WEB_FIXTURES = Path(__file__).parent / "fixtures" / "dedup_web"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_INAUGURAL = REPO_ROOT / "gptjax" / "data" / "bundled" / "english" / "inaugural"
 PARAGRAPHS = [
-    json.loads(line)["text"] for line in (FIXTURES / "inaugural_paragraphs.jsonl").read_text(encoding="utf-8").splitlines()
+    json.loads(line)["text"]
+    for line in (FIXTURES / "inaugural_paragraphs.jsonl").read_text(encoding="utf-8").splitlines()
 ]
 DEFAULTS = MinHashConfig()
 
 
-def plant_near_duplicates(originals: list[str], n_variants: int, edit_range: tuple[float, float], seed: int) -> list[str]:
+def plant_near_duplicates(
+    originals: list[str], n_variants: int, edit_range: tuple[float, float], seed: int
+) -> list[str]:
     """Copies of random originals with a share of words (drawn from ``edit_range``, at least one word) replaced,
     deleted or inserted."""
     generator = np.random.default_rng(seed)
@@ -114,7 +117,8 @@ def test_exact_dedup_finds_every_planted_copy_and_nothing_else():
     generator = np.random.default_rng(0)
     copies_of = generator.choice(len(PARAGRAPHS), size=30, replace=True)
     variants = [
-        PARAGRAPHS[i].upper().replace(" ", "  \n ") if k % 2 else "  " + PARAGRAPHS[i] + "\n" for k, i in enumerate(copies_of)
+        PARAGRAPHS[i].upper().replace(" ", "  \n ") if k % 2 else "  " + PARAGRAPHS[i] + "\n"
+        for k, i in enumerate(copies_of)
     ]
     documents = [make_document(text, f"doc:{k}") for k, text in enumerate(PARAGRAPHS + variants)]
     kept = list(exact_dedup(documents))
@@ -163,7 +167,8 @@ def test_signature_is_pure_and_identical_across_processes():
     )
     environment = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(
-        [sys.executable, "-c", code], input=text, capture_output=True, text=True, env=environment, check=True, timeout=60
+        [sys.executable, "-c", code], input=text, capture_output=True, text=True, env=environment, check=True,
+        timeout=60,
     )
     assert json.loads(result.stdout) == signature.tolist()
 
@@ -185,7 +190,9 @@ def test_near_dedup_on_borderline_planted_duplicates(borderline_corpus):
     assert len(true_pairs) >= 20 and len(planted_pairs) < 120, "variants must fall on both sides of the threshold"
     precision, recall = precision_recall(near_duplicate_clusters(texts, MinHashConfig(verify=True)), truth)
     assert precision >= 0.95 and recall >= 0.9, (precision, recall)
-    unverified_precision, unverified_recall = precision_recall(near_duplicate_clusters(texts, MinHashConfig(verify=False)), truth)
+    unverified_precision, unverified_recall = precision_recall(
+        near_duplicate_clusters(texts, MinHashConfig(verify=False)), truth
+    )
     assert unverified_recall >= 0.95
     assert unverified_precision <= precision
 
@@ -210,7 +217,8 @@ def test_fuzzy_license_fixture_keeps_one_of_the_mit_licenses():
 
 
 def test_exact_duplicate_fixture_with_cs336_settings():
-    texts = [(FIXTURES / "documents_with_line_duplicates" / f"doc{i}.txt").read_text(encoding="utf-8") for i in range(1, 6)]
+    texts = [(FIXTURES / "documents_with_line_duplicates" / f"doc{i}.txt").read_text(encoding="utf-8")
+             for i in range(1, 6)]
     config = MinHashConfig(ngram=5, num_perm=100, bands=10, rows=10, threshold=0.8)
     representatives = near_duplicate_clusters(texts, config)
     assert [representative == index for index, representative in enumerate(representatives)] == [
@@ -258,11 +266,13 @@ def test_union_find_keeps_smallest_representative():
 
 def test_line_dedup_reproduces_cs336_expected_output():
     documents = [
-        make_document((FIXTURES / "documents_with_line_duplicates" / f"doc{i}.txt").read_text(encoding="utf-8"), f"doc{i}")
+        make_document((FIXTURES / "documents_with_line_duplicates" / f"doc{i}.txt").read_text(encoding="utf-8"),
+                      f"doc{i}")
         for i in range(1, 6)
     ]
     cleaned = remove_boilerplate(documents, max_count=1, unit="line")
-    expected = [(FIXTURES / "documents_line_deduplicated" / f"doc{i}.txt").read_text(encoding="utf-8") for i in range(1, 6)]
+    expected = [(FIXTURES / "documents_line_deduplicated" / f"doc{i}.txt").read_text(encoding="utf-8")
+                for i in range(1, 6)]
     assert [document.text for document in cleaned] == expected
     assert [document.doc_id for document in cleaned] == [document.doc_id for document in documents]
 

@@ -65,7 +65,8 @@ def test_whole_udhr_documents(key, language):
 def test_filter_keeps_target_language_and_drops_others():
     sentences = lingua_sentences()
     documents = [
-        make_document(text, f"{language}:{i}") for language in ("en", "de", "fr") for i, text in enumerate(sentences[language])
+        make_document(text, f"{language}:{i}")
+        for language in ("en", "de", "fr") for i, text in enumerate(sentences[language])
     ]
     kept = list(filter_languages(documents, LangIdConfig(languages=("en",), threshold=0.5)))
     assert {doc.source.split(":")[0] for doc in kept} == {"en"}

@@ -178,7 +178,8 @@ def test_mixture_samples_in_proportion_to_weights(two_datasets):
 def test_mixture_of_different_tokenizers_is_a_clear_error(two_datasets, varied):
     a, _ = two_datasets
     with pytest.raises(GptjaxError, match="different tokenizers"):
-        loader.train_iterator(a, 8, 4, seed=0, n_steps=1, data=DataConfig(dataset="", mixture=(f"{a}:1", f"{varied}:1")))
+        loader.train_iterator(a, 8, 4, seed=0, n_steps=1,
+                              data=DataConfig(dataset="", mixture=(f"{a}:1", f"{varied}:1")))
     with pytest.raises(GptjaxError, match="positive weight"):
         resolve_data(DataConfig(dataset="", mixture=(f"{a}:0",)))
 

@@ -29,7 +29,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 PARAGRAPHS = [json.loads(line)["text"] for line in
               (FIXTURES / "data" / "dedup" / "inaugural_paragraphs.jsonl").read_text().splitlines()]
 FRENCH = " ".join(line.split("\t", 1)[1].strip() for line in
-                  (FIXTURES / "data" / "langid" / "lingua_first10.tsv").read_text().splitlines() if line.startswith("fr\t"))
+                  (FIXTURES / "data" / "langid" / "lingua_first10.tsv").read_text().splitlines()
+                  if line.startswith("fr\t"))
 
 
 DATA_FIELDS = {field.name for field in dataclasses.fields(DataConfig)}
@@ -207,7 +208,8 @@ def test_cli_flags_map_to_settings():
 
 
 def test_report_lists_every_stage_and_prints_a_table(tmp_path, capsys):
-    write_jsonl(tmp_path / "in" / "web.jsonl", PARAGRAPHS[:30] + PARAGRAPHS[:3] + [FRENCH, "This is a short note about the meeting."])
+    write_jsonl(tmp_path / "in" / "web.jsonl",
+                PARAGRAPHS[:30] + PARAGRAPHS[:3] + [FRENCH, "This is a short note about the meeting."])
     code = prepare_cli.run(parse(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--languages", "en",
                               "--workers", "1", "--quiet"]), [])
     assert code == 0 and "prepared" in capsys.readouterr().out
@@ -220,7 +222,8 @@ def test_report_lists_every_stage_and_prints_a_table(tmp_path, capsys):
         "exact_duplicate": 3}
     assert stages["shard"]["docs_out"] == 30 and stages["tokenize"]["tokens_out"] > 0
     for stage in stages.values():
-        assert {"docs_in", "docs_out", "bytes_in", "bytes_out", "tokens_out", "seconds", "dropped", "examples"} <= set(stage)
+        assert {"docs_in", "docs_out", "bytes_in", "bytes_out", "tokens_out", "seconds", "dropped",
+                "examples"} <= set(stage)
     assert set(report["wall_seconds"]) >= {"read+clean", "dedup", "tokenizer", "tokenize", "shard", "total"}
     assert report["resume"]["token_parts"] == {"reused": 0, "computed": 1}
     prepare_cli.run(parse(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "out2"), "--workers", "1"]), [])
@@ -243,7 +246,8 @@ def test_bad_inputs_are_counted_with_examples_and_sources_stay_untouched(tmp_pat
         for _ in range(100):
             f.write(block)
         f.write(b'"}\n')
-    (src / "broken.jsonl").write_text('{"text": "fine ' + PARAGRAPHS[21] + '"}\nnot json at all\n{"body": "no text"}\n[1, 2]\n')
+    (src / "broken.jsonl").write_text('{"text": "fine ' + PARAGRAPHS[21]
+                                      + '"}\nnot json at all\n{"body": "no text"}\n[1, 2]\n')
     before = dir_snapshot(src)
     run_pipeline([str(src)], tmp_path / "out", settings(), show_progress=False)
     assert dir_snapshot(src) == before

@@ -18,7 +18,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 PARAGRAPHS = [json.loads(line)["text"] for line in
               (FIXTURES / "data" / "dedup" / "inaugural_paragraphs.jsonl").read_text().splitlines()]
 FRENCH = " ".join(line.split("\t", 1)[1].strip() for line in
-                  (FIXTURES / "data" / "langid" / "lingua_first10.tsv").read_text().splitlines() if line.startswith("fr\t"))
+                  (FIXTURES / "data" / "langid" / "lingua_first10.tsv").read_text().splitlines()
+                  if line.startswith("fr\t"))
 
 
 def all_documents(data_dir: Path) -> list[str]:

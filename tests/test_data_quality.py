@@ -12,7 +12,8 @@ from gptjax.prepare.quality import GOPHER_STOP_WORDS, QualityConfig, check, fail
 FIXTURE = Path(__file__).parent / "fixtures" / "data" / "dedup" / "inaugural_paragraphs.jsonl"
 PARAGRAPHS = [json.loads(line)["text"] for line in FIXTURE.read_text(encoding="utf-8").splitlines()]
 VOCABULARY = sorted({word for paragraph in PARAGRAPHS for word in words_of(paragraph.lower())})
-CONTENT_WORDS = [word for word in VOCABULARY if word.isalpha() and word not in GOPHER_STOP_WORDS and 4 <= len(word) <= 8]
+CONTENT_WORDS = [word for word in VOCABULARY
+                 if word.isalpha() and word not in GOPHER_STOP_WORDS and 4 <= len(word) <= 8]
 
 
 def random_words(count: int, seed: int, pool: list[str] = CONTENT_WORDS) -> list[str]:

@@ -184,7 +184,8 @@ def write_bad_data(root: Path) -> Path:
     """A data dir whose hellaswag and mmlu files hold good rows and each kind of malformed row."""
     good = json.loads((FIXTURES / "hellaswag/hellaswag_val.jsonl").read_text().splitlines()[0])
     rows = [json.dumps(good), json.dumps({**good, "endings": good["endings"][:3]}), json.dumps({**good, "label": 7}),
-            json.dumps({k: v for k, v in good.items() if k != "label"}), "{not json", json.dumps({**good, "label": "2"}),
+            json.dumps({k: v for k, v in good.items() if k != "label"}), "{not json",
+            json.dumps({**good, "label": "2"}),
             json.dumps(good)]
     (root / "hellaswag").mkdir(parents=True)
     (root / "hellaswag/hellaswag_val.jsonl").write_text("\n".join(rows) + "\n")

@@ -93,8 +93,8 @@ def write_task_configs(root: Path) -> dict[str, str]:
         "from lm_eval.tasks.hellaswag.utils import process_docs as lm_eval_process_docs\n")
     configs = {
         "hellaswag": task_yaml("gx_hellaswag", LM_EVAL_TASKS / "hellaswag/hellaswag.yaml",
-                               {"validation": write_jsonl(data / "hellaswag.jsonl", [hellaswag_original(r) for r in jsonl(
-                                   FIXTURES / "hellaswag/hellaswag_val.jsonl")])},
+                               {"validation": write_jsonl(data / "hellaswag.jsonl", [
+                                   hellaswag_original(r) for r in jsonl(FIXTURES / "hellaswag/hellaswag_val.jsonl")])},
                                "training_split: null\nprocess_docs: !function crosscheck_utils.lm_eval_process_docs\n"),
         "lambada": task_yaml("gx_lambada", LM_EVAL_TASKS / "lambada/lambada_openai.yaml",
                              {"test": write_jsonl(data / "lambada.jsonl", [

@@ -46,10 +46,12 @@ def char_tokenizer(vocab_size: int) -> tokenizers.CharTokenizer:
 def random_lm(m: ModelConfig, seed: int = 0, step: int | None = 123) -> LM:
     """An LM with random params (norm scales near 1), built without compiling anything."""
     rng = np.random.default_rng(seed)
-    flat = {name: (1.0 + 0.1 * rng.standard_normal(shape) if name.endswith("scale") else 0.2 * rng.standard_normal(shape))
+    flat = {name: (1.0 + 0.1 * rng.standard_normal(shape) if name.endswith("scale")
+                   else 0.2 * rng.standard_normal(shape))
             .astype(np.float32) for name, shape in export.expected_param_shapes(m).items()}
     meta = {"record": {"git_commit": "abc123", "command": ["gptjax", "train"]}, "data_dir": "/data/x"}
-    return LM(Config(name="native-test", model=m), export.unflatten_params(flat), char_tokenizer(m.vocab_size), step, meta)
+    return LM(Config(name="native-test", model=m), export.unflatten_params(flat), char_tokenizer(m.vocab_size), step,
+              meta)
 
 
 def assert_same_params(a, b) -> None:

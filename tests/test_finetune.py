@@ -41,7 +41,9 @@ def base_dir(tmp_path_factory, cache_dir) -> Path:
     return out
 
 
-def finetune_config(base: Path, objective: str, steps: int = 6, model: dict | None = None, **finetune) -> config_lib.Config:
+def finetune_config(
+    base: Path, objective: str, steps: int = 6, model: dict | None = None, **finetune
+) -> config_lib.Config:
     model_cfg = config_lib.ModelConfig(**{"vocab_size": 50257, "block_size": 96, "n_layer": 2, "n_head": 2,
                                           "d_model": 32, "num_classes": 2 if objective == "classify" else 0,
                                           **(model or {})})
@@ -329,7 +331,9 @@ def test_sft_writes_held_out_samples_and_before_after_losses(base_dir, tmp_path)
     workdir = tmp_path / "sft"
     summary = train_run(finetune_config(base_dir, "sft", steps=6, samples=3, max_new_tokens=8), workdir)
     lines = [json.loads(line) for line in (workdir / "samples.jsonl").read_text().splitlines()]
-    assert len(lines) == 3 and all(l["prompt"].endswith("### Response:\n") and l["reference"] for l in lines)
+    assert len(lines) == 3 and all(
+        sample["prompt"].endswith("### Response:\n") and sample["reference"] for sample in lines
+    )
     assert summary["val_loss"] < summary["start_val_loss"]
     logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert logged[0]["step"] == 0 and logged[0]["val_loss"] == summary["start_val_loss"]

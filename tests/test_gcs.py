@@ -165,7 +165,8 @@ def test_workdir_files_and_tensorboard_events_are_objects_written_through_fileio
     assert [r["step"] for r in gcs_lines(gcs, f"{GCS_BUCKET}/runs/files/metrics.jsonl")] == [1, 2]
     events = gcs.find(f"{GCS_BUCKET}/runs/files/tensorboard")
     assert len(events) == 1 and "tfevents" in events[0] and gcs.size(events[0]) > 0
-    assert not [p for p in gcs.find(f"{GCS_BUCKET}/runs/files") if ".tmp-" in p], "one upload per write, no temp objects"
+    assert not [p for p in gcs.find(f"{GCS_BUCKET}/runs/files") if ".tmp-" in p], \
+        "one upload per write, no temp objects"
 
 
 def test_a_gs_dataset_is_copied_once_to_a_local_cache_keyed_by_its_generations(gcs, gcs_data, cache_dir,

@@ -94,7 +94,8 @@ def test_two_processes_on_a_gs_workdir_resume_after_a_kill_like_an_uninterrupted
     assert "resuming from step 8" in resumed[0].stderr
     assert gcs_losses(gcs, workdir) == losses_by_step(two_process_run)
     gcs.invalidate_cache()
-    written = {p.split("/checkpoints/12/params/", 1)[1].split("/")[0] for p in gcs.find(f"{workdir}/checkpoints/12/params")}
+    written = {p.split("/checkpoints/12/params/", 1)[1].split("/")[0]
+               for p in gcs.find(f"{workdir}/checkpoints/12/params")}
     assert {"ocdbt.process_0", "ocdbt.process_1"} <= written, "each process wrote its shards of the checkpoint"
     remote, local = gptjax.load(workdir), gptjax.load(two_process_run)
     assert remote.step == STEPS

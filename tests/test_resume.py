@@ -31,7 +31,8 @@ def losses_by_step(workdir: Path) -> dict[int, float]:
 
 
 def logged(workdir: Path, key: str) -> dict[int, float]:
-    return {r["step"]: r[key] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines()) if key in r}
+    return {r["step"]: r[key] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+            if key in r}
 
 
 def saved_steps(workdir: Path) -> list[int]:

@@ -115,7 +115,8 @@ def test_flop_sweep_spends_each_budget_and_widths_keep_the_aspect_ratio():
     per_step = base.train.batch_size * 64
     for run in runs:
         assert abs(run.flops - run.budget) <= 6 * run.params * per_step / 2  # within half a step of the budget
-    assert [r.config.train.steps for r in runs[:2]] == [round(c / (6 * runs[0].params) / per_step) for c in (1e12, 1e13)]
+    assert [r.config.train.steps for r in runs[:2]] == [round(c / (6 * runs[0].params) / per_step)
+                                                        for c in (1e12, 1e13)]
 
 
 # ---- approach 3: the L(N, D) fit ---------------------------------------------------------------------------------
@@ -284,7 +285,8 @@ def one_error_line(capsys, argv: list[str]) -> str:
 
 def test_fewer_points_than_coefficients(tmp_path, capsys):
     path = tmp_path / "points.csv"
-    path.write_text("params,tokens,loss\n" + "".join(f"{n},{20 * n},{3 - i / 10}\n" for i, n in enumerate((1e6, 2e6, 4e6, 8e6))))
+    path.write_text("params,tokens,loss\n"
+                    + "".join(f"{n},{20 * n},{3 - i / 10}\n" for i, n in enumerate((1e6, 2e6, 4e6, 8e6))))
     line = one_error_line(capsys, ["scaling", "fit", "--runs", str(path)])
     assert "needs at least 5 points, got 4" in line
 
@@ -313,11 +315,14 @@ def test_unknown_config_key(capsys):
 def test_bad_sizes_budgets_and_missing_vocab(capsys, tmp_path):
     out = str(tmp_path / "s")
     assert "is not LAYERSxWIDTH" in one_error_line(
-        capsys, ["scaling", "sweep", "--config", BASE_EXPERIMENT, VOCAB, "--sizes", "4by128", "--tokens", "1e6", "--out", out])
+        capsys, ["scaling", "sweep", "--config", BASE_EXPERIMENT, VOCAB, "--sizes", "4by128", "--tokens", "1e6",
+                 "--out", out])
     assert "less than one step" in one_error_line(
-        capsys, ["scaling", "sweep", "--config", BASE_EXPERIMENT, VOCAB, "--sizes", "1x32", "--tokens", "100", "--out", out])
+        capsys, ["scaling", "sweep", "--config", BASE_EXPERIMENT, VOCAB, "--sizes", "1x32", "--tokens", "100",
+                 "--out", out])
     assert "not a multiple of the base config's head dim 32" in one_error_line(
-        capsys, ["scaling", "sweep", "--config", BASE_EXPERIMENT, VOCAB, "--sizes", "2x48", "--tokens", "1e6", "--out", out])
+        capsys, ["scaling", "sweep", "--config", BASE_EXPERIMENT, VOCAB, "--sizes", "2x48", "--tokens", "1e6",
+                 "--out", out])
     with pytest.raises(GptjaxError, match="model.vocab_size is 0"):
         counts.param_counts(ModelConfig())
     assert "overrides apply to `gptjax scaling count` and `sweep`" in one_error_line(

@@ -44,7 +44,8 @@ SCRIPT = textwrap.dedent('''
             "out": spec_list(params["attn"]["out"]["kernel"]),
             "fc": spec_list(params["mlp"]["fc"]["kernel"]),
             "proj": spec_list(params["mlp"]["proj"]["kernel"]),
-            "adam_mu_fc": spec_list(state.opt_state[1][0].mu[("layers" if "layers" in state.params else "layer_0")]["mlp"]["fc"]["kernel"]),
+            "adam_mu_fc": spec_list(
+                state.opt_state[1][0].mu[("layers" if "layers" in state.params else "layer_0")]["mlp"]["fc"]["kernel"]),
         }
         out[f"{shape}{' scan' if scan else ''}"] = {"losses": losses, "specs": specs}
     print(json.dumps(out))
@@ -54,7 +55,8 @@ SCRIPT = textwrap.dedent('''
 @pytest.fixture(scope="module")
 def results(cache_dir):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -137,7 +137,8 @@ def test_sync_git_and_data(fake, tmp_path):
     assert scp[-2:] == [Z, "--worker=all"] and "-C gptjax/data" in ssh_commands([unpack])[0]
     assert tarfile.open(fake.files / "gptjax-sync.tar.gz").getnames() == ["corpus-gpt2/manifest.json"]
     ok(fake.run("sync", *T, "--git", "https://github.com/me/gptjax.git", "--data", "gs://bkt/data/corpus-gpt2/"))
-    assert ssh_commands(fake.calls)[1] == "mkdir -p gptjax/data && gcloud storage cp -r gs://bkt/data/corpus-gpt2 gptjax/data/"
+    assert ssh_commands(fake.calls)[1] == ("mkdir -p gptjax/data && "
+                                           "gcloud storage cp -r gs://bkt/data/corpus-gpt2 gptjax/data/")
 
 
 def test_launch_on_all_workers_under_nohup(fake):
@@ -337,7 +338,8 @@ def test_dry_run_watch_shows_the_whole_relaunch(fake):
 # ---- bad input: one line, non-zero ---------------------------------------------------------------------------
 
 BAD = [
-    ("create", ["--zone", "us-central2-b", "--accelerator-type", "v4-32"], "the following arguments are required: --name"),
+    ("create", ["--zone", "us-central2-b", "--accelerator-type", "v4-32"],
+     "the following arguments are required: --name"),
     ("launch", ["--name", "x", *LAUNCH], "the following arguments are required: --zone"),
     ("create", [*T, "--accelerator-type", "v4_32"], "--accelerator-type 'v4_32' is not a Cloud TPU type like v4-32"),
     ("create", [*T, "--accelerator-type", "tpu-v4-32"], "is not a Cloud TPU type"),
@@ -370,7 +372,8 @@ def test_a_failing_gcloud_is_one_line_with_its_exit_code(fake):
     result = fake.run("delete", *T, replies=[["delete", [{"stdout": "ERROR: (gcloud) NOT_FOUND", "rc": 1}]]])
     assert result.returncode == 1
     assert result.stdout == "ERROR: (gcloud) NOT_FOUND\n"
-    assert result.stderr.splitlines()[-1] == "delete.py: error: gcloud compute tpus tpu-vm delete ... failed (exit 1); see its output above"
+    assert result.stderr.splitlines()[-1] == ("delete.py: error: gcloud compute tpus tpu-vm delete ... failed "
+                                              "(exit 1); see its output above")
 
 
 # ---- secrets ---------------------------------------------------------------------------------------------------

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 from conftest import REPO, run_cli, tiny_config, tiny_overrides
 
-REPO_DATA = REPO / "gptjax" / "data" / "bundled"
 from gptjax.config import TrainConfig
 from gptjax.model.transformer import Transformer
 from gptjax.train.objectives import NextTokenLM, lm_batch
 from gptjax.train.optim import decay_mask, lr_schedule, make_optimizer
 from gptjax.train.state import TrainState
 from gptjax.train.step import train_step
+
+REPO_DATA = REPO / "gptjax" / "data" / "bundled"
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -154,8 +155,8 @@ def test_training_on_packed_documents_and_a_mixture(tmp_path, cache_dir):
     cfg = tiny_config(cache_dir, train={"steps": 30, "grad_accum": 2, "lr": 3e-3})
     packed = replace(cfg, data=replace(cfg.data, dataset="", path=str(tmp_path / "data_a"), packing=True))
     result = train(packed, tmp_path / "run_packed", show_progress=False)
-    losses = [json.loads(l)["loss"] for l in (tmp_path / "run_packed" / "metrics.jsonl").read_text().splitlines()
-              if "loss" in json.loads(l)]
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run_packed" / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
     assert np.isfinite(losses).all() and np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3
     assert np.isfinite(result["val_loss"])
     mixed = replace(cfg, data=replace(cfg.data, dataset="", mixture=(f"{tmp_path / 'data_a'}:0.7",

@@ -69,7 +69,8 @@ def test_a_trainable_mask_freezes_params_bit_for_bit_and_keeps_no_optimizer_stat
     cfg = cfg_for(cache_dir, lr=1e-2)
     mesh = make_mesh(cfg.mesh)
     probe = build_step(cfg, mesh)
-    trainable = {k: jax.tree_util.tree_map(lambda _: k != "embedding", v) for k, v in probe.abstract_state.params.items()}
+    trainable = {k: jax.tree_util.tree_map(lambda _: k != "embedding", v)
+                 for k, v in probe.abstract_state.params.items()}
     step = build_step(cfg, mesh, trainable=trainable)
     start = step.init_state()
     before = jax.tree_util.tree_map(np.asarray, start.params)
@@ -80,7 +81,8 @@ def test_a_trainable_mask_freezes_params_bit_for_bit_and_keeps_no_optimizer_stat
                zip(jax.tree_util.tree_leaves({k: v for k, v in state.params.items() if k != "embedding"}),
                    jax.tree_util.tree_leaves({k: v for k, v in before.items() if k != "embedding"}))]
     assert all(changed)
-    adam = [s for s in jax.tree_util.tree_leaves(state.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+    adam = [s for s in jax.tree_util.tree_leaves(state.opt_state,
+                                                 is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
             if isinstance(s, optax.ScaleByAdamState)]
     assert len(adam) == 1
     assert isinstance(adam[0].mu["embedding"], optax.MaskedNode), "frozen params must not carry Adam moments"

@@ -26,7 +26,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from gptjax.train.loop import train
 
     if not QUICKSTART_CONFIG.is_file():
-        raise GptjaxError(f"quickstart needs the experiments/ folder of a gptjax checkout ({QUICKSTART_CONFIG} missing); "
+        raise GptjaxError(f"quickstart needs the experiments/ folder of a gptjax checkout "
+                          f"({QUICKSTART_CONFIG} missing); "
                           f"install with `pip install -e .` from the repository")
     cfg = load_config(str(QUICKSTART_CONFIG), [f"train.steps={args.steps}"] if args.steps else [])
     print(f"quickstart: training {cfg.name} on the bundled Shakespeare (char-level) in {args.workdir}")

@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     count = sub.add_parser("count", help="total and non-embedding params, training FLOPs per token",
                            description="Parameters and training FLOPs/token of a config, computed from the config.")
     count.add_argument("--config", required=True, help="an experiment file (experiments/X.py) or a run's config.json")
-    count.add_argument("--seq-len", type=int, default=0, help="context length for the attention FLOPs (default: block_size)")
+    count.add_argument("--seq-len", type=int, default=0,
+                       help="context length for the attention FLOPs (default: block_size)")
     count.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
 
     sweep = sub.add_parser("sweep", help="one config per model size × budget, and the `gptjax train` commands",
@@ -43,8 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     fit = sub.add_parser("fit", help="fit L(N, D) = E + A/N^α + B/D^β and IsoFLOP profiles; print the optimum",
                          description="Chinchilla approaches 3 (Huber fit of L(N, D)) and 2 (IsoFLOP profiles).")
-    fit.add_argument("--runs", required=True, help="a sweep directory of finished runs, or a CSV/JSON of params,tokens,loss")
-    fit.add_argument("--budget", type=float, default=0.0, help="FLOP budget C for the optimum (default: the largest run's)")
+    fit.add_argument("--runs", required=True,
+                     help="a sweep directory of finished runs, or a CSV/JSON of params,tokens,loss")
+    fit.add_argument("--budget", type=float, default=0.0,
+                     help="FLOP budget C for the optimum (default: the largest run's)")
     fit.add_argument("--plot", help="write the IsoFLOP figure to this PNG")
     fit.add_argument("--params", choices=("total", "non_embedding"), default="total",
                      help="which parameter count is N for runs read from a directory (default total, as Chinchilla)")
@@ -73,7 +76,8 @@ def _config_with_vocab(path: str, overrides: list[str]):
         try:
             tokenizer = open_data(cfg)[2]
         except GptjaxError as e:
-            raise GptjaxError(f"model.vocab_size is 0, to be taken from the data's tokenizer, and the data could not be "
+            raise GptjaxError(f"model.vocab_size is 0, to be taken from the data's tokenizer, "
+                              f"and the data could not be "
                               f"opened ({e}); set --config.model.vocab_size=N (50257 for GPT-2 BPE)") from None
         cfg = with_vocab(cfg, tokenizer.vocab_size)
         note(f"model.vocab_size=0: took {cfg.model.vocab_size} from the data's tokenizer")

@@ -20,7 +20,8 @@ TAKES_OVERRIDES = True
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="an experiment file (experiments/X.py) or a run's config.json")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--coordinator", help=f"HOST:PORT of process 0, for a multi-process run (${distributed.ENV_COORDINATOR})")
+    p.add_argument("--coordinator",
+                   help=f"HOST:PORT of process 0, for a multi-process run (${distributed.ENV_COORDINATOR})")
     p.add_argument("--num-processes", type=int, help=f"processes in the run (${distributed.ENV_NUM_PROCESSES})")
     p.add_argument("--process-id", type=int, help=f"this process's id in [0, N) (${distributed.ENV_PROCESS_ID})")
     p.add_argument("--init-timeout", type=int, default=distributed.INIT_TIMEOUT_S, metavar="S",

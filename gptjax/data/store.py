@@ -113,7 +113,8 @@ def _read_file_header(path: Path, magic: bytes, itemsizes: tuple[int, ...], what
     expected = HEADER_BYTES + n_items * itemsize
     actual = path.stat().st_size
     if actual != expected:
-        raise GptjaxError(f"{path} is truncated or corrupt: {actual} bytes, header says {expected}; re-run `gptjax prepare`")
+        raise GptjaxError(f"{path} is truncated or corrupt: {actual} bytes, header says {expected}; "
+                          f"re-run `gptjax prepare`")
     return TokenFileHeader(version, itemsize, n_items, fp.hex())
 
 
@@ -160,7 +161,8 @@ _MANIFEST_TOKENIZER_KEYS = ("kind", "fingerprint", "vocab_size", "eot_id")
 def read_manifest(data_dir: str | Path) -> dict:
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
-        raise GptjaxError(f"{data_dir} holds no prepared data (no {MANIFEST}); run `gptjax prepare --out {data_dir} ...`")
+        raise GptjaxError(f"{data_dir} holds no prepared data (no {MANIFEST}); "
+                          f"run `gptjax prepare --out {data_dir} ...`")
     fix = f"re-run `gptjax prepare --out {data_dir} ...` to rebuild it"
     manifest = read_json(path, "manifest", fix)
     tokenizer = manifest.get("tokenizer") if isinstance(manifest, dict) else None
@@ -194,6 +196,7 @@ def split_doc_spans(data_dir: str | Path, split: str) -> list[tuple[np.ndarray, 
                               f"re-run `gptjax prepare` to use data.packing")
         starts, fp = read_doc_index(idx)
         if fp != manifest["tokenizer"]["fingerprint"]:
-            raise GptjaxError(f"{idx} was written with another tokenizer than {MANIFEST} names; re-run `gptjax prepare`")
+            raise GptjaxError(f"{idx} was written with another tokenizer than {MANIFEST} names; "
+                              f"re-run `gptjax prepare`")
         spans.append(doc_spans(starts, read_header(path).n_tokens))
     return spans

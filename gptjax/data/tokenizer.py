@@ -219,7 +219,9 @@ class WithSpecialTokens:
         self.specials = tuple(dict.fromkeys(specials))
         self.kind = base.kind
         self._ids = {text: base.vocab_size + i for i, text in enumerate(self.specials)}
-        self._split = re.compile("(" + "|".join(re.escape(t) for t in sorted(self.specials, key=len, reverse=True)) + ")")
+        self._split = re.compile(
+            "(" + "|".join(re.escape(t) for t in sorted(self.specials, key=len, reverse=True)) + ")"
+        )
 
     def __getattr__(self, name: str):  # the base's extras (model_proto, chars, encode_batch) stay reachable
         return getattr(self.__dict__["base"], name)
@@ -310,7 +312,9 @@ def load(directory: str | Path) -> Tokenizer:
     directory = Path(directory)
     if not (directory / SPEC_FILE).is_file():
         raise GptjaxError(f"no tokenizer at {directory} (expected {directory / SPEC_FILE})")
-    return from_files({p.name: p.read_bytes() for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")})
+    return from_files(
+        {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")}
+    )
 
 
 def to_json_dict(tok: Tokenizer) -> dict:

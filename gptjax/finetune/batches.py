@@ -31,7 +31,9 @@ from gptjax.finetune.templates import EOT, Piece, prompt_pieces, record_pieces
 ROW_MULTIPLE = 16
 
 
-def encode_pieces(encode: Callable[[str], list[int]], eot_id: int, pieces: Sequence[Piece]) -> tuple[list[int], list[bool]]:
+def encode_pieces(
+    encode: Callable[[str], list[int]], eot_id: int, pieces: Sequence[Piece]
+) -> tuple[list[int], list[bool]]:
     """Token ids of <|endoftext|> + the pieces (each encoded on its own) and, per token, whether it is a target."""
     ids, is_target = [eot_id], [False]
     for piece in pieces:
@@ -294,7 +296,8 @@ def load_finetune_data(cfg: Config, tokenizer) -> FinetuneData:
     f, objective = cfg.finetune, cfg.train.objective
     expected_tasks = {"classify": ("sms_spam", "classification"), "sft": ("instruction",), "dpo": ("preference",)}
     if f.task not in expected_tasks[objective]:
-        raise GptjaxError(f"train.objective='{objective}' reads finetune.task {' or '.join(expected_tasks[objective])}, "
+        raise GptjaxError(f"train.objective='{objective}' reads finetune.task "
+                          f"{' or '.join(expected_tasks[objective])}, "
                           f"not '{f.task}'")
     path = records_lib.records_path(f.task, f.data)
     splits = records_lib.split_records(f.task, path)

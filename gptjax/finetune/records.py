@@ -73,7 +73,8 @@ def _messages(record: dict, index: int, path: Path) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise GptjaxError(f"{path}: record {index} 'messages' must be a non-empty list of {{role, content}}")
     for turn, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES or not isinstance(message.get("content"), str):
+        if (not isinstance(message, dict) or message.get("role") not in CHAT_ROLES
+                or not isinstance(message.get("content"), str)):
             raise GptjaxError(f"{path}: record {index} message {turn} needs 'role' ({', '.join(CHAT_ROLES)}) and a "
                               f"string 'content'")
     if not any(m["role"] == "assistant" for m in messages):

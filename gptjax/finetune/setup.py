@@ -70,7 +70,8 @@ def attach_reference_logprobs(data, step, reference_params: Callable[[], Any], w
         stored = np.load(io.BytesIO(cache.read_bytes()))  # a gs:// workdir's object too
         if str(stored["key"]) == key:
             for split in data.splits:
-                data.attach(split, {"ref_chosen": stored[f"{split}_chosen"], "ref_rejected": stored[f"{split}_rejected"]})
+                data.attach(split, {"ref_chosen": stored[f"{split}_chosen"],
+                                    "ref_rejected": stored[f"{split}_rejected"]})
             return
     score = jax.jit(lambda p, b: pair_logprobs(p, step.model, b))
     params = reference_params()

@@ -93,7 +93,8 @@ def hf_family(m: ModelConfig) -> str:
                               f"model.{field}='{wanted}'; use --format safetensors")
     if family == GPT2 and m.kv_heads != m.n_head:
         raise GptjaxError(f"model.n_kv_head={m.n_kv_head} cannot be exported to Hugging Face: GPT2LMHeadModel has "
-                          f"no grouped-query attention (use position='rope' for a Llama model, or --format safetensors)")
+                          f"no grouped-query attention (use position='rope' for a Llama model, "
+                          f"or --format safetensors)")
     return family
 
 
@@ -286,7 +287,8 @@ def _gpt2_model_config(hf: Mapping[str, Any], block_size: int | None, where: str
         position="learned", max_positions=0 if n_positions == blocks else n_positions, mlp="gelu",
         gelu_approximate=activation != GPT2_EXACT_GELU,
         attention="dense", use_bias=True, tie_embeddings=_field(hf, "tie_word_embeddings", bool, where, True),
-        dropout=_field(hf, "resid_pdrop", float, where, 0.1), init_std=_field(hf, "initializer_range", float, where, 0.02),
+        dropout=_field(hf, "resid_pdrop", float, where, 0.1),
+        init_std=_field(hf, "initializer_range", float, where, 0.02),
     )
 
 
@@ -326,8 +328,8 @@ def _llama_model_config(hf: Mapping[str, Any], block_size: int | None, where: st
                           f"has one switch (model.use_bias) for both")
     max_positions = _field(hf, "max_position_embeddings", int, where, 2048)
     return ModelConfig(
-        vocab_size=_field(hf, "vocab_size", int, where), block_size=_block_size(max_positions, "max_position_embeddings",
-                                                                               block_size, where),
+        vocab_size=_field(hf, "vocab_size", int, where),
+        block_size=_block_size(max_positions, "max_position_embeddings", block_size, where),
         n_layer=_field(hf, "num_hidden_layers", int, where), n_head=n_head,
         n_kv_head=0 if n_kv_head == n_head else n_kv_head, d_model=d_model,
         d_ff=_field(hf, "intermediate_size", int, where), norm="rmsnorm", norm_placement="pre",

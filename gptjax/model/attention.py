@@ -294,7 +294,8 @@ class Attention(nn.Module):
 
         new_cache = None
         if layer_cache is not None:
-            new_cache = tuple(jax.lax.dynamic_update_slice(old_BGSK, jnp.swapaxes(new_BTGK, 1, 2).astype(old_BGSK.dtype),
+            new_cache = tuple(jax.lax.dynamic_update_slice(old_BGSK,
+                                                           jnp.swapaxes(new_BTGK, 1, 2).astype(old_BGSK.dtype),
                                                            (0, 0, ctx.cache_index, 0))
                               for old_BGSK, new_BTGK in zip(layer_cache, (k_BTGK, v_BTGK)))
             # several new tokens (prefill): the xla kernel's layout, in float32 (exact for bfloat16 values; XLA CPU

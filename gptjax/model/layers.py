@@ -184,7 +184,8 @@ class Norm(nn.Module):
             var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
             y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * scale
             if self.use_bias:
-                y = y + self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (d,), jnp.float32)
+                y = y + self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (d,),
+                                   jnp.float32)
         return y.astype(self.dtype)
 
 

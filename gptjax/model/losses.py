@@ -45,7 +45,9 @@ def sequence_logprobs(params, model: Transformer, tokens_BT1: jax.Array, weights
     return -(nll_BT * weights_BT.astype(jnp.float32)).sum(axis=-1)
 
 
-def pair_logprobs(params, model: Transformer, batch: Batch, rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def pair_logprobs(
+    params, model: Transformer, batch: Batch, rng: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     """(chosen [B], rejected [B]) summed response log-probs, both halves in one forward pass."""
     tokens = jnp.concatenate([batch["chosen"], batch["rejected"]])
     weights = jnp.concatenate([batch["chosen_weights"], batch["rejected_weights"]])

@@ -109,11 +109,13 @@ class Transformer(nn.Module):
         if segment_ids_BT is None:
             segment_ids_BT = jnp.ones((batch, length), jnp.int32)
 
-        embedding_VD = self.param("embedding", nn.with_logical_partitioning(normal_init(cfg.init_std), ("vocab", "embed")),
+        embedding_VD = self.param("embedding",
+                                  nn.with_logical_partitioning(normal_init(cfg.init_std), ("vocab", "embed")),
                                   (cfg.padded_vocab, cfg.d_model), jnp.float32)
         x_BTD = jnp.take(embedding_VD, tokens_BT, axis=0).astype(dtype)
         if cfg.position == "learned":
-            table_PD = self.param("pos_embedding", nn.with_logical_partitioning(normal_init(cfg.init_std), ("positions", "embed")),
+            table_PD = self.param("pos_embedding",
+                                  nn.with_logical_partitioning(normal_init(cfg.init_std), ("positions", "embed")),
                                   (cfg.position_limit, cfg.d_model), jnp.float32)
             x_BTD = x_BTD + jnp.take(table_PD, positions_BT, axis=0).astype(dtype)
         elif cfg.position == "sinusoidal":
@@ -165,7 +167,8 @@ class Transformer(nn.Module):
         if cfg.norm_placement == "pre":
             x_BTD = Norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, name="norm_f")(x_BTD)
         if cfg.num_classes:
-            self.param("classifier_kernel", nn.with_logical_partitioning(normal_init(cfg.init_std), ("embed", "classes")),
+            self.param("classifier_kernel",
+                       nn.with_logical_partitioning(normal_init(cfg.init_std), ("embed", "classes")),
                        (cfg.d_model, cfg.num_classes), jnp.float32)
             self.param("classifier_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("classes",)),
                        (cfg.num_classes,), jnp.float32)

@@ -69,7 +69,8 @@ def cluster_from(coordinator: str | None, num_processes: int | None, process_id:
     missing = [flag for flag, v in given.items() if v is None]
     if missing:
         raise GptjaxError(f"a multi-process run needs --coordinator HOST:PORT, --num-processes N and --process-id I "
-                          f"(or {ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}); missing {', '.join(missing)}")
+                          f"(or {ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}); "
+                          f"missing {', '.join(missing)}")
     host, sep, port = coordinator.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise GptjaxError(f"--coordinator {coordinator!r} must be HOST:PORT (process 0's address and a free port), "

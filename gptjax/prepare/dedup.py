@@ -4,7 +4,8 @@ Everything computed per document (exact keys, shingle hashes, MinHash signatures
 a pure function of that document's text and is identical in every process, so it runs on parallel workers. Only
 clustering sees the whole corpus: `first_occurrences` over exact keys, and `near_duplicate_roots` band by band over
 band-hash columns (one uint64 per document and band), verifying each candidate pair with `similar` (the Jaccard
-similarity of the two shingle sets). Its memory is a few arrays per document, never the corpus's bytes; `gptjax prepare` runs it over files, `near_duplicate_clusters` over texts in memory. MinHash is a vectorized
+similarity of the two shingle sets). Its memory is a few arrays per document, never the corpus's bytes; `gptjax prepare`
+runs it over files, `near_duplicate_clusters` over texts in memory. MinHash is a vectorized
 numpy implementation: each word is hashed once (CRC-32 in C), shingle hashes are combined from word hashes with
 array arithmetic, and the ``num_perm`` permutations are ``(a*x + b) mod p`` over uint64, reduced without division
 (`mod_prime`; see benchmarks/results/dedup_choice.md for why not datasketch).

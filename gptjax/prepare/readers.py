@@ -83,7 +83,8 @@ class ReadStats:
     """What a read produced and skipped: counts by reason plus a few ``file:line`` examples per reason.
 
     Reasons: ``files``, ``documents``, ``invalid_utf8_bytes`` (bytes replaced by U+FFFD),
-    ``invalid_utf8_records`` (records, or lines in ``blank_lines`` mode, holding such bytes), ``lone_surrogates`` (JSON ``\\udXXX`` escapes made U+FFFD),
+    ``invalid_utf8_records`` (records, or lines in ``blank_lines`` mode, holding such bytes),
+    ``lone_surrogates`` (JSON ``\\udXXX`` escapes made U+FFFD),
     ``binary_file``, ``empty_file``, ``empty_document``, ``blank_line``,
     ``invalid_json``, ``not_a_json_object``, ``missing_text_field``, ``non_string_text``,
     ``null_text``, ``missing_text_column``, ``record_too_long``, ``corrupt_file``,
@@ -139,7 +140,9 @@ def _expand_folder(folder: Path, unsupported: set[Path]) -> list[Path]:
     return found
 
 
-def resolve_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], stats: ReadStats | None = None) -> list[Path]:
+def resolve_inputs(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike], stats: ReadStats | None = None
+) -> list[Path]:
     """Expand files, folders (recursively) and glob patterns into a sorted, de-duplicated file list.
 
     Raises InputPathError for an input that does not exist, a glob or folder with no readable

@@ -101,7 +101,8 @@ def _changed_prepare_settings(prepare: PrepareConfig) -> dict:
     cache key, so a config without prepare settings keeps the key (and cache) it always had."""
     default = PrepareConfig()
     changed = {field.name: getattr(prepare, field.name) for field in dataclasses.fields(prepare)
-               if field.name not in settings.OUTPUT_INDEPENDENT and getattr(prepare, field.name) != getattr(default, field.name)}
+               if field.name not in settings.OUTPUT_INDEPENDENT
+               and getattr(prepare, field.name) != getattr(default, field.name)}
     if prepare.dedup == "near":  # near dedup's defaults have changed before: its settings always enter the key
         changed.update({name: getattr(prepare, name) for name in NEAR_DEDUP_SETTINGS})
     return changed

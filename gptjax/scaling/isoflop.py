@@ -99,7 +99,8 @@ def fit_isoflops(points: Sequence[LossPoint], tolerance: float = BUDGET_TOLERANC
     if len(profiles) < 2:
         raise GptjaxError(f"IsoFLOP profiles need at least 2 FLOP budgets with {MIN_SIZES}+ model sizes and a loss "
                           f"minimum inside them; found {len(profiles)} of {len(groups)} budgets (runs group by "
-                          f"C = 6·N·D within ×{tolerance}); plan the sweep with --flops and sizes on both sides of the optimum (at "
+                          f"C = 6·N·D within ×{tolerance}); plan the sweep with --flops and sizes on both sides "
+                          f"of the optimum (at "
                           f"each budget the loss should fall, then rise with N)")
     budgets = [p.budget for p in profiles]
     params_law = fit_power_law(budgets, [p.params_opt for p in profiles])

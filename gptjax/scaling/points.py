@@ -70,7 +70,8 @@ def read_runs(runs_dir: str | Path, param_kind: str = "total") -> list[LossPoint
     points = [point for point in (run_point(d, param_kind) for d in run_dirs) if point is not None]
     if not points:
         raise GptjaxError(f"{runs_dir} has no finished run ({len(run_dirs)} run dirs with {RUN_CONFIG}, none with a "
-                          f"{LOSS_KEY} at its final step in {RUN_METRICS}); run the sweep's `gptjax train` commands first")
+                          f"{LOSS_KEY} at its final step in {RUN_METRICS}); "
+                          f"run the sweep's `gptjax train` commands first")
     return points
 
 

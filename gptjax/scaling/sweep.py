@@ -60,7 +60,8 @@ def parse_shapes(text: str, head_dim: int) -> list[ModelShape]:
         except ValueError:
             numbers = []
         if len(numbers) not in (2, 3) or min(numbers) < 1:
-            raise GptjaxError(f"--sizes entry '{item}' is not LAYERSxWIDTH or LAYERSxWIDTHxHEADS (e.g. 4x128 or 4x128x4)")
+            raise GptjaxError(f"--sizes entry '{item}' is not LAYERSxWIDTH or LAYERSxWIDTHxHEADS "
+                              f"(e.g. 4x128 or 4x128x4)")
         shapes.append(ModelShape(*numbers) if len(numbers) == 3 else shape_with_heads(*numbers, head_dim))
     if not shapes:
         raise GptjaxError("--sizes names no model size; give e.g. --sizes 2x64,4x128,6x192")

@@ -71,7 +71,8 @@ class Topology:
 
     def __str__(self) -> str:
         cloud = self.cloud_name
-        return f"{self.slices}x{cloud} ({self.slices} x {self.jax_name})" if self.slices > 1 else f"{cloud} ({self.jax_name})"
+        return (f"{self.slices}x{cloud} ({self.slices} x {self.jax_name})" if self.slices > 1
+                else f"{cloud} ({self.jax_name})")
 
 
 def slice_grid(chip: ChipKind, chips: int) -> tuple[int, ...] | None:
@@ -241,7 +242,8 @@ class Report:
                     f"outputs {gib(self.outputs)} ({gib(self.aliased)} aliased with arguments), code {gib(self.code)}",
                     f"per device: total {gib(self.total)} of {gib(hbm)} HBM ({100 * self.total / hbm:.0f}%)"]
         times = ", ".join(f"{self.step_seconds(u):.3g} s at {100 * u:.0f}% MFU" for u in MFUS)
-        out.append(f"FLOPs per step: {self.flops_per_step:.3e} (analytic, {self.flops_per_step / self.topology.chips:.3e}"
+        out.append(f"FLOPs per step: {self.flops_per_step:.3e} "
+                   f"(analytic, {self.flops_per_step / self.topology.chips:.3e}"
                    f" per device); step time {times}")
         return out + [self.verdict()]
 
@@ -322,7 +324,8 @@ def candidates(cfg: Config, n_devices: int, hbm_bytes: float, slices: int = 1, m
 
     n_params = count_params(nn.unbox(abstract_params(cfg.model)))
     out = []
-    for tensor, accum, remat in itertools.product(_divisors(n_devices), _divisors(cfg.train.batch_size), REMAT_POLICIES):
+    for tensor, accum, remat in itertools.product(_divisors(n_devices), _divisors(cfg.train.batch_size),
+                                                  REMAT_POLICIES):
         if tensor > max_tensor or accum > 16 or (n_devices // tensor) % slices:
             continue
         for data in sorted({slices, n_devices // tensor}):

@@ -58,7 +58,8 @@ class MetricsLog:
         run, t = self.run, self.run.cfg.train
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
-            raise non_finite_error(run, f"loss is {values['loss']} (grad norm {values['grad_norm']}) at step {step + 1}")
+            raise non_finite_error(run,
+                                   f"loss is {values['loss']} (grad norm {values['grad_norm']}) at step {step + 1}")
         now = time.perf_counter()
         if self.last_time is not None:
             dt = now - self.last_time
@@ -87,7 +88,8 @@ def non_finite_error(run: Run, what: str) -> GptjaxError:
     intact = (f"the last good checkpoint (step {last}) is intact in {run.workdir}" if last is not None
               else f"no checkpoint was written to {run.workdir}")
     return GptjaxError(f"{what}; stopped, {intact}. Resume it with a lower learning rate, e.g. the same command with "
-                       f"--config.train.lr={run.cfg.train.lr / 2:g} (or raise train.warmup_steps / set train.grad_clip); "
+                       f"--config.train.lr={run.cfg.train.lr / 2:g} "
+                       f"(or raise train.warmup_steps / set train.grad_clip); "
                        f"the change is recorded in record.json")
 
 
@@ -108,7 +110,8 @@ class EvalHook:
 
 def format_eval(result: dict) -> str:
     """'val loss 1.2345, ppl 3.44, bpb 0.5000' / 'val loss 0.1234, acc 0.9600, ...' for the terminal."""
-    parts = [f"{k.removeprefix('val_').replace('_', ' ')} {v:.{2 if k == 'val_ppl' else 4}f}" for k, v in result.items()]
+    parts = [f"{k.removeprefix('val_').replace('_', ' ')} {v:.{2 if k == 'val_ppl' else 4}f}"
+             for k, v in result.items()]
     return "val " + ", ".join(parts)
 
 
@@ -135,7 +138,8 @@ def task_specs(entries: Sequence[str]) -> list[tuple[str, int | None]]:
     for entry in entries:
         name, _, limit = entry.partition(":")
         if limit and not (limit.isdigit() and int(limit) > 0):
-            raise GptjaxError(f"train.eval_tasks entry {entry!r}: LIMIT must be a positive integer (TASK or TASK:LIMIT)")
+            raise GptjaxError(f"train.eval_tasks entry {entry!r}: LIMIT must be a positive integer "
+                              f"(TASK or TASK:LIMIT)")
         specs.append((name.strip(), int(limit) if limit else None))
     return specs
 
@@ -163,7 +167,8 @@ class TaskEvalHook(EvalHook):
         lm = LM(run.cfg, state.params, run.tokenizer, step=done)
         values = {}
         for task in self.tasks:
-            metrics = run_task(lm, task, batch_size=run.cfg.train.batch_size, bootstrap_iters=1000, progress=False).metrics
+            metrics = run_task(lm, task, batch_size=run.cfg.train.batch_size, bootstrap_iters=1000,
+                               progress=False).metrics
             values.update({f"{task.name}/{key}": float(value) for key, value in metrics.items()
                            if isinstance(value, (int, float)) and not isinstance(value, bool)
                            and key not in ("n", "shots", "truncated", "too_long", "skipped")})

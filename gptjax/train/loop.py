@@ -2,7 +2,8 @@
 restorable checkpoint in the workdir.
 
 `train(cfg, workdir, hooks=...)` opens a `Run` (`gptjax.train.run`: data, tokenizer, mesh, the step from
-`build_step`, checkpoints, metric sinks, the workdir lock) and drives it step by step (`gptjax.train.hooks`). Evaluation, checkpointing and logging are hooks; extra
+`build_step`, checkpoints, metric sinks, the workdir lock) and drives it step by step (`gptjax.train.hooks`).
+Evaluation, checkpointing and logging are hooks; extra
 hooks (the fault injection the tests use, a profiler) are passed in and never live in this file. Step n+1 is
 dispatched before step n's metrics are read, so the host never waits on the device between steps.
 """

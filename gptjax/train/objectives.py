@@ -35,7 +35,8 @@ def lm_batch(batch: Any) -> dict[str, np.ndarray]:
     counts only inside its input's document, and segment 0 is padding."""
     if not isinstance(batch, dict):
         tokens_BT1 = np.asarray(batch)
-        return {"tokens": tokens_BT1, "loss_weights": np.ones((tokens_BT1.shape[0], tokens_BT1.shape[1] - 1), np.float32)}
+        return {"tokens": tokens_BT1,
+                "loss_weights": np.ones((tokens_BT1.shape[0], tokens_BT1.shape[1] - 1), np.float32)}
     if "loss_weights" in batch:
         return batch
     out = dict(batch)

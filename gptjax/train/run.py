@@ -164,7 +164,8 @@ def resume_config(cfg: Config, saved: dict, step: int, workdir: Path) -> tuple[C
     unless train.schedule_steps is set explicitly."""
     saved_train = saved.get("train", {})
     if not cfg.train.schedule_steps:
-        cfg = with_train(cfg, schedule_steps=saved_train.get("schedule_steps") or saved_train.get("steps", cfg.train.steps))
+        cfg = with_train(cfg,
+                         schedule_steps=saved_train.get("schedule_steps") or saved_train.get("steps", cfg.train.steps))
     changes = config_lib.resume_changes(saved, config_lib.to_dict(cfg))
     if changes.forbidden:
         key, old, new = changes.forbidden[0]
@@ -176,7 +177,8 @@ def resume_config(cfg: Config, saved: dict, step: int, workdir: Path) -> tuple[C
         horizon = schedule_horizon(cfg.train)
         past = (f"; steps past {horizon} run at train.min_lr={cfg.train.min_lr}" if cfg.train.steps > horizon
                 and cfg.train.schedule != "constant" else "")
-        notes.append(f"train.steps {saved_train.get('steps')} -> {cfg.train.steps} at step {step}: the LR schedule keeps "
+        notes.append(f"train.steps {saved_train.get('steps')} -> {cfg.train.steps} at step {step}: "
+                     f"the LR schedule keeps "
                      f"its horizon of {horizon} steps{past} (set train.schedule_steps to change it)")
     return cfg, notes
 
@@ -436,7 +438,8 @@ def open_run(cfg: Config, workdir: str | Path) -> Run:
     mesh = make_mesh(cfg.mesh)
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if (cfg.train.batch_size // cfg.train.grad_accum) % batch_shards:
-        raise GptjaxError(f"the microbatch (train.batch_size / grad_accum = {cfg.train.batch_size // cfg.train.grad_accum})"
+        raise GptjaxError(f"the microbatch (train.batch_size / grad_accum = "
+                          f"{cfg.train.batch_size // cfg.train.grad_accum})"
                           f" must divide by the data*fsdp mesh size {batch_shards}")
     fileio.makedirs(workdir)
     inputs = RunInputs(cfg, workdir, data_dir, manifest, tok, mesh, source, finetune_data)
@@ -473,7 +476,8 @@ def _open_with_checkpoints(inputs: RunInputs, lock, checkpoints: Checkpoints) ->
             resume_config(cfg, newest[1]["config"], newest[0], workdir)
         # The step's shapes depend only on fields a resume may not change, so build it from the current config.
         probe, mask = build_run_step(cfg, mesh)
-        base = initial_state(cfg, probe, source, tok)[0] if mask is not None or probe.shardings.frozen is not None else None
+        base = (initial_state(cfg, probe, source, tok)[0]
+                if mask is not None or probe.shardings.frozen is not None else None)
         restored = checkpoints.restore_latest(probe.abstract_state, probe.shardings,
                                               None if base is None else base.params)
         if restored is not None and base is not None and base.frozen is not None:
@@ -485,7 +489,8 @@ def _open_with_checkpoints(inputs: RunInputs, lock, checkpoints: Checkpoints) ->
                               f"{data_dir}; import it again with `gptjax import ... --tokenizer-dir DIR`, or start a "
                               f"new --workdir with --config.train.init_from={workdir}")
         if saved_meta["tokenizer_fingerprint"] != tokenizers.fingerprint(tok):
-            raise GptjaxError(f"{workdir} was trained with another tokenizer than {data_dir} holds; use a new --workdir")
+            raise GptjaxError(f"{workdir} was trained with another tokenizer than {data_dir} holds; "
+                              f"use a new --workdir")
         cfg, notes = resume_config(cfg, saved_meta["config"], int(state.step), workdir)
         changes += [n for n in notes if n.startswith("changed at")]
         if jax.process_index() == 0:
@@ -516,7 +521,8 @@ def _open_with_checkpoints(inputs: RunInputs, lock, checkpoints: Checkpoints) ->
     if cfg.train.objective == "dpo" and cfg.finetune.reference == "precomputed":
         fresh = int(state.step) == 0
         reference = lambda: state.params if fresh else initial_state(cfg, step, source, tok)[0].params
-        attach_reference_logprobs(batches.finetune, step, reference, workdir, cfg.train.batch_size // cfg.train.grad_accum)
+        attach_reference_logprobs(batches.finetune, step, reference, workdir,
+                                  cfg.train.batch_size // cfg.train.grad_accum)
         _refresh_val(batches, step)
     if data_state is not None:
         batches.iterator.set_state(data_state["grain"])

@@ -59,7 +59,8 @@ def _summed_grads(state: TrainState, batch: dict, *, model: Transformer, objecti
         index, micro = xs
         rng = jax.random.fold_in(step_rng, index) if dropout_on else None
         grads, sums = grad_fn(state.params, micro, rng)
-        return (jax.tree_util.tree_map(jnp.add, grads_acc, grads), jax.tree_util.tree_map(jnp.add, sums_acc, sums)), None
+        return (jax.tree_util.tree_map(jnp.add, grads_acc, grads),
+                jax.tree_util.tree_map(jnp.add, sums_acc, sums)), None
 
     sums_shape = jax.eval_shape(lambda: grad_fn(state.params, jax.tree_util.tree_map(lambda x: x[0], micro_A), None)[1])
     zeros = (jax.tree_util.tree_map(jnp.zeros_like, state.params),
@@ -92,7 +93,8 @@ def train_step(state: TrainState, batch: dict, *, model: Transformer, optimizer:
             params=jax.tree_util.tree_map(keep_old, params, state.params),
             opt_state=jax.tree_util.tree_map(keep_old, opt_state, state.opt_state),
             loss_ema=jnp.where(spike, state.loss_ema,
-                               jnp.where(state.loss_ema > 0, SPIKE_EMA * state.loss_ema + (1 - SPIKE_EMA) * loss, loss)),
+                               jnp.where(state.loss_ema > 0,
+                                         SPIKE_EMA * state.loss_ema + (1 - SPIKE_EMA) * loss, loss)),
             skipped_steps=state.skipped_steps + spike.astype(jnp.int32))
         metrics["skipped_steps"] = new_state.skipped_steps
     return new_state, metrics

@@ -2,7 +2,8 @@
 tokenizer -> tokenize -> shards, resumable, with a report.
 
 Every stage is a pure function over a chunk of documents (gptjax.prepare.stages) or over per-document keys
-(gptjax.prepare.dedup), run with the settings `gptjax.prepare.settings` checks and keys; this package only moves their inputs and outputs through a work directory beside the output
+(gptjax.prepare.dedup), run with the settings `gptjax.prepare.settings` checks and keys; this package only moves their
+inputs and outputs through a work directory beside the output
 (`.<out>.work/`), running the per-chunk tasks on an `Executor`. Modules:
 
 - `executor`: the `Executor` interface (`map`, `shutdown`) and `LocalExecutor`, the process pool;
