@@ -149,3 +149,20 @@ def test_no_package_imports_itself_back():
     packages = package_graph(GRAPH)
     found = cycles(packages)
     assert not found, "import cycles between packages: " + " | ".join(describe(c, packages) for c in found)
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for target in graph.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def test_evaluation_the_api_and_data_never_reach_the_trainer():
+    packages = package_graph(GRAPH)
+    for user in ("gptjax.api", "gptjax.eval", "gptjax.data", "gptjax.prepare", "gptjax.model", "gptjax.export"):
+        assert "gptjax.train" not in reachable(packages, user), f"{user} reaches gptjax.train"
+    assert "gptjax.prepare" not in reachable(packages, "gptjax.data"), "what training reads is below preparation"
