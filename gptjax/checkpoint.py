@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from gptjax import fileio
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from gptjax.train.state import TrainState
 
 ITEMS = ("params", "opt", "data", "meta")
+# Loss-spike statistics in the `opt` item, present only while train.spike_factor > 0 (a field a resume may change)
+SPIKE_STATS = {"loss_ema": np.float32, "skipped_steps": np.int32}
 CHECKPOINT_DIR = "checkpoints"
 UNREADABLE_DIR = "checkpoints_unreadable"
 
@@ -48,6 +51,15 @@ def _opt_item(state: TrainState) -> dict:
     if state.loss_ema is not None:
         item.update(loss_ema=state.loss_ema, skipped_steps=state.skipped_steps)
     return item
+
+
+def _spike_stats(opt: dict, target: TrainState) -> dict:
+    """The state's loss-spike statistics: the restored ones, zeros where the checkpoint has none, or None where
+    the current config keeps none."""
+    if target.loss_ema is None:
+        return {"loss_ema": None, "skipped_steps": None}
+    return {key: opt[key] if key in opt else jax.device_put(np.zeros((), dtype), target.step.sharding)
+            for key, dtype in SPIKE_STATS.items()}
 
 
 def param_key(path) -> str:
@@ -105,7 +117,8 @@ class Checkpoints:
         self.directory = self.workdir / CHECKPOINT_DIR
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
                                                enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS,
+                                             item_handlers={"opt": ocp.StandardCheckpointHandler()})
         self._saving: int | None = None
 
     def all_steps(self) -> list[int]:
@@ -155,15 +168,25 @@ class Checkpoints:
         target = with_shardings(abstract_state, shardings)
         restored = self.manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(saved_params(target.params, self.saved_mask)),
-            opt=ocp.args.StandardRestore(_opt_item(target)),
+            opt=ocp.args.StandardRestore(self._opt_target(step, target)),
             data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore(),
         ))
         opt = restored["opt"]
         params = restored["params"] if self.saved_mask is None else with_saved(base_params, restored["params"])
-        state = target.replace(step=opt["step"], params=params, opt_state=opt["opt_state"], rng=opt["rng"],
-                               frozen=None, loss_ema=opt.get("loss_ema"), skipped_steps=opt.get("skipped_steps"))
+        state = target.replace(step=opt["step"], params=params, opt_state=opt["opt_state"], rng=opt["rng"], frozen=None,
+                               **_spike_stats(opt, target))
         return state, restored["data"], restored["meta"]
+
+    def _opt_target(self, step: int, target: TrainState) -> dict:
+        """What to restore of `opt`: the current state's structure, with the loss-spike statistics as the checkpoint
+        holds them (train.spike_factor may have been turned on or off since it was saved)."""
+        item = {key: value for key, value in _opt_item(target).items() if key not in SPIKE_STATS}
+        saved = self.manager.item_metadata(step)["opt"]
+        for key, dtype in SPIKE_STATS.items():
+            if saved is not None and key in saved:
+                item[key] = jax.ShapeDtypeStruct((), dtype, sharding=target.step.sharding)
+        return item
 
     def restore_latest(self, abstract_state: TrainState, shardings: TrainState,
                        base_params=None) -> tuple[TrainState, dict, dict] | None:

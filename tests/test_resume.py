@@ -35,6 +35,17 @@ def logged(workdir: Path, key: str) -> dict[int, float]:
             if key in r}
 
 
+def repeated_entries(workdir: Path) -> list[tuple[int, str]]:
+    """(step, key) pairs metrics.jsonl holds more than once."""
+    seen, repeated = set(), []
+    for record in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines()):
+        for key in record.keys() - {"step"}:
+            if (record["step"], key) in seen:
+                repeated.append((record["step"], key))
+            seen.add((record["step"], key))
+    return repeated
+
+
 def saved_steps(workdir: Path) -> list[int]:
     return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
@@ -75,6 +86,7 @@ def test_resume_after_sigkill_is_bit_identical(straight, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from step 10" in resumed.stderr + resumed.stdout
     assert losses_by_step(straight) == losses_by_step(workdir)
+    assert repeated_entries(workdir) == [], "the steps after the checkpoint are logged once, by the resumed run"
     assert_same_params(straight, workdir)
 
 
@@ -210,3 +222,43 @@ def test_a_second_trainer_on_a_workdir_in_use_is_refused_and_a_stale_lock_taken_
     assert taken.returncode == 0, taken.stderr[-2000:]
     assert "taking over the lock" in taken.stderr and "999999" in taken.stderr
     assert not (workdir / LOCK_FILE).exists()
+
+
+def test_spike_skipping_turned_on_or_off_on_resume_restores_the_checkpoint(tmp_path, cache_dir):
+    workdir = tmp_path / "run"
+    base = {"train.checkpoint_every": 3}
+    assert train_cli(workdir, tiny_overrides(steps=3, **base)).returncode == 0
+    on = train_cli(workdir, tiny_overrides(steps=6, **base, **{"train.spike_factor": 5.0}))
+    assert on.returncode == 0, on.stderr[-2000:]
+    assert "resuming from step 3" in on.stderr and "cannot be restored" not in on.stderr
+    assert "changed at step 3: train.spike_factor 0.0 -> 5.0" in on.stderr
+    assert set(logged(workdir, "skipped_steps")) == {4, 5, 6}, "statistics start at zero where none were saved"
+    off = train_cli(workdir, tiny_overrides(steps=9, **base))
+    assert off.returncode == 0, off.stderr[-2000:]
+    assert "resuming from step 6" in off.stderr and "cannot be restored" not in off.stderr
+    assert not (workdir / "checkpoints_unreadable").exists() and saved_steps(workdir)[-1] == 9
+
+
+def test_a_workdir_whose_checkpoints_vanished_is_refused_not_restarted(tmp_path, cache_dir):
+    workdir = tmp_path / "run"
+    assert train_cli(workdir, tiny_overrides(steps=3, **{"train.checkpoint_every": 3})).returncode == 0
+    shutil.rmtree(workdir / "checkpoints")
+    metrics = (workdir / "metrics.jsonl").read_text()
+    proc = train_cli(workdir, tiny_overrides(steps=6, **{"train.checkpoint_every": 3}))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("gptjax: error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "checkpoints/ is gone" in errors[0], proc.stderr[-2000:]
+    assert (workdir / "metrics.jsonl").read_text() == metrics and not (workdir / "checkpoints").exists()
+
+
+def test_metrics_of_steps_after_the_resume_point_are_dropped_once(tmp_path):
+    from gptjax.train.metrics import drop_steps_after
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 3}\n{"step": 2, "loss": 2}\n{"step": 2, "val_loss": 2.5}\n{"step": 3, "lo')
+    drop_steps_after(path, 2)
+    assert path.read_text() == '{"step": 1, "loss": 3}\n{"step": 2, "loss": 2}\n{"step": 2, "val_loss": 2.5}\n'
+    path.write_text('{"step": 1, "loss": 3}')
+    drop_steps_after(path, 1)
+    assert path.read_text() == '{"step": 1, "loss": 3}\n', "a last line without its newline gets one"
+    drop_steps_after(path, 0)
+    assert path.read_text() == "", "a run starting at step 0 logs every step again"

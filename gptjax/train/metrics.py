@@ -80,8 +80,12 @@ class MetricWriter:
     On a gs:// workdir both are objects rewritten whole, at most every fileio.APPEND_UPLOAD_S, and metrics.jsonl
     also at every checkpoint (`sync`), so the lines up to the step a run resumes from are always stored."""
 
-    def __init__(self, workdir: Path, tensorboard: bool):
+    def __init__(self, workdir: Path, tensorboard: bool, start_step: int = 0):
+        """`start_step`: the step the run starts or resumes from; lines logged for later steps by an earlier,
+        interrupted process are dropped first, since this run logs those steps again."""
         self.enabled = jax.process_index() == 0
+        if self.enabled:
+            drop_steps_after(workdir / "metrics.jsonl", start_step)
         self.jsonl = fileio.open_append(workdir / "metrics.jsonl") if self.enabled else None
         self.tb = None
         if self.enabled and tensorboard:
@@ -106,6 +110,35 @@ class MetricWriter:
             self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _logged_step(line: str) -> int | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record.get("step") if isinstance(record, dict) else None
+
+
+def drop_steps_after(path: Path, step: int) -> None:
+    """Rewrites a metrics.jsonl (atomically) without the lines of steps after `step` (all of them at step 0), and
+    without a last line cut short by a kill mid-write; other lines are kept as they are."""
+    location = fileio.as_path(path)
+    if not location.exists():
+        return
+    lines = location.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for number, line in enumerate(lines, 1):
+        logged = _logged_step(line)
+        if logged is None and line.strip() and number == len(lines) and not line.endswith("\n"):
+            continue  # cut short mid-write
+        if logged is not None and (logged > step or step == 0):
+            continue
+        kept.append(line)
+    if kept and not kept[-1].endswith("\n"):
+        kept[-1] += "\n"  # the next line appended must start a line of its own
+    if kept != lines:
+        fileio.write_text_atomic(path, "".join(kept))
 
 
 def _git(*args: str) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 
 from gptjax import config as config_lib
 from gptjax import fileio
-from gptjax.checkpoint import Checkpoints, checkpoint_meta
+from gptjax.checkpoint import CHECKPOINT_DIR, Checkpoints, checkpoint_meta
 from gptjax.config import Config
 from gptjax.data import loader, store
 from gptjax.data import tokenizer as tokenizers
@@ -455,6 +455,12 @@ def open_run(cfg: Config, workdir: str | Path) -> Run:
 def _open_locked(inputs: RunInputs, lock) -> Run:
     if jax.process_index() == 0:  # the only writer of those files; another process could delete one mid-write
         fileio.remove_orphaned_temp_files(inputs.workdir)
+    # Locally checkpoints/ is created before record.json is first written (an object store has no empty folders).
+    workdir_is_local = not fileio.is_remote(inputs.workdir)
+    if workdir_is_local and (inputs.workdir / RECORD_FILE).exists() and not (inputs.workdir / CHECKPOINT_DIR).exists():
+        raise GptjaxError(f"{inputs.workdir} holds a run ({RECORD_FILE}) whose {CHECKPOINT_DIR}/ is gone, so it would "
+                          f"start over from step 0; restore {inputs.workdir / CHECKPOINT_DIR}, or train in a new "
+                          f"--workdir (nothing was changed)")
     checkpoints = Checkpoints(inputs.workdir, keep=inputs.cfg.train.keep_checkpoints,
                               saved_mask=run_trainable_mask(inputs.cfg))
     try:
@@ -513,7 +519,7 @@ def _open_with_checkpoints(inputs: RunInputs, lock, checkpoints: Checkpoints) ->
         meta.update(saved_params="trainable", base=str(fileio.absolute(cfg.train.init_from)))
     if jax.process_index() == 0:
         fileio.write_json_atomic(workdir / "config.json", config_lib.to_dict(cfg))
-        fileio.write_json_atomic(workdir / "record.json", record)
+        fileio.write_json_atomic(workdir / RECORD_FILE, record)
         tokenizers.save(tok, workdir / "tokenizer")
 
     batches = (lm_batches(cfg, data_dir, inputs.manifest) if inputs.finetune_data is None
@@ -527,7 +533,8 @@ def _open_with_checkpoints(inputs: RunInputs, lock, checkpoints: Checkpoints) ->
     if data_state is not None:
         batches.iterator.set_state(data_state["grain"])
     return Run(cfg=cfg, workdir=workdir, data_dir=data_dir, tokenizer=tok, step=step, state=state,
-               iterator=batches.iterator, checkpoints=checkpoints, writer=MetricWriter(workdir, cfg.train.tensorboard),
+               iterator=batches.iterator, checkpoints=checkpoints,
+               writer=MetricWriter(workdir, cfg.train.tensorboard, int(state.step)),
                meta=meta, start_step=int(state.step), val_batches=batches.val_batches,
                val_bytes_per_token=batches.val_bytes_per_token, stop=StopSignals(), lock=lock,
                finetune=batches.finetune)
@@ -544,7 +551,7 @@ def _newest_meta(checkpoints: Checkpoints) -> tuple[int, dict] | None:
 
 
 def _read_record(workdir: Path) -> dict:
-    path = workdir / "record.json"
+    path = workdir / RECORD_FILE
     if not path.is_file():
         return {}
     return fileio.read_json(path, "run record", f"move {path} aside to start a fresh record")
