@@ -45,6 +45,8 @@ SENTENCEPIECE_MODEL_TYPES = ("bpe", "unigram")
 DEDUP_MODES = ("none", "exact", "near")
 BOILERPLATE_MODES = ("none", "line", "paragraph")
 TXT_MODES = ("file", "blank_lines")
+# the downstream tasks gptjax.eval.tasks loads, by name (train.eval_tasks entries are checked against them)
+EVAL_TASKS = ("hellaswag", "mmlu", "lambada", "arc_easy", "arc_challenge", "piqa", "winogrande", "wikitext2")
 
 
 class Resume(enum.Enum):
@@ -593,6 +595,21 @@ def validate(cfg: Config) -> None:
                                 f"{', '.join(LORA_TARGETS)}")
     _check(m.lora_rank == 0 or m.lora_targets, "model.lora_rank > 0 needs at least one of model.lora_targets")
     _check_finetune(cfg)
+    eval_task_specs(cfg.train.eval_tasks)
+
+
+def eval_task_specs(entries: tuple[str, ...]) -> list[tuple[str, int | None]]:
+    """("hellaswag", 200) pairs from `train.eval_tasks` entries "TASK[:LIMIT]", each name one of EVAL_TASKS."""
+    specs = []
+    for entry in entries:
+        name, _, limit = entry.partition(":")
+        name = name.strip()
+        _check(name in EVAL_TASKS, f"train.eval_tasks entry {entry!r}: unknown task {name!r}; known tasks: "
+                                   f"{', '.join(EVAL_TASKS)}")
+        _check(not limit or (limit.isdigit() and int(limit) > 0),
+               f"train.eval_tasks entry {entry!r}: LIMIT must be a positive integer (TASK or TASK:LIMIT)")
+        specs.append((name, int(limit) if limit else None))
+    return specs
 
 
 def freeze_policy(freeze: str) -> tuple[str, int]:

@@ -67,6 +67,9 @@ def test_prepare_never_overwrites_prepared_data(tmp_path, capsys):
     ("--config.train.objective=ppo", "train.objective='ppo' is not one of lm, classify, sft, dpo"),
     ("--config.train.objective=dpo", "train.objective='dpo' finetunes a trained model: set train.init_from="),
     ("--config.train.seed=-1", "train.seed=-1 must be in [0, 4294967295]"),
+    ("--config.train.eval_tasks=hellaswg", "unknown task 'hellaswg'; known tasks: hellaswag, mmlu"),
+    ("--config.train.eval_tasks=lambada:0", "LIMIT must be a positive integer"),
+    ("--config.data.prepare.num_perm=-3", "data.prepare.num_perm=-3 must be >= 1"),
 ])
 def test_bad_config_is_one_line_and_workdir_untouched(tmp_path, capsys, cache_dir, override, expected):
     workdir = tmp_path / "run"

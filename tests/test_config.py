@@ -297,3 +297,10 @@ def test_a_key_todays_config_lacks_is_forbidden():
     saved = to_dict(Config())
     saved["train"]["retired_knob"] = 1
     assert resume_changes(saved, to_dict(Config())).forbidden == [Change("train.retired_knob", 1, None)]
+
+
+def test_eval_task_names_are_the_tasks_gptjax_eval_loads():
+    from gptjax.eval.tasks import TASKS
+
+    assert tuple(TASKS) == config_lib.EVAL_TASKS
+    assert config_lib.eval_task_specs(("hellaswag:200", "mmlu")) == [("hellaswag", 200), ("mmlu", None)]

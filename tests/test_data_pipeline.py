@@ -416,6 +416,9 @@ def test_decisions_file_says_what_happened_to_every_document(tmp_path):
     (["--languages", "en,xx"], "does not know the codes xx"),
     (["--tokenizer", "gpt2_bpe"], "needs data.tokenizer_dir (--tokenizer-dir)"),
     (["--chunk-mb", "0", "--shard-tokens", "0"], "data.prepare.shard_tokens=0 (--shard-tokens) must be >= 1"),
+    (["--tokenizer-dir", "/no/such/tokenizer"], "/no/such/tokenizer holds no tokenizer (no tokenizer.json)"),
+    (["--tokenizer", "gpt2_bpe", "--tokenizer-dir", "/no/such"], "no tokenizer.json nor vocab.json + merges.txt"),
+    (["--workers", "-2"], "data.prepare.workers=-2 (--workers) must be >= 1"),
 ])
 def test_bad_settings_exit_2_with_one_line_before_any_work(tmp_path, capsys, flags, expected):
     from gptjax.cli import main as gptjax_main
@@ -425,3 +428,36 @@ def test_bad_settings_exit_2_with_one_line_before_any_work(tmp_path, capsys, fla
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gptjax: error:")]
     assert len(errors) == 1 and expected in errors[0], errors
     assert not (tmp_path / "out").exists() and not work_dir_for(tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("same_settings", [True, False])
+def test_a_prepare_that_waited_for_a_concurrent_one_compares_its_settings(tmp_path, same_settings):
+    import threading
+
+    from gptjax.fileio import exclusive_lock
+
+    source = write_jsonl(tmp_path / "in" / "docs.jsonl", PARAGRAPHS[:8])
+    elsewhere = tmp_path / "first"
+    run_pipeline([str(source)], elsewhere, settings(dedup="exact"), show_progress=False)
+    out = tmp_path / "out"
+    second = settings(dedup="exact" if same_settings else "none")
+    outcome = {}
+
+    def waiting_prepare():
+        try:
+            outcome["manifest"] = run_pipeline([str(source)], out, second, show_progress=False)
+        except GptjaxError as error:
+            outcome["error"] = str(error)
+
+    with exclusive_lock(out.parent / f".{out.name}.lock", "the first prepare"):  # the first prepare, still running
+        thread = threading.Thread(target=waiting_prepare)
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive(), "the second prepare waits for the first"
+        shutil.copytree(elsewhere, out)  # what the first prepare leaves when it finishes
+    thread.join(timeout=120)
+    if same_settings:
+        assert outcome["manifest"] == store.read_manifest(out)
+    else:
+        assert "prepared meanwhile by another `gptjax prepare` from other settings" in outcome["error"]
+        assert store.read_manifest(out) == store.read_manifest(elsewhere), "nothing was changed"

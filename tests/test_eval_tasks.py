@@ -235,6 +235,9 @@ def test_unknown_task_lists_known_ones():
     (["--tasks", "mmlu", "--shots", "6"], {"GPTJAX_EVAL_DATA": str(FIXTURES)}, "--shots 6 is more than the 5 dev "
                                                                                "examples of conceptual_physics"),
     (["--tasks", "piqa", "--limit", "0", "--data-dir", str(FIXTURES)], {}, "--limit must be at least 1"),
+    (["--batch-size", "0"], {}, "--batch-size must be at least 1"),
+    (["--limit", "3", "--shots", "1"], {}, "--limit, --shots do not apply without --tasks"),
+    (["--tasks", "piqa", "--split", "val", "--data-dir", str(FIXTURES)], {}, "--split does not apply with --tasks"),
 ])
 def test_cli_bad_task_input_is_one_line_exit_2(args, env, message, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("GPTJAX_EVAL_DATA", raising=False)

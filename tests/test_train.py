@@ -95,9 +95,10 @@ def test_cli_train_eval_generate_end_to_end(tmp_path, cache_dir):
         assert (workdir / name).is_file()
     record = json.loads((workdir / "record.json").read_text())
     assert {"git_commit", "packages", "mesh", "device_kinds", "command"} <= set(record)
-    evaluated = run_cli(["eval", "--workdir", str(workdir), "--max-tokens", "2000"])
+    evaluated = run_cli(["eval", "--workdir", str(workdir), "--max-tokens", "2000", "--out", str(workdir / "ev.json")])
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     result = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert json.loads((workdir / "ev.json").read_text()) == result, "--out holds what was printed"
     # The same loss computed independently: numpy log-softmax of the model's logits over consecutive windows.
     lm = gptjax.load(workdir)
     data_dir = Path(lm.meta["data_dir"])

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from gptjax.errors import GptjaxError
+from gptjax.fileio import write_json_atomic
 
 HELP = "loss / perplexity / bits-per-byte on a data split, or benchmark tasks (--tasks)"
 DATA_ENV = "GPTJAX_EVAL_DATA"
@@ -19,14 +20,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="prepared data dir (default: the one the model was trained on)")
     p.add_argument("--split", help="val (default) or test (default for a finetuned run: its records' test split)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-tokens", type=int, default=0, help="evaluate only the first N tokens (0 = all)")
+    p.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens (default: all)")
     tasks = p.add_argument_group("benchmark tasks")
     tasks.add_argument("--tasks", help="comma-separated: hellaswag,mmlu,lambada,arc_easy,arc_challenge,piqa,"
                                        "winogrande,wikitext2")
     tasks.add_argument("--data-dir", help=f"benchmark data laid out as shared/data (default: ${DATA_ENV})")
     tasks.add_argument("--limit", type=int, help="score only the first N items of each task (MMLU: of each subject)")
-    tasks.add_argument("--shots", type=int, default=0, help="few-shot examples (MMLU, from its dev split)")
-    tasks.add_argument("--out", help="write results.json here (also for a finetuned run's split)")
+    tasks.add_argument("--shots", type=int, help="few-shot examples (MMLU, from its dev split; default 0)")
+    p.add_argument("--out", help="write the results as JSON here (results.json with --tasks)")
     tasks.add_argument("--log-samples", help="write one JSON line per item here")
 
 
@@ -41,9 +42,20 @@ def benchmark_data_dir(flag: str | None) -> Path:
     return path
 
 
-def check_task_arguments(args: argparse.Namespace) -> None:
+TASK_ONLY = ("--data-dir", "--limit", "--shots", "--log-samples")  # flags of benchmark tasks
+SPLIT_ONLY = ("--data", "--split", "--max-tokens")  # flags of a split's loss / perplexity
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every flag's value, and no flag of the other mode: what was asked is done, or nothing is."""
+    mode, others = ("with --tasks", SPLIT_ONLY) if args.tasks is not None else ("without --tasks", TASK_ONLY)
+    misplaced = [flag for flag in others if getattr(args, flag[2:].replace("-", "_")) is not None]
+    if misplaced:
+        raise GptjaxError(f"{', '.join(misplaced)} {'does' if len(misplaced) == 1 else 'do'} not apply {mode} "
+                          f"(benchmark tasks take {', '.join(TASK_ONLY)}; a split's loss takes "
+                          f"{', '.join(SPLIT_ONLY)})")
     for name, value, least in (("--limit", args.limit, 1), ("--shots", args.shots, 0),
-                               ("--batch-size", args.batch_size, 1)):
+                               ("--batch-size", args.batch_size, 1), ("--max-tokens", args.max_tokens, 1)):
         if value is not None and value < least:
             raise GptjaxError(f"{name} must be at least {least}, got {value}")
 
@@ -54,11 +66,11 @@ def run_tasks(args: argparse.Namespace) -> int:
     from gptjax.eval.tasks import parse_task_names
 
     names = parse_task_names(args.tasks)
-    check_task_arguments(args)
-    tasks = load_tasks(names, benchmark_data_dir(args.data_dir), args.shots, args.limit)
+    shots = args.shots or 0
+    tasks = load_tasks(names, benchmark_data_dir(args.data_dir), shots, args.limit)
     lm = gptjax.load(args.workdir)
     document = evaluate(lm, args.workdir, tasks, args.batch_size, args.out, args.log_samples)
-    zero_shot = [name for name, r in document["results"].items() if r["shots"] != args.shots]
+    zero_shot = [name for name, r in document["results"].items() if r["shots"] != shots]
     if zero_shot:
         print(f"gptjax: {', '.join(zero_shot)} ran 0-shot (no few-shot split in the data)", file=sys.stderr)
     print(markdown_table(document["results"]))
@@ -66,6 +78,7 @@ def run_tasks(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    check_arguments(args)
     if args.tasks is not None:
         return run_tasks(args)
     import gptjax
@@ -85,5 +98,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     if not recorded:
         raise GptjaxError("this model does not record its data dir; pass --data DIR")
     data_dir = local_data_dir(recorded, lm.cfg.data)  # a gs:// dataset is read from its local cache copy
-    print(json.dumps(evaluate_split(lm, data_dir, args.split or "val", args.batch_size, args.max_tokens)))
+    result = evaluate_split(lm, data_dir, args.split or "val", args.batch_size, args.max_tokens or 0)
+    if args.out:
+        write_json_atomic(args.out, result)
+    print(json.dumps(result))
     return 0

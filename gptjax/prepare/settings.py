@@ -6,9 +6,11 @@ relate fields or need the stages' own libraries (MinHash banding, the language l
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from gptjax import config as config_lib
 from gptjax.config import DataConfig
+from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import GptjaxError
 from gptjax.prepare.stages import langid_config, minhash_config
 
@@ -19,6 +21,20 @@ OUTPUT_INDEPENDENT = ("workers", "tfds")  # they change how the output is comput
 def vocab_size(data: DataConfig) -> int:
     """The sentencepiece vocabulary to train (data.vocab_size, or 4096 where it is 0)."""
     return data.vocab_size or DEFAULT_VOCAB_SIZE
+
+
+def _check_tokenizer_dir(directory: Path, kind: str) -> None:
+    """A tokenizer_dir must hold a saved gptjax tokenizer, or for gpt2_bpe GPT-2's vocab.json + merges.txt."""
+    if (directory / tokenizers.SPEC_FILE).is_file():
+        return
+    gpt2_files = (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file()
+    if kind == "gpt2_bpe" and gpt2_files:
+        return
+    expected = f"{tokenizers.SPEC_FILE}" + (" nor vocab.json + merges.txt" if kind == "gpt2_bpe" else "")
+    raise GptjaxError(f"data.tokenizer_dir (--tokenizer-dir) {directory} holds no tokenizer (no {expected}); point it "
+                      f"at a prepared dataset's tokenizer/ directory" +
+                      (" or at GPT-2's vocab.json + merges.txt" if kind == "gpt2_bpe" else "") +
+                      ", or leave it out to train a new tokenizer")
 
 
 def check(data: DataConfig) -> None:
@@ -34,6 +50,8 @@ def check(data: DataConfig) -> None:
     if data.tokenizer == "gpt2_bpe" and not data.tokenizer_dir:
         raise GptjaxError("the gpt2_bpe tokenizer needs data.tokenizer_dir (--tokenizer-dir) holding vocab.json and "
                           "merges.txt")
+    if data.tokenizer_dir:
+        _check_tokenizer_dir(Path(data.tokenizer_dir), data.tokenizer)
     if data.prepare.dedup == "near":
         minhash_config(data.prepare)
     if data.prepare.languages:

@@ -7,13 +7,13 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import jax
 from tqdm.auto import tqdm
 
 from gptjax import fileio
-from gptjax.config import Config
+from gptjax.config import Config, eval_task_specs
 from gptjax.errors import GptjaxError
 from gptjax.model.transformer import flops_per_token
 from gptjax.train.metrics import peak_flops_per_device
@@ -132,18 +132,6 @@ class CheckpointHook:
         run.save(state)
 
 
-def task_specs(entries: Sequence[str]) -> list[tuple[str, int | None]]:
-    """("hellaswag", 200) pairs from `train.eval_tasks` entries "TASK[:LIMIT]"."""
-    specs = []
-    for entry in entries:
-        name, _, limit = entry.partition(":")
-        if limit and not (limit.isdigit() and int(limit) > 0):
-            raise GptjaxError(f"train.eval_tasks entry {entry!r}: LIMIT must be a positive integer "
-                              f"(TASK or TASK:LIMIT)")
-        specs.append((name.strip(), int(limit) if limit else None))
-    return specs
-
-
 class TaskEvalHook(EvalHook):
     """Downstream tasks (`train.eval_tasks`) scored beside the val loss (same cadence), logged as `TASK/METRIC`.
 
@@ -158,7 +146,8 @@ class TaskEvalHook(EvalHook):
         if not data_dir:
             raise GptjaxError("train.eval_tasks needs the tasks' data: set train.eval_data=DIR or GPTJAX_EVAL_DATA "
                               "(a directory laid out as shared/data: hellaswag/, mmlu/, lambada/, ...)")
-        self.tasks = [load_task(name, Path(data_dir), 0, limit) for name, limit in task_specs(cfg.train.eval_tasks)]
+        specs = eval_task_specs(cfg.train.eval_tasks)
+        self.tasks = [load_task(name, Path(data_dir), 0, limit) for name, limit in specs]
 
     def __call__(self, run: Run, done: int, state: TrainState) -> None:
         from gptjax.api import LM

@@ -79,6 +79,19 @@ def _check_new_output(out_dir: Path) -> None:
         raise GptjaxError(f"{out_dir} exists and is not empty; choose a new --out directory (nothing was changed)")
 
 
+def _same_output(out_dir: Path, files: list[Path], data: DataConfig) -> dict:
+    """The manifest of `out_dir`, which another prepare finished while this one waited for it: reused only when it
+    was made from the same inputs with the same settings."""
+    manifest = store.read_manifest(out_dir)
+    asked = {"inputs": [str(p) for p in files], "settings": settings.settings_key(data)}
+    found = {"inputs": manifest.get("inputs"), "settings": manifest.get("settings")}
+    if found != asked:
+        differ = "inputs" if found["inputs"] != asked["inputs"] else "settings"
+        raise GptjaxError(f"{out_dir} was prepared meanwhile by another `gptjax prepare` from other {differ}; "
+                          f"choose another --out (nothing was changed)")
+    return manifest
+
+
 def _nothing_left(stage_stats: dict[str, StageStats], where: str) -> GptjaxError:
     """The one error for a corpus from which no document survives, naming the main reasons with examples."""
     read = stage_stats.get("read", StageStats())
@@ -104,8 +117,8 @@ def run_pipeline(inputs: str | Iterable[str], out_dir: str | Path, data: DataCon
     _check_new_output(out_dir)
     files = readers.resolve_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
     with exclusive_lock(out_dir.parent / f".{out_dir.name}.lock", f"the prepare of {out_dir}", wait=True):
-        if (out_dir / store.MANIFEST).exists():
-            return store.read_manifest(out_dir)
+        if (out_dir / store.MANIFEST).exists():  # a concurrent prepare finished it while this one waited
+            return _same_output(out_dir, files, data)
         _check_new_output(out_dir)
         executor = executor or LocalExecutor(data.prepare.workers)
         try:
