@@ -163,6 +163,7 @@ def test_load_rejects_a_truncated_weights_file(exported):
     ({"d_model": 64}, "holds 32 embedding width, but its config has model.d_model=64"),
     ({"n_layer": 3}, "holds 2 layers, but its config has model.n_layer=3"),
     ({"n_layer": 1}, "holds 2 layers, but its config has model.n_layer=1"),
+    ({"n_layer": 10**12}, "holds 2 layers, but its config has model.n_layer=1000000000000"),
     ({"n_head": 8}, "holds 4 query heads, but its config has model.n_head=8"),
     ({"n_kv_head": 2}, "holds 4 key/value heads, but its config has model.n_kv_head=2"),
     ({"vocab_size": 300}, "holds 128 vocabulary rows, but its config has model.vocab_size=300"),

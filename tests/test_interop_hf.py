@@ -487,6 +487,7 @@ def test_import_rejects_unknown_architecture(hf_dir, tmp_path):
     ("vocab_size", 300, "'transformer.wte.weight' has shape [257, 32] but config.json implies [300, 32]"),
     ("n_layer", 3, "lack tensor 'transformer.h.2."),
     ("n_layer", 1, "have tensor 'transformer.h.1."),
+    ("n_layer", 10**12, "config.json gives 1000000000000 layers, but the weights in"),
     ("n_head", 0, "'n_head' = 0 is not a valid int > 0"),
     ("activation_function", "relu", "activation_function='relu' is not supported"),
 ])

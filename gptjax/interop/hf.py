@@ -648,6 +648,10 @@ def stored_tensor_names(located: Mapping[str, Path], m: ModelConfig, family: str
     if indexed_but_absent:
         raise GptjaxError(f"{located[indexed_but_absent[0]]} lacks tensor '{indexed_but_absent[0]}' that "
                           f"{WEIGHTS_INDEX_FILE} places there")
+    where = f"the weights in {next(iter(located.values())).parent}"
+    if m.n_layer > len(shapes):  # every layer stores tensors: an untrusted count is bounded before anything is built
+        raise GptjaxError(f"config.json gives {m.n_layer} layers, but {where} hold only {len(shapes)} tensors; the "
+                          f"config belongs to another model or was edited")
     expected = hf_tensor_shapes(m, family)
     stored_as: dict[str, str] = {}
     for stored in sorted(shapes):
@@ -657,7 +661,6 @@ def stored_tensor_names(located: Mapping[str, Path], m: ModelConfig, family: str
         if name in stored_as:
             raise GptjaxError(f"the weights store '{name}' twice (as '{stored_as[name]}' and '{stored}')")
         stored_as[name] = stored
-    where = f"the weights in {next(iter(located.values())).parent}"
     missing = sorted(set(expected) - set(stored_as))
     unexpected = sorted(set(stored_as) - set(expected))
     if missing:
