@@ -81,16 +81,18 @@ def with_saved(base_params, saved: dict):
     return jax.tree_util.tree_map_with_path(lambda path, leaf: saved.get(param_key(path), leaf), base_params)
 
 
-def checkpoint_meta(cfg, tokenizer, record: dict, data_dir: str | Path | None) -> dict:
+def checkpoint_meta(cfg, tokenizer, record: dict, data_dir: str | Path | None,
+                    data_identity: str | None = None) -> dict:
     """The `meta` item every checkpoint carries: resolved config, tokenizer files (None for a weights-only import)
-    and its fingerprint, the reproducibility record, the data dir it trained on."""
+    and its fingerprint, the reproducibility record, the data dir it trained on and that data's identity
+    (`gptjax.data.store.manifest_identity`)."""
     from gptjax import config as config_lib
     from gptjax.data import tokenizer as tokenizers
 
     return {"config": config_lib.to_dict(cfg),
             "tokenizer": None if tokenizer is None else tokenizers.to_json_dict(tokenizer),
             "tokenizer_fingerprint": None if tokenizer is None else tokenizers.fingerprint(tokenizer),
-            "record": record, "data_dir": str(data_dir or "")}
+            "record": record, "data_dir": str(data_dir or ""), "data_identity": data_identity}
 
 
 def newest_restorable(steps: list[int], restore: Callable[[int], Any], directory: Path) -> tuple[int, Any, list[int]]:

@@ -262,3 +262,33 @@ def test_metrics_of_steps_after_the_resume_point_are_dropped_once(tmp_path):
     assert path.read_text() == '{"step": 1, "loss": 3}\n', "a last line without its newline gets one"
     drop_steps_after(path, 0)
     assert path.read_text() == "", "a run starting at step 0 logs every step again"
+
+
+def test_data_replaced_in_place_is_refused_on_resume_unless_allowed(tmp_path, cache_dir):
+    text = (REPO / "gptjax" / "data" / "bundled" / "tinyshakespeare.txt").read_text()[:60000]
+    (tmp_path / "corpus.txt").write_text(text)
+    data = tmp_path / "data"
+
+    def prepare(val_fraction: str) -> None:
+        shutil.rmtree(data, ignore_errors=True)
+        proc = run_cli(["prepare", "--input", str(tmp_path / "corpus.txt"), "--out", str(data), "--raw", "--quiet",
+                        "--txt-mode", "blank_lines", "--val-fraction", val_fraction])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    prepare("0.1")
+    workdir = tmp_path / "run"
+    args = tiny_overrides(steps=3, **{"train.checkpoint_every": 3, "data.dataset": "", "data.path": str(data)})
+    assert train_cli(workdir, args).returncode == 0
+    prepare("0.2")  # the same path now holds other data
+    more = tiny_overrides(steps=6, **{"train.checkpoint_every": 3, "data.dataset": "", "data.path": str(data)})
+    refused = train_cli(workdir, more)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("gptjax: error:")]
+    assert refused.returncode == 2 and len(errors) == 1, refused.stderr[-2000:]
+    assert "is not the data" in errors[0] and "--allow-data-change" in errors[0]
+    assert saved_steps(workdir) == [3]
+    allowed = train_cli(workdir, [*more, "--allow-data-change"])
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    changes = json.loads((workdir / "record.json").read_text())["changes"]
+    assert len(changes) == 1 and changes[0].startswith("changed at step 3: data ")
+    assert "--allow-data-change" in changes[0]
+    assert saved_steps(workdir)[-1] == 6

@@ -20,6 +20,8 @@ TAKES_OVERRIDES = True
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="an experiment file (experiments/X.py) or a run's config.json")
     p.add_argument("--workdir", required=True)
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="resume on prepared data other than the run's checkpoints were trained on (recorded)")
     p.add_argument("--coordinator",
                    help=f"HOST:PORT of process 0, for a multi-process run (${distributed.ENV_COORDINATOR})")
     p.add_argument("--num-processes", type=int, help=f"processes in the run (${distributed.ENV_NUM_PROCESSES})")
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     from gptjax.train.loop import train
 
-    summary = train(joined_config(args, overrides), args.workdir)
+    summary = train(joined_config(args, overrides), args.workdir, allow_data_change=args.allow_data_change)
     if jax.process_index() == 0:
         print(json.dumps({k: summary[k] for k in ("step", "loss", "val_loss", "val_ppl", "val_bpb") if k in summary}))
     return 0

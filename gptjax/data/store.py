@@ -11,6 +11,8 @@ document k spans [start_k, start_{k+1} - 1) and the last one ends at the shard's
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import struct
 from pathlib import Path
@@ -156,6 +158,16 @@ def doc_spans(doc_starts: np.ndarray, n_tokens: int) -> tuple[np.ndarray, np.nda
 
 MANIFEST = "manifest.json"
 _MANIFEST_TOKENIZER_KEYS = ("kind", "fingerprint", "vocab_size", "eot_id")
+
+
+IDENTITY_KEYS = ("format_version", "tokenizer", "settings", "splits", "stages")  # not where or how fast it ran
+
+
+def manifest_identity(manifest: dict) -> str:
+    """A digest of what a prepared directory holds (tokenizer, settings, shards and their sizes, what each stage
+    kept), the same wherever and whenever the same data was prepared; a run checks it on resume."""
+    held = {key: manifest.get(key) for key in IDENTITY_KEYS}
+    return hashlib.sha256(json.dumps(held, sort_keys=True).encode()).hexdigest()
 
 
 def read_manifest(data_dir: str | Path) -> dict:

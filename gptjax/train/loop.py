@@ -90,9 +90,11 @@ def fit(run: Run, hooks: Sequence[Hook], show_progress: bool = True) -> dict:
     return run.summary
 
 
-def train(cfg: Config, workdir: str | Path, show_progress: bool = True, hooks: Sequence[Hook] = ()) -> dict:
-    """Trains (or resumes) a run in `workdir`; returns the final metrics. `hooks` run after the default ones."""
-    run = open_run(cfg, workdir)
+def train(cfg: Config, workdir: str | Path, show_progress: bool = True, hooks: Sequence[Hook] = (),
+          allow_data_change: bool = False) -> dict:
+    """Trains (or resumes) a run in `workdir`; returns the final metrics. `hooks` run after the default ones;
+    `allow_data_change` lets a resumed run continue on data other than its checkpoints were trained on."""
+    run = open_run(cfg, workdir, allow_data_change)
     failing = True
     try:
         summary = fit(run, (*default_hooks(run.cfg), *hooks), show_progress)

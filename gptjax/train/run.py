@@ -410,9 +410,14 @@ class RunInputs:
     mesh: Any
     source: Any = None  # the train.init_from LM, if any
     finetune_data: Any = None  # gptjax.finetune.batches.FinetuneData, for finetuning objectives
+    allow_data_change: bool = False  # resume on data other than the checkpoints were trained on (recorded)
+
+    @property
+    def data_identity(self) -> str | None:
+        return None if self.manifest is None else store.manifest_identity(self.manifest)
 
 
-def open_run(cfg: Config, workdir: str | Path) -> Run:
+def open_run(cfg: Config, workdir: str | Path, allow_data_change: bool = False) -> Run:
     """Sets up (or resumes) the run in `workdir`: validated config, data, state, step, checkpoints, sinks."""
     if fileio.is_remote(workdir):
         fileio.check_remote_root(str(workdir), "--workdir")
@@ -442,7 +447,7 @@ def open_run(cfg: Config, workdir: str | Path) -> Run:
                           f"{cfg.train.batch_size // cfg.train.grad_accum})"
                           f" must divide by the data*fsdp mesh size {batch_shards}")
     fileio.makedirs(workdir)
-    inputs = RunInputs(cfg, workdir, data_dir, manifest, tok, mesh, source, finetune_data)
+    inputs = RunInputs(cfg, workdir, data_dir, manifest, tok, mesh, source, finetune_data, allow_data_change)
     lock = _take_lock(workdir)
     try:
         return _open_locked(inputs, lock)
@@ -478,8 +483,13 @@ def _open_with_checkpoints(inputs: RunInputs, lock, checkpoints: Checkpoints) ->
     restored = None
     if checkpoints.all_steps():
         newest = _newest_meta(checkpoints)
-        if newest is not None:  # an incompatible config is refused before anything is restored into its shapes
+        if newest is not None:  # an incompatible config or other data is refused before anything is restored
             resume_config(cfg, newest[1]["config"], newest[0], workdir)
+            data_change = _data_change(inputs, newest[1], newest[0])
+            if data_change:
+                changes.append(data_change)
+                if jax.process_index() == 0:
+                    note(data_change)
         # The step's shapes depend only on fields a resume may not change, so build it from the current config.
         probe, mask = build_run_step(cfg, mesh)
         base = (initial_state(cfg, probe, source, tok)[0]
@@ -514,7 +524,8 @@ def _open_with_checkpoints(inputs: RunInputs, lock, checkpoints: Checkpoints) ->
     record["changes"] = changes
     if init_record:
         record["init_from"] = init_record
-    meta = checkpoint_meta(cfg, tok, record, cfg.data.path if fileio.is_remote(cfg.data.path) else data_dir)
+    meta = checkpoint_meta(cfg, tok, record, cfg.data.path if fileio.is_remote(cfg.data.path) else data_dir,
+                           inputs.data_identity)
     if mask is not None:
         meta.update(saved_params="trainable", base=str(fileio.absolute(cfg.train.init_from)))
     if jax.process_index() == 0:
@@ -538,6 +549,20 @@ def _open_with_checkpoints(inputs: RunInputs, lock, checkpoints: Checkpoints) ->
                meta=meta, start_step=int(state.step), val_batches=batches.val_batches,
                val_bytes_per_token=batches.val_bytes_per_token, stop=StopSignals(), lock=lock,
                finetune=batches.finetune)
+
+
+def _data_change(inputs: RunInputs, saved_meta: dict, step: int) -> str | None:
+    """None when the run resumes on the data its checkpoints were trained on; the recorded change where the user
+    allowed other data (--allow-data-change); otherwise a GptjaxError."""
+    saved, current = saved_meta.get("data_identity"), inputs.data_identity
+    if saved is None or current is None or saved == current:
+        return None
+    if not inputs.allow_data_change:
+        raise GptjaxError(f"{inputs.data_dir} is not the data {inputs.workdir} was trained on up to step {step} "
+                          f"(it was prepared again or replaced: its manifest differs); resume on the same data, train "
+                          f"in a new --workdir, or pass --allow-data-change to continue on this data (recorded in "
+                          f"record.json)")
+    return f"changed at step {step}: data {saved[:12]} -> {current[:12]} ({inputs.data_dir}, --allow-data-change)"
 
 
 def _newest_meta(checkpoints: Checkpoints) -> tuple[int, dict] | None:
