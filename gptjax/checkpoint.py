@@ -10,6 +10,7 @@ back to the newest one that restores with a warning naming the bad step, and the
 """
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from pathlib import Path
@@ -95,12 +96,54 @@ def checkpoint_meta(cfg, tokenizer, record: dict, data_dir: str | Path | None,
             "record": record, "data_dir": str(data_dir or ""), "data_identity": data_identity}
 
 
+TRANSIENT_ERRNOS = {errno.EIO, errno.ENOMEM, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.EINTR,
+                    errno.ECONNRESET, errno.ECONNABORTED, errno.ENETUNREACH, errno.EHOSTUNREACH}
+TRANSIENT_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")  # tensorstore's codes
+RESTORE_ATTEMPTS = 3
+RETRY_WAIT_S = 0.5
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether reading failed for a reason outside the checkpoint (I/O, memory, network), so the same read may
+    succeed again; missing, short or undecodable files are the checkpoint's own fault."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, (MemoryError, TimeoutError, ConnectionError)):
+            return True
+        if isinstance(seen, OSError) and seen.errno in TRANSIENT_ERRNOS:
+            return True
+        if any(status in str(seen) for status in TRANSIENT_STATUS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _restore_with_retries(step: int, restore: Callable[[int], Any], directory: Path) -> Any:
+    """`restore(step)`, read again after a transient error; still failing that way, a GptjaxError and nothing moved."""
+    for attempt in range(1, RESTORE_ATTEMPTS + 1):
+        try:
+            return restore(step)
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            if attempt == RESTORE_ATTEMPTS:
+                raise GptjaxError(f"reading checkpoint step {step} in {directory} failed {attempt} times "
+                                  f"({_short(error)}), an error of the machine, not of the checkpoint; nothing was "
+                                  f"moved: fix the cause (I/O, memory, network) and run the same command again"
+                                  ) from error
+            time.sleep(RETRY_WAIT_S * attempt)
+
+
 def newest_restorable(steps: list[int], restore: Callable[[int], Any], directory: Path) -> tuple[int, Any, list[int]]:
-    """(step, restored, unreadable steps) for the newest of `steps` that `restore` reads, warning per bad one."""
+    """(step, restored, unreadable steps) for the newest of `steps` that `restore` reads, warning per bad one.
+
+    Only a checkpoint that is itself unreadable counts as bad; a transient error is retried, then raised."""
     bad = []
     for step in sorted(steps, reverse=True):
         try:
-            return step, restore(step), bad
+            return step, _restore_with_retries(step, restore, directory), bad
+        except GptjaxError:
+            raise
         except Exception as error:  # orbax/tensorstore raise many types for truncated or corrupt files
             bad.append(step)
             older = [s for s in steps if s < step]

@@ -292,3 +292,39 @@ def test_data_replaced_in_place_is_refused_on_resume_unless_allowed(tmp_path, ca
     assert len(changes) == 1 and changes[0].startswith("changed at step 3: data ")
     assert "--allow-data-change" in changes[0]
     assert saved_steps(workdir)[-1] == 6
+
+
+def test_only_an_unreadable_checkpoint_is_bad_a_transient_error_is_retried_then_raised(tmp_path, monkeypatch):
+    import errno
+
+    from gptjax import checkpoint
+    from gptjax.errors import GptjaxError
+
+    monkeypatch.setattr(checkpoint, "RETRY_WAIT_S", 0.0)
+    calls = []
+
+    def flaky(failures: dict[int, list[BaseException]]):
+        def restore(step: int):
+            calls.append(step)
+            if failures.get(step):
+                raise failures[step].pop(0)
+            return f"state {step}"
+        return restore
+
+    # A read that fails once with EIO is read again; nothing counts as bad.
+    restore = flaky({20: [OSError(errno.EIO, "Input/output error")]})
+    assert checkpoint.newest_restorable([10, 20], restore, tmp_path) == (20, "state 20", [])
+    assert calls == [20, 20]
+    # Failing every time for the machine's reasons: one error, no fallback, nothing set aside.
+    calls.clear()
+    restore = flaky({20: [MemoryError()] * 3})
+    with pytest.raises(GptjaxError, match="failed 3 times .*MemoryError.*nothing was moved"):
+        checkpoint.newest_restorable([10, 20], restore, tmp_path)
+    assert calls == [20, 20, 20]
+    # tensorstore's transient status codes count as the machine's too.
+    assert checkpoint.is_transient(ValueError("UNAVAILABLE: connection reset while reading params"))
+    # A checkpoint that is itself unreadable falls back at once.
+    calls.clear()
+    restore = flaky({20: [json.JSONDecodeError("Expecting value", "", 0)], 15: [FileNotFoundError("params")]})
+    assert checkpoint.newest_restorable([10, 15, 20], restore, tmp_path) == (10, "state 10", [20, 15])
+    assert calls == [20, 15, 10]
