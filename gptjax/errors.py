@@ -1,5 +1,6 @@
 """User-facing messages: the one exception type the CLI turns into a single clear error line and a non-zero exit,
 and the one-line warnings and notes printed beside a run's output."""
+import errno
 import sys
 
 
@@ -9,6 +10,20 @@ class GptjaxError(Exception):
 
 class RunInterrupted(GptjaxError):
     """SIGTERM/SIGINT arrived; a checkpoint was saved before stopping (exit code 130)."""
+
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.EFBIG}
+
+
+def storage_error(error: OSError) -> GptjaxError | None:
+    """The one-line error for storage the machine refused (disk full, no permission, read-only, I/O error), naming
+    the path; None for other OSErrors (bugs keep their traceback)."""
+    if error.errno not in STORAGE_ERRNOS:
+        return None
+    where = f"{error.filename}: " if error.filename else ""
+    code = errno.errorcode.get(error.errno, "")
+    return GptjaxError(f"{where}{error.strerror or error} ({code}); outputs are written whole or not at all and "
+                       f"finished work is kept: free space or fix the permissions, then run the same command again")
 
 
 def warn(message: str) -> None:

@@ -222,6 +222,24 @@ def read_json(path: str | Path, what: str, fix: str) -> Any:
         ) from None
 
 
+def check_destination(path: str | Path | None, flag: str, directory: bool = False) -> None:
+    """Makes the folder an output `path` (a file, or with `directory` a folder) will be written into and checks it
+    takes files, before any work is done (a local path; object storage is checked by its first write)."""
+    if path is None or is_remote(path):
+        return
+    folder = Path(path).absolute().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise GptjaxError(f"{flag} {path}: cannot create its folder {folder} ({error.strerror}); choose another path "
+                          f"(nothing was done)") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise GptjaxError(f"{flag} {path}: the folder {folder} is not writable; choose another path (nothing was "
+                          f"done)")
+    if not directory and Path(path).is_dir():
+        raise GptjaxError(f"{flag} {path} is a directory; give a file path (nothing was done)")
+
+
 def require_empty_destination(destination: Path, purpose: str) -> None:
     """Raises unless `destination` is absent or an empty directory (checked before any work is done)."""
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
@@ -238,6 +256,9 @@ def staged_directory(destination: str | Path, purpose: str) -> Iterator[Path]:
     destination = Path(destination)
     require_empty_destination(destination, purpose)
     destination.parent.mkdir(parents=True, exist_ok=True)
+    for orphan in destination.parent.glob(f".{destination.name}.staging-*"):  # left by a process that died
+        if not _pid_alive(orphan.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(orphan, ignore_errors=True)
     staging = destination.parent / f".{destination.name}.staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -253,8 +274,28 @@ def staged_directory(destination: str | Path, purpose: str) -> Iterator[Path]:
         os.rename(staging, destination)
         fsync_dir(destination.parent)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_settled(staging)
         raise
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_settled(directory: Path, tries: int = 10, wait_s: float = 0.1) -> None:
+    """Removes `directory`, again while writers that were still finishing (a failed orbax save's other threads)
+    recreate files in it."""
+    for _ in range(tries):
+        shutil.rmtree(directory, ignore_errors=True)
+        time.sleep(wait_s)
+        if not directory.exists():
+            return
 
 
 def _lock_file(path: Path, wait: bool):

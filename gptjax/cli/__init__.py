@@ -10,7 +10,7 @@ import os
 import sys
 
 from gptjax.cli.common import split_config_overrides
-from gptjax.errors import GptjaxError
+from gptjax.errors import GptjaxError, storage_error
 
 VERBS = {
     "prepare": "prepare",
@@ -56,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"gptjax: error: {e}", file=sys.stderr)
         return 130 if isinstance(e, RunInterrupted) else 2
+    except OSError as e:
+        refused = storage_error(e)
+        if refused is None:
+            raise
+        print(f"gptjax: error: {refused}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("gptjax: interrupted", file=sys.stderr)
         return 130

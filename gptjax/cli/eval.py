@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from gptjax.errors import GptjaxError
-from gptjax.fileio import write_json_atomic
+from gptjax.fileio import check_destination, write_json_atomic
 
 HELP = "loss / perplexity / bits-per-byte on a data split, or benchmark tasks (--tasks)"
 DATA_ENV = "GPTJAX_EVAL_DATA"
@@ -79,6 +79,8 @@ def run_tasks(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     check_arguments(args)
+    check_destination(args.out, "--out")
+    check_destination(args.log_samples, "--log-samples")
     if args.tasks is not None:
         return run_tasks(args)
     import gptjax

@@ -30,6 +30,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         raise GptjaxError(f"unknown export format '{args.format}' (hf or safetensors)")
     out = Path(args.out)
     fileio.require_empty_destination(out, "--out directory")
+    fileio.check_destination(out, "--out", directory=True)
     lm = gptjax.load(args.workdir).with_lora_merged()
     if args.format == "hf" and lm.config.num_classes:
         raise GptjaxError(f"{args.workdir} is a classifier (model.num_classes={lm.config.num_classes}); a transformers "

@@ -99,9 +99,12 @@ def config_from_args(args: argparse.Namespace) -> DataConfig:
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     """Runs the pipeline, prints the report table and a one-line summary; returns 0."""
+    from gptjax.fileio import check_destination
     from gptjax.prepare.pipeline import REPORT, read_report, run_pipeline
 
     data = config_from_args(args)
+    check_destination(args.decisions, "--decisions")
+    check_destination(args.out, "--out", directory=True)
     manifest = run_pipeline(data.inputs, args.out, data, show_progress=not args.quiet, decisions=args.decisions)
     splits = manifest["splits"]
     if not args.quiet:

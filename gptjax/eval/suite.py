@@ -277,11 +277,12 @@ def load_tasks(task_names: Sequence[str], data_dir: Path, shots: int = 0, limit:
 def evaluate(lm, workdir: str, tasks: Sequence[LoadedTask], batch_size: int = 32, out: str | Path | None = None,
              log_samples: str | Path | None = None, bootstrap_iters: int = BOOTSTRAP_ITERS,
              progress: bool = True) -> dict:
-    """Runs the tasks, writes the reports asked for (results.json, samples JSONL) and returns the results document."""
+    """Runs the tasks, writes the reports asked for (the samples JSONL, then results.json: present means complete)
+    and returns the results document."""
     runs = [run_task(lm, task, batch_size, bootstrap_iters, progress) for task in tasks]
     document = results_document(runs, model_info(lm, workdir))
-    if out:
-        write_json_atomic(out, document)
     if log_samples:
         write_samples(log_samples, runs)
+    if out:
+        write_json_atomic(out, document)
     return document

@@ -359,19 +359,25 @@ class Run:
         self.writer.sync()  # the metrics up to a checkpoint are stored with it (gs://: uploaded)
 
     def close(self, failing: bool) -> None:
-        """Closes sinks and waits for the pending save; while another error is in flight a save failure is only
-        reported, so it never masks the original error."""
-        self.stop.restore()
-        self.writer.close()
-        try:
-            self.checkpoints.close()
-        except GptjaxError as error:
-            if not failing:
-                raise
-            warn(str(error))
-        finally:
-            if self.lock is not None:
-                self.lock.__exit__(None, None, None)
+        """Restores the signal handlers, closes the metric sinks, waits for the pending save and releases the lock,
+        each whatever the others do. While another error is in flight a failure here is only reported, so it never
+        masks the original error; otherwise the first one is raised, as one GptjaxError."""
+        problems: list[GptjaxError] = []
+        for what, close in (("signal handlers", self.stop.restore), ("metrics", self.writer.close),
+                            ("checkpoints", self.checkpoints.close)):
+            try:
+                close()
+            except GptjaxError as error:
+                problems.append(error)
+            except OSError as error:
+                problems.append(GptjaxError(f"closing the run's {what} in {self.workdir} failed ({error}); the "
+                                            f"checkpoints written before are intact: run the same command to resume"))
+        if self.lock is not None:
+            self.lock.__exit__(None, None, None)
+        for problem in problems[0 if failing else 1:]:
+            warn(str(problem))
+        if problems and not failing:
+            raise problems[0]
 
 
 def per_example_means(batch_sums: Sequence[dict], prefix: str) -> dict:
