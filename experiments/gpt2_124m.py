@@ -4,8 +4,13 @@ Data: a corpus prepared with the GPT-2 tokenizer, e.g.
   gptjax prepare --input corpus/ --out data/corpus-gpt2 --tokenizer gpt2_bpe --tokenizer-dir tests/fixtures/gpt2
   gptjax train --config experiments/gpt2_124m.py --workdir runs/gpt2_124m --config.data.path=data/corpus-gpt2
 Settings follow nanoGPT's train_gpt2 config (0.5M tokens/step via accumulation, lr 6e-4, 600k steps).
+Target: a v5e-4 slice (TOPOLOGY), 480 x 1024 tokens a step in 12 microbatches of 40:
+  gptjax compile-check --config experiments/gpt2_124m.py --topology v5e-4
+(9.65 GiB of 16 per chip; 1.33 s a step at 40% MFU; python benchmarks/experiments_fit.py checks every target).
 """
 from gptjax.config import base_config
+
+TOPOLOGY = "v5e-4"
 
 
 def get_config():
@@ -24,7 +29,7 @@ def get_config():
     c.model.remat = "save_dots"
     c.model.attention_impl = "auto"
     c.train.batch_size = 480
-    c.train.grad_accum = 1
+    c.train.grad_accum = 12
     c.train.steps = 600_000
     c.train.lr = 6e-4
     c.train.min_lr = 6e-5

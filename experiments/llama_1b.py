@@ -2,11 +2,14 @@
 RMSNorm, RoPE, no biases, untied head, bf16, scanned layers; sentencepiece vocabulary 32000.
 
 gptjax train --config experiments/llama_1b.py --workdir runs/llama_1b --config.data.path=data/corpus-sp32k
-gptjax compile-check --config experiments/llama_1b.py --topology v5e-16
+Target: a v5e-16 slice (TOPOLOGY), 256 x 2048 tokens a step in 16 microbatches:
+  gptjax compile-check --config experiments/llama_1b.py --topology v5e-16
 """
 from pathlib import Path
 
 from gptjax.config import load_experiment
+
+TOPOLOGY = "v5e-16"
 
 
 def get_config():
@@ -26,6 +29,7 @@ def get_config():
     c.model.remat = "save_dots"
     c.model.attention_impl = "auto"
     c.train.batch_size = 256
+    c.train.grad_accum = 16
     c.train.steps = 500_000
     c.train.lr = 4e-4
     c.train.min_lr = 4e-5

@@ -37,3 +37,23 @@ def test_experiment_reruns_from_its_saved_json(tmp_path, path: Path):
     assert config_lib.to_config(config_lib.load_experiment(saved)) == cfg
     changes = config_lib.resume_changes(json.loads(saved.read_text()), config_lib.to_dict(cfg))
     assert changes.recorded == changes.forbidden == []
+
+
+LARGE = [path for path in EXPERIMENTS if path.stem in EXPECTED_PARAMS]
+
+
+@pytest.mark.parametrize("path", LARGE, ids=lambda p: p.stem)
+def test_large_experiment_names_a_topology_it_shards_evenly_on(path: Path):
+    """The topology check without compiling (benchmarks/experiments_fit.py compiles each for its memory)."""
+    import importlib.util
+
+    from gptjax.train import compile_check as cc
+
+    spec = importlib.util.spec_from_file_location(f"experiment_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    topology = cc.parse_topology(module.TOPOLOGY)
+    assert f"--topology {module.TOPOLOGY}" in module.__doc__, "the docstring names its target"
+    cfg = cc.with_known_vocab(config_lib.to_config(config_lib.load_experiment(path)))
+    assert (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) == (1, -1, 1), "fsdp over every chip"
+    assert cc.sharding_problem(cfg, {"data": 1, "fsdp": topology.chips, "tensor": 1}) is None
