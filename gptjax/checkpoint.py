@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 from gptjax import fileio
 from gptjax.errors import GptjaxError, warn
 from gptjax.model.transformer import abstract_params
+from gptjax.parallel.distributed import agreed_unreadable, barrier
 
 if TYPE_CHECKING:
     from gptjax.train.state import TrainState
@@ -241,10 +242,20 @@ class Checkpoints:
         steps = self.all_steps()
         if not steps:
             return None
-        step, restored, bad = newest_restorable(
-            steps, lambda s: self._restore(s, abstract_state, shardings, base_params), self.directory)
-        for bad_step in bad:
+        failure = None
+        try:
+            step, restored, bad = newest_restorable(
+                steps, lambda s: self._restore(s, abstract_state, shardings, base_params), self.directory)
+        except GptjaxError as error:  # still take part in the agreement below, so no other process waits for this one
+            failure, step, restored, bad = error, -1, None, []
+        agreed_bad = agreed_unreadable(step, bad, str(self.directory))
+        if failure is not None:
+            raise failure
+        for bad_step in agreed_bad:  # set aside only what every process found unreadable (process 0 moves them)
             self._set_aside(bad_step)
+        if agreed_bad:
+            barrier("checkpoints set aside")  # every process then sees the same steps, so all save the next ones
+            self.manager.reload()
         return restored
 
     def _set_aside(self, step: int) -> None:

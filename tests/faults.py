@@ -1,10 +1,12 @@
 """Fault injection for the resume tests, kept out of the product: `gptjax train` with extra loop hooks.
 
-    python tests/faults.py --kill-after-step 13 [--kill-during-save] -- --config X --workdir W [--config.a.b=v ...]
-        [--coordinator HOST:PORT --num-processes N --process-id I]   (the arguments of `gptjax train`)
+    python tests/faults.py [--kill-after-step 13 [--kill-during-save]] [--unreadable-step 12] -- --config X
+        --workdir W [--config.a.b=v ...] [--coordinator HOST:PORT --num-processes N --process-id I]
+        (the arguments of `gptjax train`)
 
 `--kill-after-step N` SIGKILLs the process (no cleanup) once step N's checkpoints are on disk;
-`--kill-during-save` SIGKILLs it right after the async save of step N has started, before it can finish.
+`--kill-during-save` SIGKILLs it right after the async save of step N has started, before it can finish;
+`--unreadable-step N` makes checkpoint step N fail to restore in this process only (one host's damaged view).
 """
 from __future__ import annotations
 
@@ -34,12 +36,25 @@ class KillAfterStep:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--kill-after-step", type=int, required=True)
+    parser.add_argument("--kill-after-step", type=int)
     parser.add_argument("--kill-during-save", action="store_true")
+    parser.add_argument("--unreadable-step", type=int)
     split = argv.index("--")
     args = parser.parse_args(argv[:split])
+    if args.unreadable_step is not None:
+        from gptjax.checkpoint import Checkpoints
+
+        real_restore = Checkpoints._restore
+
+        def damaged(self, step, *rest, **kwargs):
+            if step == args.unreadable_step:
+                raise ValueError(f"DATA_LOSS: checkpoint step {step} is damaged in this process's view (injected)")
+            return real_restore(self, step, *rest, **kwargs)
+
+        Checkpoints._restore = damaged
     from gptjax.cli import train as train_cli
     from gptjax.cli.common import split_config_overrides
+    from gptjax.errors import GptjaxError
     from gptjax.train.loop import train
 
     rest, overrides = split_config_overrides(argv[split + 1:])
@@ -47,7 +62,12 @@ def main(argv: list[str]) -> int:
     train_cli.add_arguments(train_args)  # the train verb's arguments, multi-process flags included
     known = train_args.parse_args(rest)
     cfg = train_cli.joined_config(known, overrides)
-    train(cfg, known.workdir, hooks=[KillAfterStep(args.kill_after_step, args.kill_during_save)])
+    hooks = [] if args.kill_after_step is None else [KillAfterStep(args.kill_after_step, args.kill_during_save)]
+    try:
+        train(cfg, known.workdir, hooks=hooks)
+    except GptjaxError as error:  # as `gptjax train` ends
+        print(f"gptjax: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -3,6 +3,7 @@ x 8 devices, a SIGKILLed process stops its peer and the run resumes bit-exactly 
 mismatched configs and an unreachable coordinator are one clear error."""
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,3 +184,32 @@ def test_a_signal_to_one_process_stops_both_with_one_collective_checkpoint(tmp_p
         assert "stopped by a signal to process 1" in err and "run the same command to resume" in err
     saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and saved[-1] % 2 == 0
+
+
+def test_processes_restore_the_same_step_or_stop_with_one_error_and_nothing_moved(two_process_run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(two_process_run, workdir)
+    more = {p: ["--config.train.steps=16"] for p in (0, 1)}
+    # Process 1's view of step 12 is damaged: it would fall back to step 8 while process 0 restores 12.
+    split = run_processes(workdir, per_process=more, faults={1: ["--unreadable-step", "12"]})
+    for r in split:
+        errors = [line for line in r.stderr.splitlines() if line.startswith("gptjax: error:")]
+        assert r.returncode == 2 and len(errors) == 1, r.stderr[-2000:]
+        assert "restored different checkpoints" in errors[0] and "process 0: step 12, process 1: step 8" in errors[0]
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 8, 12]
+    assert not (workdir / "checkpoints_unreadable").exists(), "nothing is set aside without every process agreeing"
+    # Unreadable for both: set aside once, and the run resumes from step 8 exactly as it first ran.
+    both = run_processes(workdir, faults={0: ["--unreadable-step", "12"], 1: ["--unreadable-step", "12"]})
+    assert_ok(both)
+    assert "resuming from step 8" in both[0].stderr
+    assert [p.name.split("-")[0] for p in (workdir / "checkpoints_unreadable").iterdir()] == ["12"]
+    assert losses_by_step(workdir) == losses_by_step(two_process_run)
+
+
+def test_processes_with_different_workdirs_stop_with_one_clear_error(tmp_path, shakespeare_dir):
+    results = run_processes(tmp_path / "run", per_process={1: ["--workdir", str(tmp_path / "other")]})
+    for r in results:
+        errors = [line for line in r.stderr.splitlines() if line.startswith("gptjax: error:")]
+        assert r.returncode == 2 and len(errors) == 1, r.stderr[-2000:]
+        assert "the workdir differs between processes: process(es) 1" in errors[0]
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "other").exists()

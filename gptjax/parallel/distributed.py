@@ -133,6 +133,9 @@ def initialize(cluster: Cluster | None, *, init_timeout_s: int = INIT_TIMEOUT_S,
     return cluster.num_processes
 
 
+MAX_STEPS_COMPARED = 64  # unreadable steps compared across processes (a run keeps far fewer checkpoints)
+
+
 def config_digest(config_json: str) -> np.ndarray:
     """Eight uint32 words of the config's SHA-256: what the processes compare."""
     return np.frombuffer(hashlib.sha256(config_json.encode()).digest(), np.uint32).copy()
@@ -143,15 +146,59 @@ def mismatched_processes(digests_PW: np.ndarray) -> list[int]:
     return [p for p in range(1, digests_PW.shape[0]) if not np.array_equal(digests_PW[p], digests_PW[0])]
 
 
-def check_same_config(config_json: str) -> None:
-    """Every process must train the same config: one collective comparing their digests, one error on each process."""
-    if jax.process_count() == 1:
-        return
+def barrier(name: str) -> None:
+    """Waits until every process reaches the barrier `name` (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def gathered(values: np.ndarray) -> np.ndarray:
+    """[process, ...] every process's `values` (same shape and dtype everywhere): one collective."""
     from jax.experimental import multihost_utils
 
-    digests_PW = np.asarray(multihost_utils.process_allgather(config_digest(config_json)))
-    differing = mismatched_processes(digests_PW.reshape(jax.process_count(), -1))
-    if differing:
-        raise GptjaxError(f"the config differs between processes: process(es) {', '.join(map(str, differing))} "
-                          f"resolved another config than process 0; start every process with the same --config "
-                          f"and --config.* overrides")
+    return np.asarray(multihost_utils.process_allgather(values)).reshape(jax.process_count(), *values.shape)
+
+
+SAME_FIXES = {
+    "config": "start every process with the same --config and --config.* overrides",
+    "workdir": "give every process the same --workdir",
+    "data": "every process must read the same prepared data (one data.path, prepared once, seen alike by all hosts)",
+}
+
+
+def check_same(values: dict[str, str]) -> None:
+    """Every process must hold the same `values` (a name of SAME_FIXES -> its text): one collective comparing their
+    digests, and one error on every process naming the first that differs."""
+    if jax.process_count() == 1:
+        return
+    digests_PKW = gathered(np.stack([config_digest(text) for text in values.values()]))
+    for k, name in enumerate(values):
+        differing = mismatched_processes(digests_PKW[:, k])
+        if differing:
+            raise GptjaxError(f"the {name} differs between processes: process(es) {', '.join(map(str, differing))} "
+                              f"resolved another {name} than process 0; {SAME_FIXES[name]}")
+
+
+def check_same_config(config_json: str) -> None:
+    """Every process must train the same config."""
+    check_same({"config": config_json})
+
+
+def agreed_unreadable(restored_step: int, unreadable: list[int], directory: str) -> list[int]:
+    """The checkpoint steps every process found unreadable, once all processes restored the same step (-1: none);
+    processes that restored different steps see the same files differently, which is one error on every process."""
+    if jax.process_count() == 1:
+        return sorted(unreadable)
+    steps_P = gathered(np.asarray([restored_step], np.int64))[:, 0]
+    if len(set(steps_P.tolist())) > 1:
+        views = ", ".join(f"process {p}: {'none' if s < 0 else f'step {s}'}" for p, s in enumerate(steps_P.tolist()))
+        raise GptjaxError(f"the processes restored different checkpoints of {directory} ({views}): the hosts do not "
+                          f"see the same files alike; nothing was moved: make every host see the same checkpoints "
+                          f"(or move the disputed step aside by hand), then run the same command again")
+    newest = sorted(unreadable, reverse=True)[:MAX_STEPS_COMPARED]  # the same width on every process
+    marks = np.full(MAX_STEPS_COMPARED, -1, np.int64)
+    marks[:len(newest)] = newest
+    marks_PS = gathered(marks)
+    return sorted(set.intersection(*(set(row[row >= 0].tolist()) for row in marks_PS)))

@@ -34,6 +34,7 @@ from gptjax.export import (
 )
 from gptjax.fileio import staged_directory
 from gptjax.finetune.setup import attach_reference_logprobs, finetune_tokenizer, run_trainable_mask
+from gptjax.parallel import distributed
 from gptjax.parallel.mesh import make_mesh
 from gptjax.prepare.resolve import resolve_data
 from gptjax.train.metrics import MetricWriter, reproducibility_record
@@ -80,11 +81,6 @@ def write_workdir(cfg: Config, params: Mapping[str, Any], tokenizer: tokenizers.
     from step 0) treat it as any other run. `workdir` must not exist or be empty; it appears only when complete.
     Without a tokenizer (a weights-only import) the checkpoint meta holds tokenizer=None and the workdir has no
     tokenizer/ and no experiment file: such a model works on token ids only and cannot be trained."""
-    from gptjax.checkpoint import Checkpoints, checkpoint_meta
-    from gptjax.parallel.mesh import make_mesh
-    from gptjax.train.metrics import reproducibility_record
-    from gptjax.train.step import build_step
-
     config_lib.validate(cfg)
     workdir = Path(workdir).absolute()
     check_param_shapes({k: v.shape for k, v in flatten_params(params).items()}, expected_param_shapes(cfg.model),
@@ -446,6 +442,8 @@ def open_run(cfg: Config, workdir: str | Path, allow_data_change: bool = False) 
         data_dir, manifest, tok = open_data(cfg)
         cfg = with_vocab(cfg, tok.vocab_size)
     config_lib.validate(cfg)
+    data_identity = store.manifest_identity(manifest) if manifest is not None else str(data_dir)
+    distributed.check_same({"workdir": str(fileio.absolute(workdir)), "data": data_identity})
     mesh = make_mesh(cfg.mesh)
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if (cfg.train.batch_size // cfg.train.grad_accum) % batch_shards:
