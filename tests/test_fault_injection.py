@@ -260,3 +260,33 @@ def test_prepare_resumes_after_a_failing_write(tmp_path, capsys, monkeypatch):
         shutil.rmtree(tmp_path / "faulty")
 
     assert sweep(argv, tmp_path / "faulty", capsys, monkeypatch, after_fault) >= 5
+
+
+# ---- ablate --------------------------------------------------------------------------------------------------------
+
+def test_ablate_report_is_whole_or_absent(cache_dir, tmp_path, capsys, monkeypatch):
+    """The ablation's own writes (plan files, report.json, report.md, the plot) over finished runs; the runs' training
+    is `gptjax train`'s, swept above."""
+    from test_ablate import write_ablation_file
+
+    ablation = write_ablation_file(tmp_path / "abl.py", cache_dir, {"ln": {}, "rms": {"model.norm": "rmsnorm"}},
+                                   steps=4)
+    root = tmp_path / "runs"
+    argv = ["ablate", "--config", str(ablation), "--workdir", str(root), "--seeds", "1"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    expected = json.loads((root / "report.json").read_text())
+    reports = ("report.json", "report.md", "val_loss.png")
+
+    def after_fault(fail_at: int, error: str) -> None:
+        for name in reports:  # each report file is whole (the old one, or the new one), never cut short
+            if (root / name).exists() and name == "report.json":
+                assert json.loads((root / name).read_text()) == expected
+        assert not [p for p in root.iterdir() if ".tmp-" in p.name], "no temporary file is left"
+        assert main(argv) == 0
+        capsys.readouterr()
+        assert json.loads((root / "report.json").read_text()) == expected
+
+    for name in reports:
+        (root / name).unlink(missing_ok=True)
+    assert sweep(argv, root, capsys, monkeypatch, after_fault) >= 3

@@ -307,15 +307,16 @@ def plot_curves(report: dict, path: Path) -> Path:
         axis.legend()
     figure.suptitle(f"{report['name']}: val loss, mean ± std over seeds")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with fileio.atomic_open(path, "wb") as out:
+        figure.savefig(out, format="png", dpi=120)
     plt.close(figure)
     return path
 
 
 def write_report(plan: Plan) -> dict:
-    """Writes report.json, report.md and val_loss.png into the ablation's root; returns the report."""
+    """Writes val_loss.png, report.md and last report.json into the ablation's root, each whole; returns the report."""
     report = build_report(plan)
-    fileio.write_json_atomic(plan.root / REPORT_JSON, report)
-    fileio.write_text_atomic(plan.root / REPORT_MD, markdown_report(report))
     plot_curves(report, plan.root / PLOT_FILE)
+    fileio.write_text_atomic(plan.root / REPORT_MD, markdown_report(report))
+    fileio.write_json_atomic(plan.root / REPORT_JSON, report)
     return report

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gptjax import fileio
 from gptjax.errors import GptjaxError
 from gptjax.scaling.isoflop import IsoflopFit
 from gptjax.scaling.law import LossLaw, compute_optimal
@@ -53,6 +54,7 @@ def plot_isoflops(fit: IsoflopFit, path: str | Path, law: LossLaw | None = None)
                   title="optimal size vs compute")
     optima_ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with fileio.atomic_open(path, "wb") as out:
+        fig.savefig(out, format=Path(path).suffix.lstrip(".") or "png", dpi=120)
     plt.close(fig)
     return path
