@@ -146,7 +146,7 @@ def counted_model(cfg: Config, data_vocab: int) -> ModelConfig:
 
 def data_vocab_size(cfg: Config) -> int:
     """The vocabulary of the tokenizer the config's data is prepared with (preparing it on first use)."""
-    from gptjax.train.run import open_data
+    from gptjax.prepare.resolve import open_data
 
     return open_data(cfg)[2].vocab_size
 

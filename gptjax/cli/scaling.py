@@ -71,7 +71,7 @@ def _config_with_vocab(path: str, overrides: list[str]):
     cfg = load_config(path, overrides)
     if cfg.model.vocab_size == 0:
         from gptjax.data.tokenizer import with_vocab
-        from gptjax.train.run import open_data
+        from gptjax.prepare.resolve import open_data
 
         try:
             tokenizer = open_data(cfg)[2]

@@ -1,4 +1,5 @@
-"""`gptjax prepare` as a function, bundled datasets, and `resolve_data`: the prepared directory a config names.
+"""`gptjax prepare` as a function, bundled datasets, `resolve_data`: the prepared directory a config names, and
+`open_data`: that directory with its manifest and tokenizer, checked to agree.
 
 `prepare` runs the staged pipeline (gptjax.prepare.pipeline) with every filter off, so simple text is tokenized as it
 is; `gptjax prepare` on the command line turns the filters on. The output directory appears only when complete.
@@ -13,8 +14,9 @@ import json
 import os
 from pathlib import Path
 
-from gptjax.config import DataConfig, PrepareConfig
+from gptjax.config import Config, DataConfig, PrepareConfig
 from gptjax.data import store
+from gptjax.data import tokenizer as tokenizers
 from gptjax.data.sources import cache_root, local_data_dir, mixture_entries
 from gptjax.errors import GptjaxError
 from gptjax.fileio import sha256_file
@@ -29,7 +31,7 @@ BUNDLED = {
 }
 BUNDLED_DIR = Path(__file__).parent.parent / "data" / "bundled"
 __all__ = ["BUNDLED", "BUNDLED_DIR", "FORMAT_VERSION", "doc_in_val", "expand_inputs",
-           "prepare", "resolve_data"]
+           "open_data", "prepare", "resolve_data"]
 
 
 def expand_inputs(patterns: list[str] | tuple[str, ...]) -> list[Path]:
@@ -106,3 +108,14 @@ def _changed_prepare_settings(prepare: PrepareConfig) -> dict:
     if prepare.dedup == "near":  # near dedup's defaults have changed before: its settings always enter the key
         changed.update({name: getattr(prepare, name) for name in NEAR_DEDUP_SETTINGS})
     return changed
+
+
+def open_data(cfg: Config) -> tuple[Path, dict, tokenizers.Tokenizer]:
+    """(prepared data dir, its manifest, its tokenizer), checked to agree with each other."""
+    data_dir = resolve_data(cfg.data)
+    manifest = store.read_manifest(data_dir)
+    tok = tokenizers.load(data_dir / "tokenizer")
+    if manifest["tokenizer"]["fingerprint"] != tokenizers.fingerprint(tok):
+        raise GptjaxError(f"{data_dir}: tokenizer/ does not match the tokenizer its {store.MANIFEST} was prepared "
+                          f"with (fingerprints differ); re-run `gptjax prepare` for this directory")
+    return data_dir, manifest, tok

@@ -36,7 +36,7 @@ from gptjax.fileio import staged_directory
 from gptjax.finetune.setup import attach_reference_logprobs, finetune_tokenizer, run_trainable_mask
 from gptjax.parallel import distributed
 from gptjax.parallel.mesh import make_mesh
-from gptjax.prepare.resolve import resolve_data
+from gptjax.prepare.resolve import open_data
 from gptjax.train.metrics import MetricWriter, reproducibility_record
 from gptjax.train.optim import schedule_horizon
 from gptjax.train.state import TrainState
@@ -140,17 +140,6 @@ class StopSignals:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def open_data(cfg: Config) -> tuple[Path, dict, tokenizers.Tokenizer]:
-    """(prepared data dir, its manifest, its tokenizer), checked to agree with each other."""
-    data_dir = resolve_data(cfg.data)
-    manifest = store.read_manifest(data_dir)
-    tok = tokenizers.load(data_dir / "tokenizer")
-    if manifest["tokenizer"]["fingerprint"] != tokenizers.fingerprint(tok):
-        raise GptjaxError(f"{data_dir}: tokenizer/ does not match the tokenizer its {store.MANIFEST} was prepared "
-                          f"with (fingerprints differ); re-run `gptjax prepare` for this directory")
-    return data_dir, manifest, tok
 
 
 def resume_config(cfg: Config, saved: dict, step: int, workdir: Path) -> tuple[Config, list[str]]:
