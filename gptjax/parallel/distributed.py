@@ -165,6 +165,7 @@ SAME_FIXES = {
     "config": "start every process with the same --config and --config.* overrides",
     "workdir": "give every process the same --workdir",
     "data": "every process must read the same prepared data (one data.path, prepared once, seen alike by all hosts)",
+    "list of checkpoints": "every host must see the same checkpoints/ (one shared filesystem, or a gs:// workdir)",
 }
 
 

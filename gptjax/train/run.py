@@ -474,6 +474,8 @@ def _open_with_checkpoints(inputs: RunInputs, lock, checkpoints: Checkpoints) ->
     previous_record = _read_record(workdir)
     changes: list[str] = list(previous_record.get("changes", []))
     restored = None
+    # Restoring is collective: every process must take the same branch, from the same list of steps.
+    distributed.check_same({"list of checkpoints": ",".join(map(str, sorted(checkpoints.all_steps())))})
     if checkpoints.all_steps():
         newest = _newest_meta(checkpoints)
         if newest is not None:  # an incompatible config or other data is refused before anything is restored
