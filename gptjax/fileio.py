@@ -22,6 +22,7 @@ import shutil
 import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -256,11 +257,12 @@ def staged_directory(destination: str | Path, purpose: str) -> Iterator[Path]:
     destination = Path(destination)
     require_empty_destination(destination, purpose)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    for orphan in destination.parent.glob(f".{destination.name}.staging-*"):  # left by a process that died
-        if not _pid_alive(orphan.name.rsplit("-", 1)[-1]):
+    for orphan in destination.parent.glob(f".{destination.name}.staging-*"):
+        pid = orphan.name.rsplit(".staging-", 1)[-1].split("-")[0]
+        if pid == str(os.getpid()) or not _pid_alive(pid):  # an abandoned attempt of this process, or a dead one's
             shutil.rmtree(orphan, ignore_errors=True)
-    staging = destination.parent / f".{destination.name}.staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    # A fresh name for each attempt: writers a failed attempt left running (orbax's) never touch the next one.
+    staging = destination.parent / f".{destination.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
         yield staging

