@@ -151,12 +151,13 @@ class LM:
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 200, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int = 0, chunk: int = 0,
                  stream: Callable[[list[str]], None] | None = None, allow_extrapolation: bool = False) -> list[str]:
-        """Continuations of each prompt (an empty one starts from <|endoftext|>); `stream` receives each chunk's new
-        text per prompt as it is decoded. Limits as in `generate_ids`."""
+        """Continuations of each prompt (an empty one starts from <|endoftext|>; an hf tokenizer that adds BOS gets
+        BOS first, as HF's `tokenizer(prompt)`); `stream` receives each chunk's new text per prompt as it is decoded.
+        Limits as in `generate_ids`."""
         tokenizer = self._text_tokenizer("generate")
         if isinstance(prompts, str):
             prompts = [prompts]
-        prompt_ids = [tokenizer.encode(p) or [tokenizer.eot_id] for p in prompts]
+        prompt_ids = [tokenizers.prompt_ids(tokenizer, p) for p in prompts]
         on_chunk = None
         if stream is not None:
             on_chunk = lambda ids: stream([tokenizer.decode(t) for t in ids])

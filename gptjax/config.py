@@ -29,18 +29,31 @@ from gptjax.fileio import read_json
 NORMS = ("layernorm", "rmsnorm")
 NORM_PLACEMENTS = ("pre", "post")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
-MLPS = ("gelu", "swiglu")
+MLPS = ("gelu", "swiglu", "geglu")
+ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
+LAYER_KINDS = {"L": "local", "G": "global"}  # model.layer_pattern letters
 ATTENTION_PATTERNS = ("dense", "local", "strided")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attn_out")
 DTYPES = ("float32", "bfloat16", "float16")
-SCHEDULES = ("cosine", "wsd", "constant")
+MOE_ROUTERS = ("softmax_topk", "topk_softmax")
+MOE_DISPATCHES = ("dropless", "capacity")
+SCHEDULES = ("cosine", "wsd", "constant", "linear", "inverse_sqrt", "cosine_restarts")
+WSD_DECAYS = ("linear", "cosine", "1-sqrt")  # the shape of WSD's final decay
+OPTIMIZERS = ("adamw", "muon", "lion", "adafactor", "sgd")
+# the optimizer settings that only some optimizers read (train.optimizer values); changing one of them from its
+# default while another optimizer is chosen is an error
+OPTIMIZER_SETTINGS = {
+    "beta1": ("adamw", "muon", "lion"), "beta2": ("adamw", "muon", "lion"), "eps": ("adamw", "muon"),
+    "muon_lr": ("muon",), "muon_momentum": ("muon",), "muon_ns_steps": ("muon",),
+    "sgd_momentum": ("sgd",), "adafactor_factor_min_dim": ("adafactor",),
+}
 OBJECTIVES = ("lm", "classify", "sft", "dpo")
 FINETUNE_OBJECTIVES = ("classify", "sft", "dpo")  # objectives that start from train.init_from and read records
 LORA_TARGETS = ("q", "k", "v", "o", "mlp")
 FINETUNE_TASKS = ("sms_spam", "instruction", "preference", "classification")
 TEMPLATES = ("alpaca", "chat")
-TOKENIZERS = ("char", "sentencepiece", "gpt2_bpe")
+TOKENIZERS = ("char", "sentencepiece", "gpt2_bpe", "hf")
 SENTENCEPIECE_MODEL_TYPES = ("bpe", "unigram")
 DEDUP_MODES = ("none", "exact", "near")
 BOILERPLATE_MODES = ("none", "line", "paragraph")
@@ -129,6 +142,7 @@ class ModelConfig:
     n_head: int = bounded(6, lo=1)
     n_kv_head: int = bounded(0, lo=0)  # 0 = n_head (MHA); fewer = GQA; 1 = MQA
     d_model: int = bounded(384, lo=1)
+    d_head: int = bounded(0, lo=0)  # width of one attention head; 0 = d_model / n_head (Gemma, Qwen3 decouple it)
     d_ff: int = bounded(0, lo=0)  # 0 = 4*d_model for gelu, ~8/3*d_model rounded up to a multiple of 64 for swiglu
     norm: str = choice("layernorm", NORMS)
     norm_placement: str = choice("pre", NORM_PLACEMENTS)
@@ -136,13 +150,34 @@ class ModelConfig:
     position: str = choice("learned", POSITIONS)
     max_positions: int = bounded(0, lo=0)  # learned/sinusoidal table length; 0 = block_size
     rope_theta: float = bounded(10000.0, lo=0, lo_open=True)
+    # context extension of rope (global layers): positions / factor (linear), Llama 3's frequency bands, or YaRN
+    rope_scaling: str = choice("none", ROPE_SCALINGS)
+    rope_factor: float = bounded(1.0, lo=0, lo_open=True)
+    rope_original_positions: int = bounded(0, lo=0)  # llama3 / yarn: the context the model was pretrained at
+    rope_low_freq_factor: float = bounded(1.0, lo=0, lo_open=True)  # llama3
+    rope_high_freq_factor: float = bounded(4.0, lo=0, lo_open=True)  # llama3
+    rope_beta_fast: float = bounded(32.0, lo=0, lo_open=True)  # yarn
+    rope_beta_slow: float = bounded(1.0, lo=0, lo_open=True)  # yarn
+    rope_attention_factor: float = bounded(0.0, lo=0)  # yarn: cos/sin multiplier; 0 = 0.1·ln(factor) + 1
+    rope_local_theta: float = bounded(0.0, lo=0)  # theta of the local ('L') layers, unscaled; 0 = rope_theta
     mlp: str = choice("gelu", MLPS)
     gelu_approximate: bool = True  # tanh GELU (GPT-2, HF "gelu_new"); False = exact erf GELU (nanoGPT, HF "gelu")
     attention: str = choice("dense", ATTENTION_PATTERNS)
     window: int = bounded(128, lo=1)  # local: each query sees the last `window` positions, itself included
     stride: int = bounded(64, lo=1)  # strided: block length; the last position of every block is a summary position
+    # per-layer attention kinds, cycled over the layers: 'L' = local (`window`), 'G' = global (dense), e.g. "LLLLLG"
+    # (Gemma 3) or "LG" (Gemma 2); "" = every layer follows `attention`
+    layer_pattern: str = ""
     attention_impl: str = choice("xla", ATTENTION_IMPLS)
+    qk_norm: bool = False  # RMSNorm over head_dim on queries and keys (Qwen3, Gemma 3, OLMo 2)
+    attn_softcap: float = bounded(0.0, lo=0)  # > 0: attention logits -> cap·tanh(logits / cap) (Gemma 2)
+    logit_softcap: float = bounded(0.0, lo=0)  # > 0: output logits -> cap·tanh(logits / cap) (Gemma 2)
+    query_scale_dim: int = bounded(0, lo=0)  # scores scaled by query_scale_dim^-1/2 (Gemma); 0 = head dim
+    embed_scale: bool = False  # embeddings multiplied by sqrt(d_model) (Gemma)
+    norm_offset: bool = False  # norm gains stored as w, applied as 1 + w (Gemma)
+    sandwich_norm: bool = False  # extra norms on the attention and MLP outputs before each residual add (Gemma 2/3)
     use_bias: bool = True
+    qkv_bias: bool = False  # biases on the query/key/value projections only (Qwen2); use_bias=True puts them everywhere
     tie_embeddings: bool = True
     dropout: float = bounded(0.0, lo=0, hi=1, hi_open=True)
     init_std: float = bounded(0.02, lo=0, lo_open=True)
@@ -157,6 +192,20 @@ class ModelConfig:
     lora_alpha: float = bounded(16.0, lo=0, lo_open=True)
     lora_targets: tuple[str, ...] = ("q", "v")  # of q, k, v, o (attention projections), mlp (every MLP matmul)
     lora_dropout: float = bounded(0.0, lo=0, hi=1, hi_open=True)  # dropout on the adapters' input (peft's)
+    # mixture of experts (gptjax.model.moe): the MLP of the MoE layers becomes moe_experts routed experts
+    moe_experts: int = bounded(0, lo=0)  # 0 = every layer keeps the dense MLP
+    moe_top_k: int = bounded(2, lo=1)  # experts each token is routed to
+    moe_d_ff: int = bounded(0, lo=0)  # hidden width of one expert (and of each shared expert); 0 = ff_dim
+    # softmax_topk: softmax over all experts, then the top k (Mixtral, Qwen3-MoE); topk_softmax: softmax over the top k
+    moe_router: str = choice("softmax_topk", MOE_ROUTERS)
+    moe_renormalize: bool = True  # top-k weights rescaled to sum to 1 (Mixtral; Qwen3-MoE's norm_topk_prob)
+    moe_shared_experts: int = bounded(0, lo=0)  # always-on experts of width moe_d_ff, summed in (DeepSeek)
+    moe_first_dense: int = bounded(0, lo=0)  # the first k layers keep the dense MLP
+    moe_every: int = bounded(1, lo=1)  # after those, every n-th layer is MoE (Qwen's decoder_sparse_step)
+    moe_dispatch: str = choice("dropless", MOE_DISPATCHES)  # dropless: sorted tokens, ragged_dot; capacity: static
+    moe_capacity_factor: float = bounded(1.25, lo=0, lo_open=True)  # capacity: slots per expert over tokens·k/E
+    moe_aux_loss_weight: float = bounded(0.01, lo=0)  # Switch/GShard load-balancing loss, mean over MoE layers
+    moe_z_loss_weight: float = bounded(0.001, lo=0)  # router z-loss mean(logsumexp(router logits)²) (ST-MoE)
 
     @property
     def kv_heads(self) -> int:
@@ -164,7 +213,24 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_head
+        return self.d_head or self.d_model // self.n_head
+
+    def layer_kind(self, index: int) -> str:
+        """'local' or 'global' under `layer_pattern`; else the kind every layer has ('local' under attention=local)."""
+        if self.layer_pattern:
+            return LAYER_KINDS[self.layer_pattern[index % len(self.layer_pattern)]]
+        return "local" if self.attention == "local" else "global"
+
+    def is_moe_layer(self, index: int) -> bool:
+        """Whether layer `index` has a mixture of experts: the every-th, 2·every-th, ... layer after the first
+        moe_first_dense dense ones (every layer with the defaults; Qwen's decoder_sparse_step counts alike)."""
+        after_dense = index - self.moe_first_dense
+        return self.moe_experts > 0 and after_dense >= 0 and (after_dense + 1) % self.moe_every == 0
+
+    @property
+    def moe_ff_dim(self) -> int:
+        """Hidden width of one routed (or shared) expert."""
+        return self.moe_d_ff or self.ff_dim
 
     @property
     def ff_dim(self) -> int:
@@ -264,17 +330,32 @@ class TrainConfig:
     min_lr: float = bounded(1e-4, lo=0, resume=Resume.RECORDED)
     warmup_steps: int = bounded(100, lo=0, resume=Resume.RECORDED)
     schedule: str = choice("cosine", SCHEDULES, resume=Resume.RECORDED)
-    # cosine: 0 = schedule horizon; wsd: length of the final linear decay (0 = horizon // 5)
+    # cosine, linear: where the decay ends (0 = schedule horizon); wsd: length of the final decay (0 = horizon // 5)
     decay_steps: int = bounded(0, lo=0, resume=Resume.RECORDED)
+    wsd_decay: str = choice("linear", WSD_DECAYS, resume=Resume.RECORDED)  # schedule=wsd: the final decay's shape
+    # schedule=cosine_restarts: equal cycles over the horizon, each a warmup then a cosine to min_lr
+    cycles: int = bounded(1, lo=1, resume=Resume.RECORDED)
     # LR schedule horizon; 0 = train.steps of the run that started (kept when resuming)
     schedule_steps: int = bounded(0, lo=0, resume=Resume.RECORDED)
+    # the optimizer (gptjax.train.optim); its state is in the checkpoint, so a resumed run keeps it
+    optimizer: str = choice("adamw", OPTIMIZERS)
     beta1: float = bounded(0.9, lo=0, hi=1, hi_open=True, resume=Resume.RECORDED)
     beta2: float = bounded(0.99, lo=0, hi=1, hi_open=True, resume=Resume.RECORDED)
     eps: float = bounded(1e-8, lo=0, lo_open=True, resume=Resume.RECORDED)
+    # muon: the peak lr of the hidden matrices (the rest take train.lr), on train.lr's schedule
+    muon_lr: float = bounded(0.02, lo=0, lo_open=True, resume=Resume.RECORDED)
+    muon_momentum: float = bounded(0.95, lo=0, hi=1, hi_open=True, resume=Resume.RECORDED)  # Nesterov
+    muon_ns_steps: int = bounded(5, lo=1, resume=Resume.RECORDED)  # Newton–Schulz iterations
+    sgd_momentum: float = bounded(0.9, lo=0, hi=1, hi_open=True, resume=Resume.RECORDED)  # Nesterov
+    # adafactor: factor the second moment of params whose second-largest dim is at least this
+    adafactor_factor_min_dim: int = bounded(128, lo=1)
     weight_decay: float = bounded(0.1, lo=0, resume=Resume.RECORDED)
     grad_clip: float = bounded(1.0, lo=0, resume=Resume.RECORDED)  # 0 = off
     # skip an update whose loss exceeds this many times the running mean (0 = off)
     spike_factor: float = bounded(0.0, lo=1, lo_open=True, also=(0,), resume=Resume.RECORDED)
+    # an exponential moving average of the weights, this much of the old average kept per step (0 = off); kept in
+    # the state and checkpoint and evaluated beside the weights (val_loss_ema)
+    ema_decay: float = bounded(0.0, lo=0, hi=1, hi_open=True, resume=Resume.RECORDED)
     z_loss: float = bounded(0.0, lo=0, resume=Resume.RECORDED)
     eval_every: int = bounded(250, lo=1, resume=Resume.FREE)
     eval_batches: int = bounded(20, lo=1, resume=Resume.FREE)
@@ -580,22 +661,83 @@ def validate(cfg: Config) -> None:
     for leaf in leaf_fields(cfg):
         _check_declared(leaf)
     m, t = cfg.model, cfg.train
-    _check(m.d_model % m.n_head == 0, f"model.d_model={m.d_model} must be divisible by model.n_head={m.n_head}")
+    _check(m.d_head > 0 or m.d_model % m.n_head == 0,
+           f"model.d_model={m.d_model} must be divisible by model.n_head={m.n_head} (or set model.d_head)")
+    bad_letters = sorted(set(m.layer_pattern) - set(LAYER_KINDS))
+    _check(not bad_letters, f"model.layer_pattern='{m.layer_pattern}' has {', '.join(map(repr, bad_letters))}; use the "
+                            f"letters L (local, model.window) and G (global)")
+    _check(not m.layer_pattern or m.attention == "dense",
+           f"model.layer_pattern='{m.layer_pattern}' sets each layer's kind; it needs model.attention='dense', "
+           f"got '{m.attention}'")
+    _check(m.rope_scaling == "none" or m.position == "rope",
+           f"model.rope_scaling='{m.rope_scaling}' needs model.position='rope', got '{m.position}'")
+    _check(m.rope_scaling not in ("llama3", "yarn") or m.rope_original_positions > 0,
+           f"model.rope_scaling='{m.rope_scaling}' needs model.rope_original_positions (the pretraining context)")
+    _check(m.rope_scaling != "llama3" or m.rope_high_freq_factor > m.rope_low_freq_factor,
+           f"model.rope_high_freq_factor={m.rope_high_freq_factor} must be above model.rope_low_freq_factor="
+           f"{m.rope_low_freq_factor}")
     _check(m.n_head % m.kv_heads == 0, f"model.n_head={m.n_head} must be divisible by model.n_kv_head={m.kv_heads}")
     _check(m.position != "rope" or m.head_dim % 2 == 0,
-           f"position='rope' needs an even head dim (model.d_model / n_head), got {m.head_dim}")
+           f"position='rope' needs an even head dim (model.d_head or d_model / n_head), got {m.head_dim}")
     _check(m.block_size <= m.position_limit,
            f"model.block_size={m.block_size} is above the position limit {m.position_limit} of "
            f"position='{m.position}' (raise model.max_positions or lower block_size)")
     _check(t.batch_size % t.grad_accum == 0,
            f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
     _check(t.min_lr <= t.lr, f"train.min_lr={t.min_lr} must be <= train.lr={t.lr}")
+    _check_optimizer_and_schedule(t)
     unknown_targets = [x for x in m.lora_targets if x not in LORA_TARGETS]
     _check(not unknown_targets, f"model.lora_targets has {', '.join(unknown_targets)}, not among the LoRA targets "
                                 f"{', '.join(LORA_TARGETS)}")
     _check(m.lora_rank == 0 or m.lora_targets, "model.lora_rank > 0 needs at least one of model.lora_targets")
+    _check_moe(m, cfg.mesh)
     _check_finetune(cfg)
     eval_task_specs(cfg.train.eval_tasks)
+
+
+def _check_moe(m: ModelConfig, mesh: MeshConfig) -> None:
+    """The rules a mixture-of-experts config must keep (nothing to check without experts)."""
+    if m.moe_experts == 0:
+        return
+    _check(m.moe_top_k <= m.moe_experts,
+           f"model.moe_top_k={m.moe_top_k} must be <= model.moe_experts={m.moe_experts} (each token picks distinct "
+           f"experts)")
+    _check(any(m.is_moe_layer(i) for i in range(m.n_layer)),
+           f"model.moe_first_dense={m.moe_first_dense} and model.moe_every={m.moe_every} leave no MoE layer among "
+           f"model.n_layer={m.n_layer}; lower them or set model.moe_experts=0")
+    _check(not m.scan_layers or (m.moe_first_dense == 0 and m.moe_every == 1),
+           f"model.scan_layers=True needs every layer alike, but model.moe_first_dense={m.moe_first_dense} / "
+           f"model.moe_every={m.moe_every} mix dense and MoE layers; set them to 0 / 1 or model.scan_layers=False")
+    _check(m.lora_rank == 0 or "mlp" not in m.lora_targets,
+           "model.lora_targets='mlp' has no adapters for expert MLPs (model.moe_experts > 0); target the attention "
+           "projections (q, k, v, o) instead")
+    if mesh.fsdp > 0:
+        check_experts_divide(m, mesh.fsdp)
+
+
+def check_experts_divide(m: ModelConfig, fsdp: int) -> None:
+    """Experts are sharded over the fsdp mesh axis (expert parallelism): each device must hold whole experts."""
+    _check(m.moe_experts % fsdp == 0,
+           f"model.moe_experts={m.moe_experts} is not divisible by the expert mesh axis mesh.fsdp={fsdp} (experts "
+           f"are sharded over fsdp); choose a mesh.fsdp that divides it")
+
+
+def _check_optimizer_and_schedule(t: TrainConfig) -> None:
+    """Settings of another optimizer or schedule than the chosen one, and what a schedule needs."""
+    defaults = TrainConfig()
+    for name, optimizers in OPTIMIZER_SETTINGS.items():
+        value = getattr(t, name)
+        _check(t.optimizer in optimizers or value == getattr(defaults, name),
+               f"train.{name}={value} is a setting of train.optimizer={' or '.join(optimizers)}, not of "
+               f"train.optimizer={t.optimizer} (remove it or choose one of those optimizers)")
+    for name, schedule in (("wsd_decay", "wsd"), ("cycles", "cosine_restarts")):
+        value = getattr(t, name)
+        _check(t.schedule == schedule or value == getattr(defaults, name),
+               f"train.{name}={value} is a setting of train.schedule={schedule}, not of train.schedule={t.schedule} "
+               f"(remove it or set train.schedule={schedule})")
+    _check(t.schedule != "inverse_sqrt" or t.warmup_steps >= 1,
+           "train.schedule=inverse_sqrt needs train.warmup_steps >= 1 (after the warmup the lr is "
+           "lr·sqrt(warmup_steps/step))")
 
 
 def eval_task_specs(entries: tuple[str, ...]) -> list[tuple[str, int | None]]:

@@ -277,7 +277,13 @@ def test_shipped_ablations_plan(cache_dir, tmp_path, path):
                 "positions": {p: 600 for p in config_lib.POSITIONS},
                 "attention": {"dense": 600, "local": 647, "strided": 647},
                 "mlp": {"gelu": 600, "swiglu": 600},
-                "heads": {"mha": 600, "gqa": 647, "mqa": 673}}[path.stem]
+                "heads": {"mha": 600, "gqa": 647, "mqa": 673},
+                # two of three layers local (L,G,L and L,L,G): 6*344064 + 12*96*(16+16+64) = 2174976 -> 630.5
+                "attention_layers": {"global": 600, "LG": 631, "LLG": 631, "local": 647},
+                "qk_norm": {"plain": 600, "qk_norm": 600, "plain_lr4e-2": 600, "qk_norm_lr4e-2": 600},
+                # active FLOPs: the dense MLP + a 96 x 8 router per layer (+6*3*768 -> 596.4); 8x the MLP -> 118.5
+                "moe": {"dense": 600, "moe_8x_top1": 596, "moe_8x_half_top2": 596,
+                        "dense_equal_params": 118}}[path.stem]
     assert steps == expected
     if path.stem == "mlp":
         counts = {v: report_lib.param_counts(plan.runs_of(v)[0]) for v in plan.variants}

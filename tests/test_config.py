@@ -127,6 +127,13 @@ def test_edge_values_inside_the_range_are_accepted(key, value):
     ({"model.n_head": 4, "model.n_kv_head": 8}, "model.n_head=4 must be divisible by model.n_kv_head=8"),
     ({"model.position": "rope", "model.d_model": 30, "model.n_head": 2}, "even head dim"),
     ({"model.max_positions": 8}, "above the position limit 8"),
+    ({"model.layer_pattern": "LGX"}, "model.layer_pattern='LGX' has 'X'; use the letters L (local"),
+    ({"model.layer_pattern": "LG", "model.attention": "local"}, "it needs model.attention='dense', got 'local'"),
+    ({"model.rope_scaling": "linear"}, "model.rope_scaling='linear' needs model.position='rope', got 'learned'"),
+    ({"model.position": "rope", "model.rope_scaling": "yarn"}, "needs model.rope_original_positions"),
+    ({"model.position": "rope", "model.rope_scaling": "llama3", "model.rope_original_positions": 64,
+      "model.rope_low_freq_factor": 4.0}, "model.rope_high_freq_factor=4.0 must be above"),
+    ({"model.d_model": 100, "model.n_head": 6, "model.d_head": 0}, "(or set model.d_head)"),
     ({"train.batch_size": 12, "train.grad_accum": 5}, "train.batch_size=12 must be divisible by train.grad_accum=5"),
     ({"train.lr": 1e-3, "train.min_lr": 2e-3}, "train.min_lr=0.002 must be <= train.lr=0.001"),
 ])
@@ -239,7 +246,9 @@ FREE_KEYS = {"name", "train.steps", "train.eval_every", "train.eval_batches", "t
              "mesh.fsdp", "mesh.tensor", "train.eval_tasks", "train.eval_data", "finetune.samples",
              "finetune.max_new_tokens"}
 RECORDED_KEYS = {f"train.{k}" for k in ("lr", "min_lr", "warmup_steps", "grad_clip", "weight_decay", "beta1", "beta2",
-                                        "eps", "schedule", "decay_steps", "schedule_steps", "spike_factor", "z_loss")
+                                        "eps", "schedule", "decay_steps", "schedule_steps", "spike_factor", "z_loss",
+                                        "wsd_decay", "cycles", "muon_lr", "muon_momentum", "muon_ns_steps",
+                                        "sgd_momentum", "ema_decay")
                  } | {"finetune.beta", "finetune.label_smoothing"}
 
 

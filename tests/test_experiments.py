@@ -12,10 +12,12 @@ from conftest import REPO
 
 from gptjax import config as config_lib
 from gptjax.model.transformer import Transformer, count_params
+from gptjax.parallel.mesh import mesh_shape
 
 EXPERIMENTS = sorted((REPO / "experiments").glob("*.py"))
 EXPECTED_PARAMS = {"gpt2_124m": (124e6, 125e6), "gpt2_350m": (354e6, 356e6), "gpt2_774m": (774e6, 775e6),
-                   "gpt2_1.5b": (1557e6, 1558e6), "llama_1b": (1100e6, 1101e6), "llama_7b": (6738e6, 6739e6)}
+                   "gpt2_1.5b": (1557e6, 1558e6), "llama_1b": (1100e6, 1101e6), "llama_7b": (6738e6, 6739e6),
+                   "mixtral_8x7b": (46702e6, 46703e6)}
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
@@ -55,5 +57,10 @@ def test_large_experiment_names_a_topology_it_shards_evenly_on(path: Path):
     topology = cc.parse_topology(module.TOPOLOGY)
     assert f"--topology {module.TOPOLOGY}" in module.__doc__, "the docstring names its target"
     cfg = cc.with_known_vocab(config_lib.to_config(config_lib.load_experiment(path)))
-    assert (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) == (1, -1, 1), "fsdp over every chip"
-    assert cc.sharding_problem(cfg, {"data": 1, "fsdp": topology.chips, "tensor": 1}) is None
+    if cfg.model.moe_experts:  # experts are sharded over fsdp, which must divide them: tensor takes the other chips
+        shape = dict(zip(("data", "fsdp", "tensor"), mesh_shape(cfg.mesh, topology.chips)))
+        assert shape["data"] == 1 and shape["fsdp"] == cfg.model.moe_experts
+    else:
+        assert (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) == (1, -1, 1), "fsdp over every chip"
+        shape = {"data": 1, "fsdp": topology.chips, "tensor": 1}
+    assert cc.sharding_problem(cfg, shape) is None

@@ -41,6 +41,13 @@ CASES = [dict(position=p) for p in ("learned", "sinusoidal", "rope", "alibi", "n
     dict(position="rope", attention="local", window=4), dict(position="learned", attention="strided", stride=4),
     dict(position="rope", n_kv_head=1, mlp="swiglu", norm="rmsnorm"), dict(norm_placement="post", n_kv_head=2),
     dict(scan_layers=True, position="alibi", attention="local", window=3),
+    # the switches of the 2024-26 families (Qwen3, Gemma 2/3, Llama 3, YaRN)
+    dict(position="rope", qk_norm=True, d_head=8, attn_softcap=2.0, logit_softcap=5.0, query_scale_dim=12),
+    dict(position="rope", norm="rmsnorm", mlp="geglu", norm_offset=True, embed_scale=True, sandwich_norm=True,
+         layer_pattern="LG", window=4, rope_local_theta=100.0, rope_scaling="linear", rope_factor=4.0),
+    dict(scan_layers=True, position="rope", layer_pattern="GL", window=3, rope_scaling="yarn", rope_factor=4.0,
+         rope_original_positions=8, qkv_bias=True, use_bias=False),
+    dict(position="rope", rope_scaling="llama3", rope_factor=8.0, rope_original_positions=8),
 ]
 
 

@@ -147,9 +147,9 @@ def test_the_model_gives_xla_attention_the_mup_scale(monkeypatch):
     cfg = wide("mup", 128)
     scales = []
 
-    def spy(q, k, v, mask, bias=None, dropout_rng=None, dropout_rate=0.0, scale=None):
+    def spy(q, k, v, mask, bias=None, dropout_rng=None, dropout_rate=0.0, scale=None, cap=0.0):
         scales.append(scale)
-        return xla_attention(q, k, v, mask, bias, dropout_rng, dropout_rate, scale)
+        return xla_attention(q, k, v, mask, bias, dropout_rng, dropout_rate, scale, cap)
 
     xla_attention = attention.xla_attention
     monkeypatch.setattr(attention, "xla_attention", spy)

@@ -1,7 +1,10 @@
-"""Tokenizers: char-level, sentencepiece (BPE/unigram, byte fallback) and GPT-2 byte-level BPE.
+"""Tokenizers: char-level, sentencepiece (BPE/unigram, byte fallback), GPT-2 byte-level BPE, and any Hugging Face
+`tokenizers` tokenizer.json (`hf`: Llama 3, Mistral, Qwen, Gemma, ...).
 
 Each is a set of files (`files() -> {name: bytes}`) plus a kind, so it can be saved beside data, inside every
-checkpoint and export, and rebuilt from them alone. `<|endoftext|>` is a control token placed between documents.
+checkpoint and export, and rebuilt from them alone. An end-of-text token (`eot_id`: `<|endoftext|>`, or an hf
+family's EOS) is placed between documents; no BOS is added inside documents (`prompt_ids` adds it to a prompt
+where the family's own tokenizer would).
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ SENTENCEPIECE_SEED = 0  # fixes sentencepiece's sentence sampling, so the same t
 
 class Tokenizer(Protocol):
     kind: str
+    bos_id: int | None  # the family's BOS token (hf kinds that have one), else None
+    add_bos: bool  # whether the family's own tokenizer puts BOS at the start of a sequence
 
     @property
     def vocab_size(self) -> int: ...
@@ -53,6 +58,8 @@ class CharTokenizer:
     """One id per character seen in training (sorted, as nanoGPT), then `<|endoftext|>`."""
 
     kind = "char"
+    bos_id: int | None = None
+    add_bos = False
 
     def __init__(self, chars: str):
         self.chars = chars
@@ -91,6 +98,8 @@ class SentencePieceTokenizer:
     """A sentencepiece model; `<|endoftext|>` is a control symbol, newline a piece of its own, bytes fall back."""
 
     kind = "sentencepiece"
+    bos_id: int | None = None
+    add_bos = False
 
     def __init__(self, model_proto: bytes):
         import sentencepiece as spm
@@ -166,6 +175,8 @@ class Gpt2BpeAdapter:
     """GPT-2's byte-level BPE (gptjax.data.gpt2_bpe) behind the common tokenizer interface."""
 
     kind = "gpt2_bpe"
+    bos_id: int | None = None
+    add_bos = False
 
     def __init__(self, vocab_json: bytes, merges_txt: bytes):
         import tempfile
@@ -205,6 +216,217 @@ class Gpt2BpeAdapter:
 
     def files(self) -> dict[str, bytes]:
         return {SPEC_FILE: json.dumps({"kind": self.kind}).encode(), **self._files}
+
+
+HF_FILE = "hf_tokenizer.json"  # an hf tokenizer's Hugging Face tokenizer.json, kept byte for byte
+HF_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "config.json")
+EOS_NAMES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")  # tried in order when no file names the EOS
+
+
+def special_token_text(value: object) -> str | None:
+    """A special token as tokenizer_config.json / special_tokens_map.json write it: a string or {"content": ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def first_token_id(value: object) -> int | None:
+    """A token id as config.json / generation_config.json write it: an int or a list of ints (the first counts)."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _chat_template(tok_config: dict, directory: Path) -> str | None:
+    """The chat template of tokenizer_config.json (the `default` one of a list), else chat_template.jinja's."""
+    template = tok_config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default", next(iter(named.values()), None))
+    if isinstance(template, str):
+        return template
+    jinja = directory / "chat_template.jinja"
+    return jinja.read_text(encoding="utf-8") if jinja.is_file() else None
+
+
+def _hf_backend(tokenizer_json: bytes, where: str):
+    """The `tokenizers.Tokenizer` of a tokenizer.json's bytes."""
+    try:
+        from tokenizers import Tokenizer as HfBackend
+    except ImportError:
+        raise GptjaxError("the hf tokenizer needs the `tokenizers` package: pip install 'gptjax[hf]'") from None
+    try:
+        return HfBackend.from_str(tokenizer_json.decode("utf-8"))
+    except Exception as e:  # tokenizers raises plain Exceptions for malformed files
+        raise GptjaxError(f"{where} is not a Hugging Face tokenizers tokenizer.json ({e}); save it again with "
+                          f"tokenizer.save_pretrained") from None
+
+
+class HfTokenizer:
+    """A Hugging Face `tokenizers` tokenizer.json (the format Llama 3, Mistral, Qwen, Gemma ship), encoding as
+    transformers' `encode(text, add_special_tokens=False)` and decoding as its `decode(ids)`.
+
+    Special (added) tokens in a text are recognised as HF does. The end-of-text id is the family's EOS. `bos_id` is
+    its BOS and `add_bos` whether its tokenizer.json's post-processor puts it before a sequence (documents get
+    none; `prompt_ids` adds it to prompts). `chat_template` is the family's Jinja template, kept for callers."""
+
+    kind = "hf"
+
+    def __init__(self, tokenizer_json: bytes, eos_token: str, bos_token: str | None = None,
+                 chat_template: str | None = None, clean_up_tokenization_spaces: bool = False,
+                 where: str = HF_FILE):
+        self.tokenizer_json = tokenizer_json
+        self._tok = _hf_backend(tokenizer_json, where)
+        _check_ids(self._tok, tokenizer_json, where)
+        self.eos_token, self.chat_template = eos_token, chat_template
+        self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
+        self._eot = self._token_id(eos_token, "eos_token", where)
+        prefix = self._post_processor_prefix()
+        if bos_token is None and len(prefix) == 1:
+            bos_token = self._tok.id_to_token(prefix[0])
+        self.bos_token = bos_token
+        self.bos_id = None if bos_token is None else self._token_id(bos_token, "bos_token", where)
+        self.add_bos = self.bos_id is not None and prefix == [self.bos_id]
+
+    @classmethod
+    def from_dir(cls, directory: str | Path, model_config: dict | None = None) -> "HfTokenizer":
+        """From an HF model or tokenizer directory: tokenizer.json, plus (if present) tokenizer_config.json,
+        special_tokens_map.json, generation_config.json and config.json (or `model_config`) for its special tokens."""
+        directory = Path(directory)
+        path = directory / "tokenizer.json"
+        if not path.is_file():
+            raise GptjaxError(f"no Hugging Face tokenizer in {directory} (expected {path}); point --tokenizer-dir at "
+                              f"a directory holding the model's tokenizer.json")
+        side = {name: _json_object(directory / name) for name in HF_SIDE_FILES}
+        if model_config is not None:
+            side["config.json"] = dict(model_config)
+        tok_config, special_map = side["tokenizer_config.json"], side["special_tokens_map.json"]
+        tokenizer_json = path.read_bytes()
+        backend = _hf_backend(tokenizer_json, str(path))
+        eos = _family_token("eos", tok_config, special_map, side, backend)
+        if eos is None:
+            raise GptjaxError(f"{directory} names no EOS token (no eos_token in tokenizer_config.json, no "
+                              f"eos_token_id in generation_config.json or config.json, no token "
+                              f"{' / '.join(EOS_NAMES)}); gptjax needs one to end documents: set eos_token in "
+                              f"{directory / 'tokenizer_config.json'}")
+        return cls(tokenizer_json, eos, _family_token("bos", tok_config, special_map, side, backend),
+                   _chat_template(tok_config, directory), tok_config.get("clean_up_tokenization_spaces") is True,
+                   str(path))
+
+    @classmethod
+    def from_files(cls, spec: dict, files: dict[str, bytes]) -> "HfTokenizer":
+        """From its saved files: the HF tokenizer.json (as HF_FILE) and the spec `files()` writes."""
+        return cls(files[HF_FILE], spec["eos_token"], spec.get("bos_token"), spec.get("chat_template"),
+                   bool(spec.get("clean_up_tokenization_spaces")))
+
+    def _token_id(self, token: str, role: str, where: str) -> int:
+        token_id = self._tok.token_to_id(token)
+        if token_id is None:
+            raise GptjaxError(f"{where}: the {role} {token!r} is not a token of this tokenizer; fix {role} in "
+                              f"tokenizer_config.json")
+        return token_id
+
+    def _post_processor_prefix(self) -> list[int]:
+        """The ids the post-processor puts before a sequence (e.g. Llama's BOS), found by encoding with and without
+        special tokens."""
+        plain = self._tok.encode("a", add_special_tokens=False).ids
+        full = self._tok.encode("a", add_special_tokens=True).ids
+        for start in range(len(full) - len(plain) + 1):
+            if full[start:start + len(plain)] == plain:
+                return full[:start]
+        return []
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eot_id(self) -> int:
+        return self._eot
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        text = self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+        if self.clean_up_tokenization_spaces and type(self._tok.model).__name__ != "BPE":  # as transformers 5
+            for spaced, tight in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                                  (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+                text = text.replace(spaced, tight)
+        return text
+
+    def files(self) -> dict[str, bytes]:
+        spec = {"kind": self.kind, "eos_token": self.eos_token, "bos_token": self.bos_token,
+                "chat_template": self.chat_template,
+                "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces}
+        return {SPEC_FILE: json.dumps(spec, ensure_ascii=False, sort_keys=True).encode(), HF_FILE: self.tokenizer_json}
+
+
+def _check_ids(backend, tokenizer_json: bytes, where: str) -> None:
+    """Every id below the vocabulary size must be a token (so vocab_size bounds every id the tokenizer gives), and
+    every added token must keep the id its file gives it (`tokenizers` renumbers added tokens past a gap)."""
+    ids = backend.get_vocab(with_added_tokens=True).values()
+    size = backend.get_vocab_size(with_added_tokens=True)
+    if len(ids) != size or max(ids, default=-1) != size - 1:
+        raise GptjaxError(f"{where}: the token ids are not 0..{size - 1} ({len(ids)} tokens, highest id "
+                          f"{max(ids, default=-1)}); gptjax needs every id below the vocabulary size to be a token")
+    for added in json.loads(tokenizer_json).get("added_tokens") or ():
+        loaded = backend.token_to_id(added.get("content"))
+        if loaded != added.get("id"):
+            raise GptjaxError(f"{where}: the added token {added.get('content')!r} has id {added.get('id')} in the file "
+                              f"but {loaded} when loaded (its ids leave a gap); fix the ids of added_tokens")
+
+
+def _json_object(path: Path) -> dict:
+    """A JSON object file's content; {} when it is absent."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_bytes())
+    except ValueError as e:
+        raise GptjaxError(f"{path} is not valid JSON ({e}); fix it or save the tokenizer again") from None
+    if not isinstance(data, dict):
+        raise GptjaxError(f"{path} holds a JSON {type(data).__name__}, not an object; fix it or save it again")
+    return data
+
+
+def _family_token(role: str, tok_config: dict, special_map: dict, side: dict[str, dict], backend) -> str | None:
+    """The family's `role` ('eos' or 'bos') token: tokenizer_config.json's, else special_tokens_map.json's, else
+    the token at generation_config.json's (then config.json's) id; an EOS falls back to a conventional name. A BOS
+    set to null (Qwen) is none, whatever id the model configs name."""
+    for source in (tok_config, special_map):
+        token = special_token_text(source.get(f"{role}_token"))
+        if token is not None or (role == "bos" and f"{role}_token" in source):
+            return token
+    for name in ("generation_config.json", "config.json"):
+        token_id = first_token_id(side[name].get(f"{role}_token_id"))
+        if token_id is not None and backend.id_to_token(token_id) is not None:
+            return backend.id_to_token(token_id)
+    if role == "eos":
+        return next((name for name in EOS_NAMES if backend.token_to_id(name) is not None), None)
+    return None
+
+
+def is_hf_tokenizer_json(path: Path) -> bool:
+    """Whether `path` is a Hugging Face tokenizer.json (a `model` section, no gptjax `kind`)."""
+    if not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_bytes())
+    except ValueError:
+        return False
+    return isinstance(data, dict) and "model" in data and "kind" not in data
+
+
+def source_digest(directory: str | Path) -> str:
+    """sha256 over the tokenizer files in `directory` an hf tokenizer is read from (HF's or gptjax's saved form), so
+    a changed file changes every key computed from it."""
+    h = hashlib.sha256()
+    for name in sorted((SPEC_FILE, HF_FILE, "chat_template.jinja") + HF_SIDE_FILES):
+        path = Path(directory) / name
+        if path.is_file():
+            h.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
 
 
 class WithSpecialTokens:
@@ -270,6 +492,24 @@ def base_tokenizer(tok: Tokenizer) -> Tokenizer:
     return tok.base if isinstance(tok, WithSpecialTokens) else tok
 
 
+def bos_prefix(tok: Tokenizer) -> list[int]:
+    """[BOS] where the family's own tokenizer puts BOS before a sequence (hf kinds with `add_bos`), else []."""
+    bos_id = getattr(tok, "bos_id", None)
+    return [bos_id] if getattr(tok, "add_bos", False) and bos_id is not None else []
+
+
+def sequence_start_id(tok: Tokenizer) -> int:
+    """The id a finetuning sequence starts with: the family's BOS where its own tokenizer adds one (as HF's
+    `tokenizer(text)` does for the texts trl trains on), else end-of-text (a document's start in pretraining)."""
+    return (bos_prefix(tok) or [tok.eot_id])[0]
+
+
+def prompt_ids(tok: Tokenizer, text: str) -> list[int]:
+    """The ids a prompt is fed as: BOS + its ids where the family's own tokenizer adds BOS, else its ids (an empty
+    prompt: end-of-text alone, the start of a document)."""
+    return (bos_prefix(tok) + tok.encode(text)) or [tok.eot_id]
+
+
 def from_files(files: dict[str, bytes]) -> Tokenizer:
     """Rebuilds a tokenizer from its files (as saved by `save` or stored in a checkpoint)."""
     if SPEC_FILE not in files:
@@ -288,6 +528,8 @@ def from_files(files: dict[str, bytes]) -> Tokenizer:
             return SentencePieceTokenizer(files["sp.model"])
         if kind == "gpt2_bpe":
             return Gpt2BpeAdapter(files["vocab.json"], files["merges.txt"])
+        if kind == "hf":
+            return HfTokenizer.from_files(spec, files)
     except (ValueError, KeyError, AttributeError) as e:
         raise GptjaxError(f"the tokenizer files are corrupt or incomplete ({type(e).__name__}: {e}); save the "
                           f"tokenizer again (gptjax prepare writes one)") from None
@@ -309,9 +551,13 @@ def save(tok: Tokenizer, directory: str | Path) -> None:
 
 
 def load(directory: str | Path) -> Tokenizer:
+    """The tokenizer `save` wrote into `directory`; a Hugging Face tokenizer directory (its tokenizer.json and
+    side files) loads as an hf tokenizer."""
     directory = Path(directory)
     if not (directory / SPEC_FILE).is_file():
         raise GptjaxError(f"no tokenizer at {directory} (expected {directory / SPEC_FILE})")
+    if is_hf_tokenizer_json(directory / SPEC_FILE):
+        return HfTokenizer.from_dir(directory)
     return from_files(
         {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")}
     )
@@ -336,7 +582,8 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, model_type
             raise GptjaxError(f"sentencepiece model type '{model_type}' is not supported (use "
                               f"{' or '.join(SENTENCEPIECE_MODEL_TYPES)})")
         return SentencePieceTokenizer.train(texts, vocab_size, model_type=model_type, byte_fallback=byte_fallback)
-    raise GptjaxError(f"tokenizer '{kind}' is not trained from text; for gpt2_bpe pass its vocab.json/merges.txt dir")
+    raise GptjaxError(f"tokenizer '{kind}' is not trained from text; pass --tokenizer-dir (gpt2_bpe: a dir with "
+                      f"vocab.json and merges.txt; hf: a dir with a Hugging Face tokenizer.json)")
 
 
 def with_vocab(cfg: Config, tok_vocab: int) -> Config:

@@ -1,7 +1,8 @@
 """Finetuning examples: records tokenized into fixed-width rows and served as resumable, deterministic batches.
 
-Every sequence starts with <|endoftext|> (as a pretraining document does). Rows have one width per run (the longest
-example, rounded up to a multiple of 16, at most model.block_size), so one shape compiles. Batch k of a run holds
+Every sequence starts with <|endoftext|> (as a pretraining document does), or with BOS for an hf tokenizer whose
+family adds one (`tokenizers.sequence_start_id`). Rows have one width per run (the longest example, rounded up to a
+multiple of 16, at most model.block_size), so one shape compiles. Batch k of a run holds
 global rows k·B .. k·B+B-1 of the epoch stream: epoch e is the examples in the order `shuffled_order(n, seed, e)`
 (with `finetune.pack`, SFT records are packed into rows in that order, segment ids keeping them apart). A batch is a
 pure function of (seed, step), so a restored grain iterator continues exactly.
@@ -23,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from gptjax.config import Config
+from gptjax.data import tokenizer as tokenizers
 from gptjax.data.packing import shuffled_order
 from gptjax.errors import GptjaxError, note
 from gptjax.finetune import records as records_lib
@@ -32,10 +34,11 @@ ROW_MULTIPLE = 16
 
 
 def encode_pieces(
-    encode: Callable[[str], list[int]], eot_id: int, pieces: Sequence[Piece]
+    encode: Callable[[str], list[int]], eot_id: int, pieces: Sequence[Piece], start_id: int | None = None
 ) -> tuple[list[int], list[bool]]:
-    """Token ids of <|endoftext|> + the pieces (each encoded on its own) and, per token, whether it is a target."""
-    ids, is_target = [eot_id], [False]
+    """Token ids of the start token (`start_id`, default <|endoftext|>) + the pieces (each encoded on its own) and,
+    per token, whether it is a target."""
+    ids, is_target = [eot_id if start_id is None else start_id], [False]
     for piece in pieces:
         piece_ids = [eot_id] if piece.text is EOT else encode(piece.text)
         ids += piece_ids
@@ -135,11 +138,11 @@ def classification_table(records: Sequence[dict], labels: Sequence[str], encode,
 
 
 def sft_sequences(records: Sequence[dict], template: str, encode, eot_id: int, limit: int, policy: str,
-                  split: str) -> list[TokenSequence]:
+                  split: str, start_id: int | None = None) -> list[TokenSequence]:
     fitted, kept = Fitted(), []
     for record in records:
-        seq = fit_sequence(_sequence(*encode_pieces(encode, eot_id, record_pieces(record, template))), limit, policy,
-                           fitted)
+        ids_and_targets = encode_pieces(encode, eot_id, record_pieces(record, template), start_id)
+        seq = fit_sequence(_sequence(*ids_and_targets), limit, policy, fitted)
         if seq is not None:
             kept.append(seq)
     fitted.report(split, len(records), limit, policy)
@@ -147,14 +150,15 @@ def sft_sequences(records: Sequence[dict], template: str, encode, eot_id: int, l
 
 
 def preference_pairs(records: Sequence[dict], template: str, encode, eot_id: int, limit: int, policy: str,
-                     split: str) -> list[tuple[TokenSequence, TokenSequence]]:
+                     split: str, start_id: int | None = None) -> list[tuple[TokenSequence, TokenSequence]]:
     """(chosen, rejected) sequences per record, both after the same prompt; a pair is kept only if both fit."""
     fitted, kept = Fitted(), []
     for record in records:
         pair = []
         for field in ("chosen", "rejected"):
             pieces = record_pieces(record, template, response=record[field])
-            pair.append(fit_sequence(_sequence(*encode_pieces(encode, eot_id, pieces)), limit, policy, fitted))
+            pair.append(fit_sequence(_sequence(*encode_pieces(encode, eot_id, pieces, start_id)), limit, policy,
+                                     fitted))
         if pair[0] is not None and pair[1] is not None:
             kept.append((pair[0], pair[1]))
     fitted.report(split, len(records), limit, policy)
@@ -301,7 +305,7 @@ def load_finetune_data(cfg: Config, tokenizer) -> FinetuneData:
                           f"not '{f.task}'")
     path = records_lib.records_path(f.task, f.data)
     splits = records_lib.split_records(f.task, path)
-    encode, eot = tokenizer.encode, tokenizer.eot_id
+    encode, eot, start = tokenizer.encode, tokenizer.eot_id, tokenizers.sequence_start_id(tokenizer)
     block = cfg.model.block_size
     if objective == "classify":
         labels = records_lib.label_names([r for s in splits.values() for r in s], f.labels, path)
@@ -319,14 +323,14 @@ def load_finetune_data(cfg: Config, tokenizer) -> FinetuneData:
                                 example_weights=np.ones(table.n, np.float32))
         data = FinetuneData(objective, tables, width, labels, path)
     elif objective == "sft":
-        seqs = {split: sft_sequences(records, f.template, encode, eot, block + 1, f.too_long, split)
+        seqs = {split: sft_sequences(records, f.template, encode, eot, block + 1, f.too_long, split, start)
                 for split, records in splits.items()}
         width = row_width(max(len(s.ids) - 1 for split_seqs in seqs.values() for s in split_seqs), block)
         tables = {split: Table(padded_sequences(s, width), len(s)) for split, s in seqs.items()}
         data = FinetuneData(objective, tables, width, (), path, packed_sft=seqs["train"] if f.pack else None)
         data.bytes_per_token = _target_bytes_per_token(seqs["val"], tokenizer)
     else:
-        pairs = {split: preference_pairs(records, f.template, encode, eot, block + 1, f.too_long, split)
+        pairs = {split: preference_pairs(records, f.template, encode, eot, block + 1, f.too_long, split, start)
                  for split, records in splits.items()}
         width = row_width(max(len(s.ids) - 1 for split_pairs in pairs.values() for p in split_pairs for s in p), block)
         tables = {}
@@ -342,7 +346,8 @@ def load_finetune_data(cfg: Config, tokenizer) -> FinetuneData:
                           f"{f.too_long}); raise the block size or use shorter records")
     if objective in ("sft", "dpo"):
         held_out = splits["test"][: f.samples]
-        data.prompts["test"] = [encode_pieces(encode, eot, prompt_pieces(r, f.template))[0] for r in held_out]
+        data.prompts["test"] = [encode_pieces(encode, eot, prompt_pieces(r, f.template), start)[0]
+                                for r in held_out]
         data.references["test"] = [r.get("output") or r.get("chosen") or _last_assistant(r) for r in held_out]
     return data
 

@@ -1,16 +1,23 @@
-"""gptjax <-> Hugging Face transformers for the GPT-2 and Llama families: pure functions over param trees + file I/O.
+"""gptjax <-> Hugging Face transformers for GPT-2 and the Llama lineage: pure functions over param trees + file I/O.
 
 Export writes a `save_pretrained`-style directory (config.json, model.safetensors, generation_config.json and
 tokenizer files) that `AutoModelForCausalLM.from_pretrained` loads with no missing or unexpected weights. Import
 reads such a directory (safetensors only, single file or sharded) into a gptjax Config, params and tokenizer.
 Neither direction needs torch or transformers.
 
-Which gptjax configs have an HF twin:
+Which gptjax configs have an HF twin (one mapping per family, read from the HF config, never from fixtures):
   * GPT2LMHeadModel: layernorm, pre-norm, learned positions, gelu (tanh or exact), MHA, dense attention; tied or untied.
     HF GPT-2 always has biases: a `use_bias=False` model is written with zero biases (identical outputs).
-  * LlamaForCausalLM: rmsnorm, pre-norm, rope (any theta), swiglu, MHA/GQA/MQA, dense attention; tied or untied;
-    `use_bias=True` maps to `attention_bias=True, mlp_bias=True`.
-Anything else (alibi, sinusoidal or no positions, local/strided attention, post-norm, mixes such as rmsnorm with
+  * The rope families share one tensor layout (`rope_layer_slots`) and differ in switches (`FAMILIES`):
+    LlamaForCausalLM (Llama 2/3.x: swiglu, GQA, `use_bias` = attention_bias + mlp_bias, any rope scaling);
+    MistralForCausalLM (every layer sliding-window: attention='local');
+    Qwen2ForCausalLM (q/k/v biases: qkv_bias; per-layer sliding windows: layer_pattern, a pattern-only model is
+    written with zero q/k/v biases); Qwen3ForCausalLM (qk_norm, decoupled head_dim);
+    Gemma2ForCausalLM (norm_offset, embed_scale, sandwich_norm, geglu, query_scale_dim, attn/logit softcaps, "LG"
+    layers) and Gemma3ForCausalLM (Gemma 2 plus qk_norm, and a separate rope theta for local layers).
+    The family of an export is the one the switches name (`hf_family`); rope scaling (linear, llama3, yarn) is
+    written in `rope_parameters`.
+Anything else (alibi, sinusoidal or no positions, strided attention, post-norm, mixes such as rmsnorm with
 learned positions) is refused with an error naming the switch; `gptjax export --format safetensors` keeps it all.
 
 Vocabulary: HF files hold the real `vocab_size` rows; gptjax pads to `padded_vocab` on import with zero rows
@@ -25,6 +32,8 @@ Tokenizers:
   * char: HF has no character tokenizer class, so it is written as a `tokenizers` tokenizer.json (a WordLevel
     vocabulary of the characters, split per character, fused on decode) loadable with AutoTokenizer; that exact
     shape is recognised on import and becomes a char tokenizer again.
+  * hf <-> any other tokenizer.json (Llama 3, Mistral, Qwen, Gemma, ...), written verbatim with a tokenizer_config.json
+    (PreTrainedTokenizerFast, the family's eos/bos tokens and chat template); end-of-text is the family's EOS.
   * none: a weights-only directory (config.json + safetensors, no tokenizer files) imports as a model without a
     tokenizer (token ids only), or paired with `--tokenizer-dir DIR` (any of the above, or a gptjax tokenizer
     directory); such a model exports as weights + config.json only. Tokenizer files gptjax cannot read are an
@@ -38,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import numpy as np
@@ -54,12 +63,6 @@ from gptjax.train import run as run_lib
 
 GPT2 = "gpt2"
 LLAMA = "llama"
-ARCHITECTURES = {GPT2: "GPT2LMHeadModel", LLAMA: "LlamaForCausalLM"}
-FAMILY_SWITCHES = {
-    GPT2: {"norm": "layernorm", "norm_placement": "pre", "mlp": "gelu", "attention": "dense", "parametrization": "sp"},
-    LLAMA: {"norm": "rmsnorm", "norm_placement": "pre", "mlp": "swiglu", "attention": "dense", "parametrization": "sp"},
-}
-FAMILY_POSITIONS = {"learned": GPT2, "rope": LLAMA}
 GPT2_TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 GPT2_EXACT_GELU = "gelu"
 BLOCK_SIZE_CAP = 2048
@@ -67,66 +70,283 @@ WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 PICKLE_WEIGHTS_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt")
-READABLE_TOKENIZERS = ("vocab.json + merges.txt (GPT-2 BPE), tokenizer.model (sentencepiece), a tokenizer.json "
-                       "written by gptjax's char export, or a gptjax tokenizer directory")
+READABLE_TOKENIZERS = ("vocab.json + merges.txt (GPT-2 BPE), tokenizer.model (sentencepiece), a Hugging Face "
+                       "tokenizer.json (hf; gptjax's char export reads back as char), or a gptjax tokenizer directory")
 IGNORED_TENSOR_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 QKV = ("query", "key", "value")
-LLAMA_PROJECTIONS = {"query": "q_proj", "key": "k_proj", "value": "v_proj"}
-BASE_MODEL_PREFIXES = {GPT2: "transformer.", LLAMA: "model."}
+
+
+# ---------------------------------------------------------------- families
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """How one HF decoder family of the Llama lineage stores what gptjax's switches compute.
+
+    `implies`: the ModelConfig switches every model of the family has. `bias`: which projections config.json can
+    give biases ("llama": attention_bias on q/k/v/o and mlp_bias on the MLP; "qkv": q/k/v always; "attention":
+    attention_bias on q/k/v/o; "none"). `layer_types`: config.json lists each layer's attention kind (else one
+    `sliding_window` for every layer, as Mistral). `gemma`: the Gemma keys (softcaps, query_pre_attn_scalar)."""
+
+    model_type: str
+    architecture: str
+    implies: Mapping[str, Any]
+    bias: str
+    layer_types: bool
+    activation_key: str = "hidden_act"
+    pre_mlp_norm: str = "post_attention_layernorm"
+    gemma: bool = False
+    rope_per_kind: bool = False  # rope_parameters holds one entry per layer kind (Gemma 3)
+    moe: str = ""  # the mixture-of-experts layout: "mixtral" (block_sparse_moe, w1/w3/w2) or "qwen" (mlp.experts)
+
+
+GEMMA_SWITCHES = {"norm_offset": True, "embed_scale": True, "sandwich_norm": True, "mlp": "geglu"}
+MIXTRAL_SWITCHES = {"mlp": "swiglu", "moe_router": "softmax_topk", "moe_renormalize": True, "moe_shared_experts": 0,
+                    "moe_first_dense": 0, "moe_every": 1}
+MOE_EXPERT_NAMES = {"mixtral": ("block_sparse_moe", {"gate": "w1", "up": "w3", "proj": "w2"}),
+                    "qwen": ("mlp", {"gate": "gate_proj", "up": "up_proj", "proj": "down_proj"})}
+FAMILIES = {family.model_type: family for family in (
+    Family(LLAMA, "LlamaForCausalLM", {"mlp": "swiglu"}, "llama", False),
+    Family("mistral", "MistralForCausalLM", {"mlp": "swiglu"}, "none", False),
+    Family("qwen2", "Qwen2ForCausalLM", {"mlp": "swiglu"}, "qkv", True),
+    Family("qwen3", "Qwen3ForCausalLM", {"mlp": "swiglu", "qk_norm": True}, "attention", True),
+    Family("gemma2", "Gemma2ForCausalLM", GEMMA_SWITCHES, "attention", True, "hidden_activation",
+           "pre_feedforward_layernorm", gemma=True),
+    Family("gemma3_text", "Gemma3ForCausalLM", {**GEMMA_SWITCHES, "qk_norm": True}, "attention", True,
+           "hidden_activation", "pre_feedforward_layernorm", gemma=True, rope_per_kind=True),
+    Family("mixtral", "MixtralForCausalLM", MIXTRAL_SWITCHES, "none", False, moe="mixtral"),
+    Family("qwen3_moe", "Qwen3MoeForCausalLM", {"mlp": "swiglu", "qk_norm": True, "moe_router": "softmax_topk",
+                                                "moe_shared_experts": 0}, "attention", True, moe="qwen"),
+)}
+ARCHITECTURES = {GPT2: "GPT2LMHeadModel"} | {name: family.architecture for name, family in FAMILIES.items()}
+BASE_MODEL_PREFIXES = {GPT2: "transformer."} | {name: "model." for name in FAMILIES}
+GEMMA_ONLY = ("attn_softcap", "logit_softcap", "query_scale_dim")
+ROPE_FAMILY_BASE = {"norm": "rmsnorm", "norm_placement": "pre", "parametrization": "sp"}
+SLIDING, FULL = "sliding_attention", "full_attention"
+HF_ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3", "yarn": "yarn"}
 
 
 # ---------------------------------------------------------------- gptjax config -> HF config
 
 
+def _refuse(m: ModelConfig, field: str, why: str) -> GptjaxError:
+    return GptjaxError(f"model.{field}={getattr(m, field)!r} cannot be exported to Hugging Face: {why}; use "
+                       f"--format safetensors")
+
+
+def _rope_family(m: ModelConfig) -> str:
+    """The HF family whose switches are `m`'s (a rope model): Qwen3-MoE or Mixtral for experts (with and without
+    QK-norm), Gemma 2/3 for Gemma's details, Qwen3 for QK-norm, Qwen2 for q/k/v-only biases or a local/global layer
+    pattern, Mistral for all-local attention, else Llama."""
+    if m.moe_experts:
+        return "qwen3_moe" if m.qk_norm else "mixtral"
+    if m.norm_offset or m.embed_scale or m.sandwich_norm or m.mlp == "geglu":
+        return "gemma3_text" if m.qk_norm else "gemma2"
+    if m.qk_norm:
+        return "qwen3"
+    if m.qkv_bias or m.layer_pattern:
+        return "qwen2"
+    if m.attention == "local":
+        return "mistral"
+    return LLAMA
+
+
 def hf_family(m: ModelConfig) -> str:
-    """'gpt2' or 'llama': the HF architecture that computes exactly what `m` computes; else a GptjaxError naming
-    the first switch HF cannot represent."""
-    family = FAMILY_POSITIONS.get(m.position)
-    if family is None:
+    """The HF model_type whose architecture computes exactly what `m` computes; else a GptjaxError naming the first
+    switch HF cannot represent."""
+    if m.position == "learned":
+        for field, wanted in {**ROPE_FAMILY_BASE, "norm": "layernorm", "mlp": "gelu", "attention": "dense"}.items():
+            if getattr(m, field) != wanted:
+                raise _refuse(m, field, f"with position='learned' the model is a GPT2LMHeadModel, which needs "
+                                        f"model.{field}='{wanted}'")
+        if m.kv_heads != m.n_head:
+            raise GptjaxError(f"model.n_kv_head={m.n_kv_head} cannot be exported to Hugging Face: GPT2LMHeadModel "
+                              f"has no grouped-query attention (use position='rope' for a Llama model, or --format "
+                              f"safetensors)")
+        for field in ("qk_norm", "qkv_bias", "norm_offset", "embed_scale", "sandwich_norm", "layer_pattern",
+                      "d_head", *GEMMA_ONLY):
+            if getattr(m, field):
+                raise _refuse(m, field, "GPT2LMHeadModel has no such switch")
+        return GPT2
+    if m.position != "rope":
         raise GptjaxError(f"model.position='{m.position}' has no Hugging Face equivalent: --format hf exports GPT-2 "
-                          f"(position='learned') and Llama (position='rope') models; use --format safetensors")
-    for field, wanted in FAMILY_SWITCHES[family].items():
-        value = getattr(m, field)
-        if value != wanted:
-            raise GptjaxError(f"model.{field}='{value}' cannot be exported to Hugging Face: with "
-                              f"position='{m.position}' the model is a {ARCHITECTURES[family]}, which needs "
-                              f"model.{field}='{wanted}'; use --format safetensors")
-    if family == GPT2 and m.kv_heads != m.n_head:
-        raise GptjaxError(f"model.n_kv_head={m.n_kv_head} cannot be exported to Hugging Face: GPT2LMHeadModel has "
-                          f"no grouped-query attention (use position='rope' for a Llama model, "
-                          f"or --format safetensors)")
-    return family
+                          f"(position='learned') and Llama-lineage (position='rope') models; use --format safetensors")
+    name = _rope_family(m)
+    family = FAMILIES[name]
+    for field, wanted in {**ROPE_FAMILY_BASE, **family.implies}.items():
+        if getattr(m, field) != wanted:
+            raise _refuse(m, field, f"its other switches make it a {family.architecture}, which needs "
+                                    f"model.{field}={wanted!r}")
+    if m.attention == "strided":
+        raise _refuse(m, "attention", "no Hugging Face family has strided attention")
+    if not family.gemma:
+        for field in GEMMA_ONLY:
+            if getattr(m, field):
+                raise _refuse(m, field, "only the Gemma families have it (they also need norm_offset, embed_scale, "
+                                        "sandwich_norm and mlp='geglu')")
+    if m.use_bias and family.bias != "llama":
+        raise _refuse(m, "use_bias", f"a {family.architecture} has no biases on every projection (Llama has)")
+    if m.qkv_bias and family.bias != "qkv":
+        raise _refuse(m, "qkv_bias", f"a {family.architecture} has no q/k/v-only biases (Qwen2 has)")
+    if m.moe_experts and not family.moe:
+        raise _refuse(m, "moe_experts", f"a {family.architecture} has no experts")
+    if m.layer_pattern and m.rope_scaling != "none" and not family.rope_per_kind:
+        raise _refuse(m, "rope_scaling", f"a {family.architecture} scales the rope of its local layers too")
+    if m.layer_pattern and not family.rope_per_kind and m.rope_local_theta not in (0.0, m.rope_theta):
+        raise _refuse(m, "rope_local_theta", f"a {family.architecture} has one rope theta for every layer")
+    return name
 
 
-def hf_config(m: ModelConfig, eot_id: int | None, dtype: str) -> dict:
-    """The config.json of the HF twin of `m` (see `hf_family`); bos/eos ids are None for a model without tokenizer."""
-    family = hf_family(m)
-    common = {"architectures": [ARCHITECTURES[family]], "model_type": family, "vocab_size": m.vocab_size,
-              "tie_word_embeddings": m.tie_embeddings, "bos_token_id": eot_id, "eos_token_id": eot_id,
+def layer_kinds(m: ModelConfig) -> list[str]:
+    """config.json's `layer_types` of `m`: sliding_attention or full_attention per layer."""
+    return [SLIDING if m.layer_kind(i) == "local" else FULL for i in range(m.n_layer)]
+
+
+def hf_rope(m: ModelConfig, local: bool = False) -> dict:
+    """A `rope_parameters` entry: the global layers' theta and scaling, or (local) the local layers' theta."""
+    if local:
+        return {"rope_type": "default", "rope_theta": m.rope_local_theta or m.rope_theta}
+    rope = {"rope_type": "default" if m.rope_scaling == "none" else m.rope_scaling, "rope_theta": m.rope_theta}
+    if m.rope_scaling != "none":
+        rope["factor"] = m.rope_factor
+    if m.rope_scaling == "llama3":
+        rope.update(low_freq_factor=m.rope_low_freq_factor, high_freq_factor=m.rope_high_freq_factor,
+                    original_max_position_embeddings=m.rope_original_positions)
+    if m.rope_scaling == "yarn":
+        rope.update(beta_fast=m.rope_beta_fast, beta_slow=m.rope_beta_slow,
+                    original_max_position_embeddings=m.rope_original_positions)
+        if m.rope_attention_factor:
+            rope["attention_factor"] = m.rope_attention_factor
+    return rope
+
+
+def _rope_family_config(m: ModelConfig, family: Family) -> dict:
+    activation = "silu" if m.mlp == "swiglu" else ("gelu_pytorch_tanh" if m.gelu_approximate else "gelu")
+    fields = {"hidden_size": m.d_model, "intermediate_size": m.ff_dim, "num_hidden_layers": m.n_layer,
+              "num_attention_heads": m.n_head, "num_key_value_heads": m.kv_heads, "head_dim": m.head_dim,
+              family.activation_key: activation, "max_position_embeddings": m.block_size, "rms_norm_eps": m.norm_eps,
+              "rope_theta": m.rope_theta, "attention_dropout": 0.0}
+    if family.rope_per_kind:
+        fields["rope_parameters"] = {FULL: hf_rope(m), SLIDING: hf_rope(m, local=True)}
+    else:
+        fields["rope_parameters"] = hf_rope(m)
+    if family.bias == "llama":
+        fields.update(attention_bias=m.use_bias, mlp_bias=m.use_bias, pretraining_tp=1)
+    elif family.bias == "attention":
+        fields["attention_bias"] = False
+    window = m.window if m.attention == "local" or m.layer_pattern else None
+    if family.layer_types:
+        fields.update(layer_types=layer_kinds(m), sliding_window=window, use_sliding_window=window is not None,
+                      max_window_layers=0)
+    else:
+        fields["sliding_window"] = window
+    if family.moe:
+        fields.update(_moe_config(m, family))
+    if family.gemma:
+        fields.update(query_pre_attn_scalar=m.query_scale_dim or m.head_dim,
+                      attn_logit_softcapping=m.attn_softcap or None, final_logit_softcapping=m.logit_softcap or None,
+                      use_bidirectional_attention=False)
+    return fields
+
+
+def _moe_config(m: ModelConfig, family: Family) -> dict:
+    """The expert keys of a Mixtral / Qwen3-MoE config.json."""
+    common = {"num_experts_per_tok": m.moe_top_k, "router_aux_loss_coef": m.moe_aux_loss_weight / m.moe_top_k,
+              "output_router_logits": False}
+    if family.moe == "mixtral":
+        return {**common, "num_local_experts": m.moe_experts, "intermediate_size": m.moe_ff_dim,
+                "router_jitter_noise": 0.0}
+    return {**common, "num_experts": m.moe_experts, "moe_intermediate_size": m.moe_ff_dim,
+            "norm_topk_prob": m.moe_renormalize, "decoder_sparse_step": m.moe_every,
+            "mlp_only_layers": list(range(m.moe_first_dense))}
+
+
+def hf_config(m: ModelConfig, eot_id: int | None, dtype: str, bos_id: int | None = None) -> dict:
+    """The config.json of the HF twin of `m` (see `hf_family`); bos/eos ids are None for a model without tokenizer,
+    and the BOS is the end-of-text token unless the tokenizer has its own (`bos_id`)."""
+    name = hf_family(m)
+    common = {"architectures": [ARCHITECTURES[name]], "model_type": name, "vocab_size": m.vocab_size,
+              "tie_word_embeddings": m.tie_embeddings, "bos_token_id": eot_id if bos_id is None else bos_id,
+              "eos_token_id": eot_id,
               "initializer_range": m.init_std, "use_cache": True, "dtype": dtype, "torch_dtype": dtype}
-    if family == GPT2:
+    if name == GPT2:
         return {**common, "n_positions": m.position_limit, "n_embd": m.d_model, "n_layer": m.n_layer,
                 "n_head": m.n_head, "n_inner": m.ff_dim,
                 "activation_function": GPT2_TANH_GELUS[0] if m.gelu_approximate else GPT2_EXACT_GELU,
                 "layer_norm_epsilon": m.norm_eps, "resid_pdrop": m.dropout, "embd_pdrop": m.dropout,
                 "attn_pdrop": m.dropout, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
                 "reorder_and_upcast_attn": False, "add_cross_attention": False}
-    return {**common, "hidden_size": m.d_model, "intermediate_size": m.ff_dim, "num_hidden_layers": m.n_layer,
-            "num_attention_heads": m.n_head, "num_key_value_heads": m.kv_heads, "head_dim": m.head_dim,
-            "hidden_act": "silu", "max_position_embeddings": m.block_size, "rms_norm_eps": m.norm_eps,
-            "rope_theta": m.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_theta},
-            "attention_bias": m.use_bias, "mlp_bias": m.use_bias, "attention_dropout": 0.0, "pretraining_tp": 1}
+    return {**common, **_rope_family_config(m, FAMILIES[name])}
 
 
-def generation_config(eot_id: int) -> dict:
-    """generation_config.json: generation stops at `<|endoftext|>`, as gptjax's does."""
-    return {"_from_model_config": True, "bos_token_id": eot_id, "eos_token_id": eot_id}
+def generation_config(eot_id: int, bos_id: int | None = None) -> dict:
+    """generation_config.json: generation stops at the end-of-text token, as gptjax's does."""
+    return {"_from_model_config": True, "bos_token_id": eot_id if bos_id is None else bos_id, "eos_token_id": eot_id}
+
+
+class Slot(NamedTuple):
+    """Where one HF tensor lives in gptjax params: its path, its gptjax shape, and for a torch Linear weight
+    ([out, in]) how many leading gptjax dims are inputs (None: a vector stored flat, e.g. a norm gain or a bias).
+    `expert`: the tensor is that expert's slice [expert] of a stacked [E, ...] MoE kernel."""
+
+    path: tuple[str, ...]
+    shape: tuple[int, ...]
+    n_in: int | None = None
+    expert: int | None = None
+
+
+def moe_slots(m: ModelConfig, family: Family) -> dict[str, Slot]:
+    """The router and every expert's three matrices of a MoE layer, in the family's (saved) names."""
+    d, f = m.d_model, m.moe_ff_dim
+    module, names = MOE_EXPERT_NAMES[family.moe]
+    slots = {f"{module}.gate.weight": Slot(("moe", "router", "kernel"), (d, m.moe_experts), 1)}
+    for e in range(m.moe_experts):
+        for ours, theirs in names.items():
+            slots[f"{module}.experts.{e}.{theirs}.weight"] = Slot(("moe", ours, "kernel"),
+                                                                  (f, d) if ours == "proj" else (d, f), 1, e)
+    return slots
+
+
+def rope_layer_slots(m: ModelConfig, name: str, index: int) -> dict[str, Slot]:
+    """HF tensor name (inside decoder layer `index`) -> Slot, for a model `m` of Llama-lineage family `name`."""
+    family = FAMILIES[name]
+    d, f, n, g, k = m.d_model, m.ff_dim, m.n_head, m.kv_heads, m.head_dim
+    heads = {"q_proj": ("query", n), "k_proj": ("key", g), "v_proj": ("value", g)}
+    slots = {"input_layernorm.weight": Slot(("norm1", "scale"), (d,)),
+             f"{family.pre_mlp_norm}.weight": Slot(("norm2", "scale"), (d,)),
+             "self_attn.o_proj.weight": Slot(("attn", "out", "kernel"), (n, k, d), 2),
+             "mlp.gate_proj.weight": Slot(("mlp", "gate", "kernel"), (d, f), 1),
+             "mlp.up_proj.weight": Slot(("mlp", "up", "kernel"), (d, f), 1),
+             "mlp.down_proj.weight": Slot(("mlp", "proj", "kernel"), (f, d), 1)}
+    for theirs, (ours, count) in heads.items():
+        slots[f"self_attn.{theirs}.weight"] = Slot(("attn", ours, "kernel"), (d, count, k), 1)
+        if m.use_bias or family.bias == "qkv":
+            slots[f"self_attn.{theirs}.bias"] = Slot(("attn", ours, "bias"), (count, k))
+    if m.use_bias:
+        slots["self_attn.o_proj.bias"] = Slot(("attn", "out", "bias"), (d,))
+        for theirs, ours in (("gate_proj", "gate"), ("up_proj", "up"), ("down_proj", "proj")):
+            slots[f"mlp.{theirs}.bias"] = Slot(("mlp", ours, "bias"), (d if ours == "proj" else f,))
+    if m.qk_norm:
+        slots["self_attn.q_norm.weight"] = Slot(("attn", "query_norm", "scale"), (k,))
+        slots["self_attn.k_norm.weight"] = Slot(("attn", "key_norm", "scale"), (k,))
+    if m.sandwich_norm:
+        slots["post_attention_layernorm.weight"] = Slot(("post_attn_norm", "scale"), (d,))
+        slots["post_feedforward_layernorm.weight"] = Slot(("post_mlp_norm", "scale"), (d,))
+    if m.is_moe_layer(index):
+        slots = {name: slot for name, slot in slots.items() if slot.path[0] != "mlp"} | moe_slots(m, family)
+    return slots
+
+
+def hf_shape(slot: Slot) -> tuple[int, ...]:
+    if slot.n_in is None:
+        return (int(np.prod(slot.shape)),)
+    return int(np.prod(slot.shape[slot.n_in:])), int(np.prod(slot.shape[:slot.n_in]))
 
 
 def hf_tensor_shapes(m: ModelConfig, family: str) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor the HF model of `m` stores (what from_pretrained expects, nothing more)."""
     d, f, v = m.d_model, m.ff_dim, m.vocab_size
-    q_width, kv_width = m.n_head * m.head_dim, m.kv_heads * m.head_dim
+    q_width = m.n_head * m.head_dim
     shapes: dict[str, tuple[int, ...]] = {}
     if family == GPT2:
         shapes.update({"transformer.wte.weight": (v, d), "transformer.wpe.weight": (m.position_limit, d),
@@ -141,17 +361,8 @@ def hf_tensor_shapes(m: ModelConfig, family: str) -> dict[str, tuple[int, ...]]:
     else:
         shapes.update({"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,)})
         for i in range(m.n_layer):
-            p = f"model.layers.{i}."
-            shapes.update({p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
-                           p + "self_attn.q_proj.weight": (q_width, d), p + "self_attn.k_proj.weight": (kv_width, d),
-                           p + "self_attn.v_proj.weight": (kv_width, d), p + "self_attn.o_proj.weight": (d, q_width),
-                           p + "mlp.gate_proj.weight": (f, d), p + "mlp.up_proj.weight": (f, d),
-                           p + "mlp.down_proj.weight": (d, f)})
-            if m.use_bias:
-                shapes.update({p + "self_attn.q_proj.bias": (q_width,), p + "self_attn.k_proj.bias": (kv_width,),
-                               p + "self_attn.v_proj.bias": (kv_width,), p + "self_attn.o_proj.bias": (d,),
-                               p + "mlp.gate_proj.bias": (f,), p + "mlp.up_proj.bias": (f,),
-                               p + "mlp.down_proj.bias": (d,)})
+            shapes.update({f"model.layers.{i}.{name}": hf_shape(slot)
+                           for name, slot in rope_layer_slots(m, family, i).items()})
     if not m.tie_embeddings:
         shapes["lm_head.weight"] = (v, d)
     return shapes
@@ -186,21 +397,29 @@ def _gpt2_layer_tensors(layer: Mapping[str, Any], m: ModelConfig) -> dict[str, n
     }
 
 
-def _llama_layer_tensors(layer: Mapping[str, Any], m: ModelConfig) -> dict[str, np.ndarray]:
-    d = m.d_model
-    attn, mlp = layer["attn"], layer["mlp"]
-    tensors = {"input_layernorm.weight": layer["norm1"]["scale"],
-               "post_attention_layernorm.weight": layer["norm2"]["scale"],
-               "self_attn.o_proj.weight": attn["out"]["kernel"].reshape(-1, d).T,
-               "mlp.gate_proj.weight": mlp["gate"]["kernel"].T, "mlp.up_proj.weight": mlp["up"]["kernel"].T,
-               "mlp.down_proj.weight": mlp["proj"]["kernel"].T}
-    for ours, theirs in LLAMA_PROJECTIONS.items():
-        tensors[f"self_attn.{theirs}.weight"] = attn[ours]["kernel"].reshape(d, -1).T
-    if m.use_bias:
-        for ours, theirs in LLAMA_PROJECTIONS.items():
-            tensors[f"self_attn.{theirs}.bias"] = attn[ours]["bias"].reshape(-1)
-        tensors.update({"self_attn.o_proj.bias": attn["out"]["bias"], "mlp.gate_proj.bias": mlp["gate"]["bias"],
-                        "mlp.up_proj.bias": mlp["up"]["bias"], "mlp.down_proj.bias": mlp["proj"]["bias"]})
+def _lookup(tree: Mapping[str, Any], path: tuple[str, ...]) -> np.ndarray | None:
+    for key in path:
+        if not isinstance(tree, Mapping) or key not in tree:
+            return None
+        tree = tree[key]
+    return np.asarray(tree)
+
+
+def to_hf_layout(value: np.ndarray, slot: Slot) -> np.ndarray:
+    """A gptjax param as HF stores it: a Linear weight [out, in], or a flat vector."""
+    if slot.n_in is None:
+        return value.reshape(-1)
+    return value.reshape(hf_shape(slot)[::-1]).T
+
+
+def _rope_layer_tensors(layer: Mapping[str, Any], m: ModelConfig, family: str, index: int) -> dict[str, np.ndarray]:
+    """Layer `index`'s HF tensors; a bias the family always stores but `m` lacks is written as zeros."""
+    tensors = {}
+    for name, slot in rope_layer_slots(m, family, index).items():
+        value = _lookup(layer, slot.path)
+        if value is None:
+            value = np.zeros(slot.shape, np.float32)
+        tensors[name] = to_hf_layout(value if slot.expert is None else value[slot.expert], slot)
     return tensors
 
 
@@ -210,16 +429,17 @@ def to_hf_tensors(m: ModelConfig, params: Mapping[str, Any]) -> dict[str, np.nda
     v = m.vocab_size
     embedding = np.asarray(params["embedding"])[:v]
     if family == GPT2:
-        prefix, layer_fn = "transformer.h", _gpt2_layer_tensors
+        prefix, layer_fn = "transformer.h", lambda layer, m, i: _gpt2_layer_tensors(layer, m)
         norm_f = params["norm_f"]
         tensors = {"transformer.wte.weight": embedding, "transformer.wpe.weight": np.asarray(params["pos_embedding"]),
                    "transformer.ln_f.weight": np.asarray(norm_f["scale"]),
                    "transformer.ln_f.bias": _bias(norm_f, (m.d_model,))}
     else:
-        prefix, layer_fn = "model.layers", _llama_layer_tensors
+        prefix = "model.layers"
+        layer_fn = lambda layer, m, i: _rope_layer_tensors(layer, m, family, i)
         tensors = {"model.embed_tokens.weight": embedding, "model.norm.weight": np.asarray(params["norm_f"]["scale"])}
     for i in tqdm(range(m.n_layer), desc=f"to {ARCHITECTURES[family]}", unit="layer", leave=False):
-        for name, tensor in layer_fn(layer_params(params, m, i), m).items():
+        for name, tensor in layer_fn(layer_params(params, m, i), m, i).items():
             tensors[f"{prefix}.{i}.{name}"] = np.asarray(tensor, np.float32)
     if not m.tie_embeddings:
         tensors["lm_head.weight"] = np.asarray(params["lm_head"])[:, :v].T
@@ -292,51 +512,182 @@ def _gpt2_model_config(hf: Mapping[str, Any], block_size: int | None, where: str
     )
 
 
-def _rope_theta(hf: Mapping[str, Any], where: str) -> float:
-    """rope theta from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling` (4.x); only the
-    default (unscaled) rope is what gptjax computes."""
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+def _rope_fields(rope: Any, hf: Mapping[str, Any], where: str, local: bool = False) -> dict[str, Any]:
+    """ModelConfig rope fields from one `rope_parameters` entry (transformers 5) or `rope_scaling` (4.x); a rope
+    gptjax does not compute is refused naming it."""
     if not isinstance(rope, dict):
         raise GptjaxError(f"{where}: rope_parameters must be an object, got {rope!r}")
     rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in HF_ROPE_TYPES:
+        raise GptjaxError(f"{where}: rope_type='{rope_type}' is not supported; gptjax computes "
+                          f"{', '.join(HF_ROPE_TYPES)} rope")
+    for key, allowed in (("partial_rotary_factor", (1.0, None)), ("truncate", (True, None)), ("mscale", (None,)),
+                         ("mscale_all_dim", (None,))):
+        if rope.get(key) not in allowed:
+            raise GptjaxError(f"{where}: rope {key}={rope[key]!r} is not supported (gptjax computes "
+                              f"{key}={allowed[0]})")
+    theta = _field({"rope_theta": rope.get("rope_theta", hf.get("rope_theta", 10000.0))}, "rope_theta", float, where)
+    if local:
+        if rope_type != "default":
+            raise GptjaxError(f"{where}: rope_type='{rope_type}' on sliding-window layers is not supported; gptjax "
+                              f"scales the rope of global layers only")
+        return {"rope_local_theta": theta}
+    fields: dict[str, Any] = {"rope_theta": theta, "rope_scaling": HF_ROPE_TYPES[rope_type]}
     if rope_type != "default":
-        raise GptjaxError(f"{where}: rope_type='{rope_type}' (scaled rope) is not supported; gptjax computes the "
-                          f"default rope")
-    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-    return _field({"rope_theta": theta}, "rope_theta", float, where)
+        fields["rope_factor"] = _field(rope, "factor", float, f"{where} rope_parameters")
+    if rope_type in ("llama3", "yarn"):
+        fields["rope_original_positions"] = _field(rope, "original_max_position_embeddings", int,
+                                                   f"{where} rope_parameters")
+    if rope_type == "llama3":
+        fields.update(rope_low_freq_factor=_field(rope, "low_freq_factor", float, where),
+                      rope_high_freq_factor=_field(rope, "high_freq_factor", float, where))
+    if rope_type == "yarn":
+        fields.update(rope_beta_fast=float(rope.get("beta_fast") or 32.0), rope_beta_slow=float(rope.get("beta_slow")
+                                                                                                 or 1.0),
+                      rope_attention_factor=float(rope.get("attention_factor") or 0.0))
+    return fields
 
 
-def _llama_model_config(hf: Mapping[str, Any], block_size: int | None, where: str) -> ModelConfig:
-    d_model = _field(hf, "hidden_size", int, where)
-    n_head = _field(hf, "num_attention_heads", int, where)
-    n_kv_head = _field(hf, "num_key_value_heads", int, where, n_head)
-    if d_model % n_head:
-        raise GptjaxError(f"{where}: hidden_size={d_model} is not divisible by num_attention_heads={n_head}")
-    head_dim = _field(hf, "head_dim", int, where, d_model // n_head)
-    if head_dim != d_model // n_head:
-        raise GptjaxError(f"{where}: head_dim={head_dim} differs from hidden_size / num_attention_heads = "
-                          f"{d_model // n_head}; gptjax ties the head size to d_model / n_head")
-    if n_head % n_kv_head:
-        raise GptjaxError(f"{where}: num_attention_heads={n_head} is not divisible by num_key_value_heads={n_kv_head}")
-    activation = _field(hf, "hidden_act", str, where, "silu")
-    if activation != "silu":
-        raise GptjaxError(f"{where}: hidden_act='{activation}' is not supported; gptjax's SwiGLU uses silu")
+def _hf_layer_kinds(hf: Mapping[str, Any], family: Family, n_layer: int, where: str) -> list[str]:
+    """Each layer's attention kind (sliding_attention / full_attention), from `layer_types` (transformers 5) or the
+    4.x keys (use_sliding_window + max_window_layers for Qwen, every other layer for Gemma 2, sliding_window_pattern
+    for Gemma 3, one sliding_window for every layer for Mistral)."""
+    if not family.layer_types:
+        return [SLIDING if hf.get("sliding_window") else FULL] * n_layer
+    kinds = hf.get("layer_types")
+    if kinds is None:
+        if family.model_type == "gemma2":
+            kinds = [SLIDING if i % 2 == 0 else FULL for i in range(n_layer)]
+        elif family.model_type == "gemma3_text":
+            period = _field(hf, "sliding_window_pattern", int, where, 6)
+            kinds = [FULL if (i + 1) % period == 0 else SLIDING for i in range(n_layer)]
+        else:
+            first_sliding = hf.get("max_window_layers") or 0 if hf.get("use_sliding_window") else n_layer
+            kinds = [SLIDING if i >= first_sliding else FULL for i in range(n_layer)]
+    if not isinstance(kinds, list) or len(kinds) != n_layer or any(kind not in (SLIDING, FULL) for kind in kinds):
+        raise GptjaxError(f"{where}: layer_types must list '{SLIDING}' or '{FULL}' for each of the {n_layer} layers, "
+                          f"got {kinds!r}")
+    return kinds
+
+
+def shortest_period(pattern: str) -> str:
+    """The shortest prefix of `pattern` that, cycled, gives `pattern` (ModelConfig.layer_pattern is cycled)."""
+    for length in range(1, len(pattern) + 1):
+        if all(pattern[i] == pattern[i % length] for i in range(len(pattern))):
+            return pattern[:length]
+    return pattern
+
+
+def _attention_fields(hf: Mapping[str, Any], family: Family, n_layer: int, where: str) -> dict[str, Any]:
+    kinds = _hf_layer_kinds(hf, family, n_layer, where)
+    if SLIDING not in kinds:
+        return {"attention": "dense"}
+    window = _field(hf, "sliding_window", int, where)
+    if not family.layer_types:
+        return {"attention": "local", "window": window}
+    return {"attention": "dense", "window": window,
+            "layer_pattern": shortest_period("".join("L" if kind == SLIDING else "G" for kind in kinds))}
+
+
+def _bias_fields(hf: Mapping[str, Any], family: Family, where: str) -> dict[str, Any]:
+    if family.bias == "qkv":
+        return {"use_bias": False, "qkv_bias": True}
+    if family.bias == "none":
+        return {"use_bias": False}
     attention_bias = _field(hf, "attention_bias", bool, where, False)
+    if family.bias == "attention":
+        if attention_bias:
+            raise GptjaxError(f"{where}: attention_bias=true is not supported for {family.model_type}; gptjax puts "
+                              f"biases on every projection (model.use_bias) or on q/k/v only (model.qkv_bias)")
+        return {"use_bias": False}
     mlp_bias = _field(hf, "mlp_bias", bool, where, False)
     if attention_bias != mlp_bias:
         raise GptjaxError(f"{where}: attention_bias={attention_bias} with mlp_bias={mlp_bias} is not supported; gptjax "
                           f"has one switch (model.use_bias) for both")
+    return {"use_bias": attention_bias}
+
+
+def _mlp_fields(hf: Mapping[str, Any], family: Family, where: str) -> dict[str, Any]:
+    activation = _field(hf, family.activation_key, str, where, "gelu_pytorch_tanh" if family.gemma else "silu")
+    wanted = family.implies["mlp"]
+    if wanted == "swiglu" and activation == "silu":
+        return {"mlp": "swiglu"}
+    if wanted == "geglu" and activation in (*GPT2_TANH_GELUS, GPT2_EXACT_GELU):
+        return {"mlp": "geglu", "gelu_approximate": activation != GPT2_EXACT_GELU}
+    raise GptjaxError(f"{where}: {family.activation_key}='{activation}' is not supported for {family.model_type}; "
+                      f"gptjax computes {'silu (SwiGLU)' if wanted == 'swiglu' else 'gelu (GeGLU)'}")
+
+
+def _moe_fields(hf: Mapping[str, Any], family: Family, n_layer: int, where: str) -> dict[str, Any]:
+    """ModelConfig MoE fields from a Mixtral / Qwen3-MoE config.json (no experts: a dense model)."""
+    if not family.moe:
+        return {}
+    if hf.get("router_jitter_noise"):
+        raise GptjaxError(f"{where}: router_jitter_noise={hf['router_jitter_noise']!r} is not supported; gptjax routes "
+                          f"without noise (set it to 0.0)")
+    top_k = _field(hf, "num_experts_per_tok", int, where, 2)
+    # HF's balance loss sums expert fractions over the k choices (k times gptjax's fraction of token-slots)
+    common = {"moe_top_k": top_k, "moe_z_loss_weight": 0.0,
+              "moe_aux_loss_weight": top_k * _field(hf, "router_aux_loss_coef", float, where, 0.001)}
+    if family.moe == "mixtral":
+        return {**common, "moe_experts": _field(hf, "num_local_experts", int, where, 8)}
+    experts_key = "num_experts" if "num_experts" in hf else "num_local_experts"  # transformers 5 writes the latter
+    if not hf.get(experts_key):
+        return {}
+    step = _field(hf, "decoder_sparse_step", int, where, 1)
+    dense = hf.get("mlp_only_layers") or []
+    if dense != list(range(len(dense))) or (dense and step != 1) or len(dense) >= n_layer:
+        raise GptjaxError(f"{where}: mlp_only_layers={dense!r} with decoder_sparse_step={step} is not supported; "
+                          f"gptjax keeps the first k layers dense (model.moe_first_dense) then every n-th layer MoE, "
+                          f"and not both at once")
+    return {**common, "moe_experts": _field(hf, experts_key, int, where), "moe_every": step,
+            "moe_first_dense": len(dense), "moe_d_ff": _field(hf, "moe_intermediate_size", int, where),
+            "moe_renormalize": _field(hf, "norm_topk_prob", bool, where, False)}
+
+
+def _rope_family_model_config(hf: Mapping[str, Any], family: Family, block_size: int | None,
+                              where: str) -> ModelConfig:
+    d_model = _field(hf, "hidden_size", int, where)
+    n_head = _field(hf, "num_attention_heads", int, where)
+    n_kv_head = _field(hf, "num_key_value_heads", int, where, n_head)
+    n_layer = _field(hf, "num_hidden_layers", int, where)
+    head_dim = _field(hf, "head_dim", int, where, d_model // n_head if d_model % n_head == 0 else None)
+    if n_head % n_kv_head:
+        raise GptjaxError(f"{where}: num_attention_heads={n_head} is not divisible by num_key_value_heads={n_kv_head}")
+    if hf.get("use_bidirectional_attention"):
+        raise GptjaxError(f"{where}: use_bidirectional_attention=true is not supported; gptjax models are causal")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    per_kind = isinstance(rope, dict) and FULL in rope
+    rope_fields = _rope_fields(rope[FULL] if per_kind else rope, hf, where)
+    local_rope = rope.get(SLIDING, {}) if per_kind else {"rope_theta": hf.get("rope_local_base_freq",
+                                                                              rope_fields["rope_theta"])}
+    attention = _attention_fields(hf, family, n_layer, where)
+    if attention.get("layer_pattern"):
+        rope_fields |= _rope_fields(local_rope, hf, where, local=True)
+        if rope_fields["rope_local_theta"] == rope_fields["rope_theta"]:
+            rope_fields["rope_local_theta"] = 0.0
+        if not family.rope_per_kind and rope_fields["rope_scaling"] != "none":
+            raise GptjaxError(f"{where}: a scaled rope on a model with sliding-window layers is not supported; gptjax "
+                              f"scales the rope of global layers only")
+    gemma = {}
+    if family.gemma:
+        scalar = _field(hf, "query_pre_attn_scalar", int, where, head_dim)
+        gemma = {"query_scale_dim": 0 if scalar == head_dim else scalar,
+                 "attn_softcap": _field(hf, "attn_logit_softcapping", float, where, 0.0),
+                 "logit_softcap": _field(hf, "final_logit_softcapping", float, where, 0.0)}
     max_positions = _field(hf, "max_position_embeddings", int, where, 2048)
+    implied = {key: value for key, value in family.implies.items() if key != "mlp"}
+    implied |= _moe_fields(hf, family, n_layer, where)
     return ModelConfig(
         vocab_size=_field(hf, "vocab_size", int, where),
         block_size=_block_size(max_positions, "max_position_embeddings", block_size, where),
-        n_layer=_field(hf, "num_hidden_layers", int, where), n_head=n_head,
-        n_kv_head=0 if n_kv_head == n_head else n_kv_head, d_model=d_model,
-        d_ff=_field(hf, "intermediate_size", int, where), norm="rmsnorm", norm_placement="pre",
-        norm_eps=_field(hf, "rms_norm_eps", float, where, 1e-6), position="rope", rope_theta=_rope_theta(hf, where),
-        mlp="swiglu", attention="dense", use_bias=attention_bias,
-        tie_embeddings=_field(hf, "tie_word_embeddings", bool, where, False),
+        n_layer=n_layer, n_head=n_head, n_kv_head=0 if n_kv_head == n_head else n_kv_head, d_model=d_model,
+        d_head=0 if d_model == n_head * head_dim else head_dim, d_ff=_field(hf, "intermediate_size", int, where),
+        norm="rmsnorm", norm_placement="pre", norm_eps=_field(hf, "rms_norm_eps", float, where, 1e-6),
+        position="rope", tie_embeddings=_field(hf, "tie_word_embeddings", bool, where, family.gemma),
         init_std=_field(hf, "initializer_range", float, where, 0.02),
+        **rope_fields, **attention, **_bias_fields(hf, family, where), **_mlp_fields(hf, family, where), **gemma,
+        **implied,
     )
 
 
@@ -349,10 +700,15 @@ def model_config_from_hf(hf: Mapping[str, Any], block_size: int | None = None,
     model_type = hf.get("model_type")
     if model_type == GPT2:
         return GPT2, _gpt2_model_config(hf, block_size, where)
-    if model_type == LLAMA:
-        return LLAMA, _llama_model_config(hf, block_size, where)
-    raise GptjaxError(f"{where}: model_type {model_type!r} is not supported; gptjax imports 'gpt2' "
-                      f"(GPT2LMHeadModel) and 'llama' (LlamaForCausalLM)")
+    if model_type in FAMILIES:
+        model = _rope_family_model_config(hf, FAMILIES[model_type], block_size, where)
+        try:
+            config_lib.validate(Config(model=model))
+        except GptjaxError as error:
+            raise GptjaxError(f"{where}: the model it describes is not one gptjax can build: {error}") from None
+        return model_type, model
+    raise GptjaxError(f"{where}: model_type {model_type!r} is not supported; gptjax imports "
+                      f"{', '.join(repr(name) for name in ARCHITECTURES)}")
 
 
 # ---------------------------------------------------------------- HF tensors -> gptjax params
@@ -378,22 +734,30 @@ def _gpt2_layer_params(t: Mapping[str, np.ndarray], m: ModelConfig) -> dict:
     }
 
 
-def _llama_layer_params(t: Mapping[str, np.ndarray], m: ModelConfig) -> dict:
-    d, k = m.d_model, m.head_dim
-    heads = {"query": m.n_head, "key": m.kv_heads, "value": m.kv_heads}
-    attn = {ours: {"kernel": np.ascontiguousarray(t[f"self_attn.{theirs}.weight"].T).reshape(d, heads[ours], k)}
-            for ours, theirs in LLAMA_PROJECTIONS.items()}
-    attn["out"] = {"kernel": np.ascontiguousarray(t["self_attn.o_proj.weight"].T).reshape(m.n_head, k, d)}
-    mlp = {ours: {"kernel": np.ascontiguousarray(t[f"mlp.{theirs}.weight"].T)}
-           for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("proj", "down_proj"))}
-    if m.use_bias:
-        for ours, theirs in LLAMA_PROJECTIONS.items():
-            attn[ours]["bias"] = t[f"self_attn.{theirs}.bias"].reshape(heads[ours], k)
-        attn["out"]["bias"] = t["self_attn.o_proj.bias"]
-        for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("proj", "down_proj")):
-            mlp[ours]["bias"] = t[f"mlp.{theirs}.bias"]
-    return {"norm1": {"scale": t["input_layernorm.weight"]}, "norm2": {"scale": t["post_attention_layernorm.weight"]},
-            "attn": attn, "mlp": mlp}
+def from_hf_layout(tensor: np.ndarray, slot: Slot) -> np.ndarray:
+    """An HF tensor in gptjax's layout: a Linear weight [out, in] transposed and unflattened, a vector reshaped."""
+    if slot.n_in is None:
+        return tensor.reshape(slot.shape)
+    return np.ascontiguousarray(tensor.T).reshape(slot.shape)
+
+
+def _rope_layer_params(t: Mapping[str, np.ndarray], m: ModelConfig, family: str, index: int) -> dict:
+    layer: dict = {}
+    experts: dict[tuple[str, ...], list] = {}
+    for name, slot in rope_layer_slots(m, family, index).items():
+        if slot.expert is not None:
+            experts.setdefault(slot.path, [None] * m.moe_experts)[slot.expert] = from_hf_layout(t[name], slot)
+            continue
+        node = layer
+        for key in slot.path[:-1]:
+            node = node.setdefault(key, {})
+        node[slot.path[-1]] = from_hf_layout(t[name], slot)
+    for path, per_expert in experts.items():
+        node = layer
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = np.stack(per_expert)
+    return layer
 
 
 def params_from_hf(m: ModelConfig, family: str, tensors: Mapping[str, np.ndarray]) -> dict:
@@ -401,18 +765,19 @@ def params_from_hf(m: ModelConfig, family: str, tensors: Mapping[str, np.ndarray
     and shapes match `hf_tensor_shapes(m, family)`."""
     get = lambda name: np.asarray(tensors[name], np.float32)
     if family == GPT2:
-        prefix, layer_fn = "transformer.h", _gpt2_layer_params
+        prefix, layer_fn = "transformer.h", lambda layer, m, i: _gpt2_layer_params(layer, m)
         params = {"embedding": _pad_rows(get("transformer.wte.weight"), m.padded_vocab),
                   "pos_embedding": get("transformer.wpe.weight"),
                   "norm_f": {"scale": get("transformer.ln_f.weight"), "bias": get("transformer.ln_f.bias")}}
     else:
-        prefix, layer_fn = "model.layers", _llama_layer_params
+        prefix = "model.layers"
+        layer_fn = lambda layer, m, i: _rope_layer_params(layer, m, family, i)
         params = {"embedding": _pad_rows(get("model.embed_tokens.weight"), m.padded_vocab),
                   "norm_f": {"scale": get("model.norm.weight")}}
     for i in range(m.n_layer):
         layer_prefix = f"{prefix}.{i}."
         layer_tensors = {name[len(layer_prefix):]: get(name) for name in tensors if name.startswith(layer_prefix)}
-        params[f"layer_{i}"] = layer_fn(layer_tensors, m)
+        params[f"layer_{i}"] = layer_fn(layer_tensors, m, i)
     if not m.tie_embeddings:
         params["lm_head"] = np.ascontiguousarray(_pad_rows(get("lm_head.weight"), m.padded_vocab).T)
     return params
@@ -447,11 +812,46 @@ def _sentencepiece_unk(model_proto: bytes) -> str | None:
     return processor.id_to_piece(processor.unk_id()) if processor.unk_id() >= 0 else None
 
 
+def _json_bytes(data: dict) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _hf_tokenizer_json(tok: tokenizers.Tokenizer) -> bytes:
+    """The tokenizer.json of an hf tokenizer: its own bytes, or with the run's extra special tokens (chat role
+    markers of `WithSpecialTokens`) added as HF special tokens at the ids gptjax gives them."""
+    base = tokenizers.base_tokenizer(tok)
+    if not isinstance(tok, tokenizers.WithSpecialTokens):
+        return base.tokenizer_json
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HfBackend
+
+    backend = HfBackend.from_str(base.tokenizer_json.decode("utf-8"))
+    backend.add_special_tokens([AddedToken(text, special=True, normalized=False) for text in tok.specials])
+    for text, token_id in tok.special_ids().items():
+        if backend.token_to_id(text) != token_id:
+            raise GptjaxError(f"the special token {text!r} is already in the hf tokenizer's vocabulary at id "
+                              f"{backend.token_to_id(text)}, not {token_id}; it cannot be exported as a new token")
+    return backend.to_str().encode("utf-8")
+
+
+def hf_family_tokenizer_files(tok: tokenizers.Tokenizer, model_max_length: int) -> dict[str, bytes]:
+    """tokenizer.json (verbatim), tokenizer_config.json and special_tokens_map.json of an hf tokenizer, which
+    `AutoTokenizer.from_pretrained` loads as a PreTrainedTokenizerFast encoding exactly as gptjax does."""
+    base = tokenizers.base_tokenizer(tok)
+    special = {"eos_token": base.eos_token} | ({"bos_token": base.bos_token} if base.bos_token is not None else {})
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
+              "clean_up_tokenization_spaces": base.clean_up_tokenization_spaces, "bos_token": None, **special}
+    if base.chat_template is not None:
+        config["chat_template"] = base.chat_template
+    return {"tokenizer.json": _hf_tokenizer_json(tok), "tokenizer_config.json": _json_bytes(config),
+            "special_tokens_map.json": _json_bytes(special)}
+
+
 def hf_tokenizer_files(tok: tokenizers.Tokenizer, model_max_length: int) -> tuple[dict[str, bytes], str]:
     """(file name -> bytes, a note on how the tokenizer was written) for an HF model directory."""
-    def dump(data: dict) -> bytes:
-        return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-
+    if tok.kind == "hf":
+        return (hf_family_tokenizer_files(tok, model_max_length),
+                "Hugging Face tokenizer.json as it was read, with a tokenizer_config.json (PreTrainedTokenizerFast)")
     added = _special_token_entry(tok.eot_id)
     for text, token_id in (tok.special_ids() if isinstance(tok, tokenizers.WithSpecialTokens) else {}).items():
         added.update({str(token_id): {**added[str(tok.eot_id)], "content": text}})
@@ -462,39 +862,26 @@ def hf_tokenizer_files(tok: tokenizers.Tokenizer, model_max_length: int) -> tupl
         config = {**base, "tokenizer_class": "GPT2Tokenizer", "bos_token": EOT, "unk_token": EOT,
                   "add_prefix_space": False, "errors": "replace"}
         return ({"vocab.json": files["vocab.json"], "merges.txt": files["merges.txt"],
-                 "tokenizer_config.json": dump(config),
-                 "special_tokens_map.json": dump({"bos_token": EOT, "eos_token": EOT, "unk_token": EOT})},
+                 "tokenizer_config.json": _json_bytes(config),
+                 "special_tokens_map.json": _json_bytes({"bos_token": EOT, "eos_token": EOT, "unk_token": EOT})},
                 "GPT-2 BPE tokenizer (vocab.json + merges.txt)")
     if tok.kind == "sentencepiece":
         unk = _sentencepiece_unk(tok.model_proto)
         config = {**base, "tokenizer_class": "LlamaTokenizer", "bos_token": None, "unk_token": unk, "pad_token": None,
                   "add_bos_token": False, "add_eos_token": False, "legacy": False}
-        return ({"tokenizer.model": tok.model_proto, "tokenizer_config.json": dump(config),
-                 "special_tokens_map.json": dump({"eos_token": EOT, "unk_token": unk})},
+        return ({"tokenizer.model": tok.model_proto, "tokenizer_config.json": _json_bytes(config),
+                 "special_tokens_map.json": _json_bytes({"eos_token": EOT, "unk_token": unk})},
                 "sentencepiece tokenizer (tokenizer.model, LlamaTokenizer, no BOS)")
     if tok.kind == "char":
         config = {**base, "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT}
-        return ({"tokenizer.json": dump(char_tokenizer_json(tok)), "tokenizer_config.json": dump(config),
-                 "special_tokens_map.json": dump({"bos_token": EOT, "eos_token": EOT})},
+        return ({"tokenizer.json": _json_bytes(char_tokenizer_json(tok)), "tokenizer_config.json": _json_bytes(config),
+                 "special_tokens_map.json": _json_bytes({"bos_token": EOT, "eos_token": EOT})},
                 "char tokenizer as a WordLevel tokenizer.json (HF has no character tokenizer class)")
     raise GptjaxError(f"tokenizer kind '{tok.kind}' has no Hugging Face export")
 
 
 def _json_file(path: Path) -> dict:
     return export.read_json_object(path, "Hugging Face file", "fix it or save the model again with save_pretrained")
-
-
-def _token_text(value: Any) -> str | None:
-    """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def _first_id(value: Any) -> int | None:
-    if isinstance(value, list):
-        value = value[0] if value else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def sentencepiece_with_eot(model_proto: bytes, eos_token: str | None, eos_id: int | None, where: str) -> bytes:
@@ -558,25 +945,44 @@ def _char_tokenizer_from_json(spec: dict) -> tokenizers.CharTokenizer | None:
     return tokenizers.CharTokenizer("".join(chars))
 
 
+def _hf_family_tokenizer(src: Path, hf: Mapping[str, Any]) -> tokenizers.HfTokenizer:
+    """The hf tokenizer of `src`'s tokenizer.json; why it cannot be read, with where, as one GptjaxError."""
+    try:
+        return tokenizers.HfTokenizer.from_dir(src, dict(hf))
+    except GptjaxError as e:
+        raise GptjaxError(f"{src} holds tokenizer files gptjax cannot read (tokenizer.json): {e} (or pass "
+                          f"--tokenizer-dir DIR with {READABLE_TOKENIZERS})") from None
+
+
 def tokenizer_from_hf_dir(src: Path, hf: Mapping[str, Any]) -> tokenizers.Tokenizer | None:
     """The gptjax tokenizer of an HF model directory, or None when it holds no tokenizer gptjax can use.
 
     vocab.json + merges.txt -> gpt2_bpe; tokenizer.model -> sentencepiece (see `sentencepiece_with_eot`); a
     tokenizer.json written by `char_tokenizer_json` -> char; a gptjax tokenizer directory (its tokenizer.json
-    names a `kind`, as `gptjax.data.tokenizer.save` writes it) -> that tokenizer."""
+    names a `kind`, as `gptjax.data.tokenizer.save` writes it) -> that tokenizer; any other tokenizer.json -> hf
+    (its special tokens from the directory's tokenizer_config.json, generation_config.json and `hf`). The families
+    after GPT-2 and Llama ship their fast tokenizer.json beside a vocab.json or tokenizer.model (Qwen, Mistral,
+    Gemma): there the tokenizer.json is what `AutoTokenizer` loads, so it is what gptjax reads."""
+    if hf.get("model_type") not in (GPT2, LLAMA) and (src / "tokenizer.json").is_file():
+        spec = _json_file(src / "tokenizer.json")
+        if "kind" not in spec and _char_tokenizer_from_json(spec) is None:
+            return _hf_family_tokenizer(src, hf)
     if (src / "vocab.json").is_file() and (src / "merges.txt").is_file():
         return tokenizers.Gpt2BpeAdapter.from_dir(src)
     if (src / "tokenizer.model").is_file():
         tok_config = _json_file(src / "tokenizer_config.json") if (src / "tokenizer_config.json").is_file() else {}
         generation = _json_file(src / "generation_config.json") if (src / "generation_config.json").is_file() else {}
-        eos_id = _first_id(hf.get("eos_token_id"))
-        eos_id = eos_id if eos_id is not None else _first_id(generation.get("eos_token_id"))
-        proto = sentencepiece_with_eot((src / "tokenizer.model").read_bytes(), _token_text(tok_config.get("eos_token")),
-                                       eos_id, str(src / "tokenizer.model"))
+        eos_id = tokenizers.first_token_id(hf.get("eos_token_id"))
+        eos_id = eos_id if eos_id is not None else tokenizers.first_token_id(generation.get("eos_token_id"))
+        eos_token = tokenizers.special_token_text(tok_config.get("eos_token"))
+        proto = sentencepiece_with_eot((src / "tokenizer.model").read_bytes(), eos_token, eos_id,
+                                       str(src / "tokenizer.model"))
         return tokenizers.SentencePieceTokenizer(proto)
     if (src / "tokenizer.json").is_file():
         spec = _json_file(src / "tokenizer.json")
-        return tokenizers.load(src) if "kind" in spec else _char_tokenizer_from_json(spec)
+        if "kind" in spec:
+            return tokenizers.load(src)
+        return _char_tokenizer_from_json(spec) or _hf_family_tokenizer(src, hf)
     return None
 
 
@@ -794,11 +1200,15 @@ def export_hf(cfg: Config, params: Mapping[str, Any], tokenizer: tokenizers.Toke
     notes = [tokenizer_note]
     if family == GPT2 and not m.use_bias:
         notes.append("model.use_bias=False written as zero biases (HF GPT-2 always has biases; outputs are the same)")
+    if family != GPT2 and FAMILIES[family].bias == "qkv" and not m.qkv_bias:
+        notes.append(f"model.qkv_bias=False written as zero biases on q/k/v ({ARCHITECTURES[family]} always has them; "
+                     f"outputs are the same)")
     with fileio.staged_directory(Path(out), "--out directory") as staging:
         export.write_safetensors(staging / WEIGHTS_FILE, tensors, dtype, {"format": "pt"})
-        export.write_json(staging / "config.json", hf_config(m, eot_id, dtype))
+        bos_id = getattr(tokenizer, "bos_id", None)
+        export.write_json(staging / "config.json", hf_config(m, eot_id, dtype, bos_id))
         if eot_id is not None:
-            export.write_json(staging / "generation_config.json", generation_config(eot_id))
+            export.write_json(staging / "generation_config.json", generation_config(eot_id, bos_id))
         for name, data in tokenizer_files.items():
             fileio.write_bytes_atomic(staging / name, data)
     return notes

@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from gptjax.config import ModelConfig
 from gptjax.errors import GptjaxError
-from gptjax.model.layers import Dense, apply_rope, dropout
+from gptjax.model.layers import Dense, Norm, apply_rope, dropout
 from gptjax.model.lora import lora_spec
 from gptjax.model.mup import attention_scale, hidden_init_std
 from gptjax.parallel.rules import constrain, spec_for, target_platform
@@ -62,10 +62,22 @@ def pattern_allows(q_pos, k_pos, pattern: str, window: int, stride: int):
     return causal
 
 
-def attention_mask(q_pos_BT, k_pos_BS, q_seg_BT, k_seg_BS, cfg: ModelConfig) -> jax.Array:
-    """Boolean [B, T, S]: query t may attend to key s."""
-    allowed = pattern_allows(q_pos_BT[:, :, None], k_pos_BS[:, None, :], cfg.attention, cfg.window, cfg.stride)
+def attention_mask(q_pos_BT, k_pos_BS, q_seg_BT, k_seg_BS, cfg: ModelConfig, pattern: str | None = None) -> jax.Array:
+    """Boolean [B, T, S]: query t may attend to key s, under `pattern` (None: model.attention)."""
+    allowed = pattern_allows(q_pos_BT[:, :, None], k_pos_BS[:, None, :], pattern or cfg.attention, cfg.window,
+                             cfg.stride)
     return allowed & (q_seg_BT[:, :, None] == k_seg_BS[:, None, :])
+
+
+def softcap(logits: jax.Array, cap: float) -> jax.Array:
+    """cap·tanh(logits / cap): logits squashed into (-cap, cap) (Gemma 2); no-op for cap 0."""
+    return cap * jnp.tanh(logits / cap) if cap else logits
+
+
+def score_scale(cfg: ModelConfig, head_dim: int) -> float:
+    """What q·k of heads `head_dim` wide is multiplied by: model.query_scale_dim^-1/2 (0: head_dim^-1/2), with μP's
+    multiplier."""
+    return attention_scale(cfg.query_scale_dim or head_dim, cfg)
 
 
 def _repeat_heads(x_BSGK: jax.Array, n_heads: int) -> jax.Array:
@@ -74,16 +86,17 @@ def _repeat_heads(x_BSGK: jax.Array, n_heads: int) -> jax.Array:
 
 
 def xla_attention(q_BTNK, k_BSGK, v_BSGK, mask_BTS, bias_BNTS=None, dropout_rng=None, dropout_rate=0.0,
-                  scale: float | None = None):
-    """Reference attention in plain jnp: scores q·k times `scale` (None: 1/sqrt(head_dim)), float32 softmax,
-    optional additive bias and dropout.
+                  scale: float | None = None, cap: float = 0.0):
+    """Reference attention in plain jnp: scores q·k times `scale` (None: 1/sqrt(head_dim)), soft-capped at `cap`
+    (0: not), float32 softmax, optional additive bias and dropout.
 
     KV heads are repeated up to the query heads (GQA/MQA) so every contraction is a plain 4-D batched matmul:
     XLA's CPU backend runs the 5-D grouped form ~3x slower, and the repeat's gradient is a cheap sum."""
     n, k = q_BTNK.shape[2], q_BTNK.shape[3]
     k_BSNK, v_BSNK = _repeat_heads(k_BSGK, n), _repeat_heads(v_BSGK, n)
     scale = k ** -0.5 if scale is None else scale
-    logits_BNTS = jnp.einsum("btnk,bsnk->bnts", q_BTNK, k_BSNK, preferred_element_type=jnp.float32) * scale
+    logits_BNTS = softcap(jnp.einsum("btnk,bsnk->bnts", q_BTNK, k_BSNK, preferred_element_type=jnp.float32) * scale,
+                          cap)
     if bias_BNTS is not None:
         logits_BNTS = logits_BNTS + bias_BNTS
     logits_BNTS = jnp.where(mask_BTS[:, None], logits_BNTS, jnp.finfo(jnp.float32).min)
@@ -96,7 +109,7 @@ def xla_attention(q_BTNK, k_BSGK, v_BSGK, mask_BTS, bias_BNTS=None, dropout_rng=
 
 
 def decode_attention(q_B1NK, k_B1GK, v_B1GK, cache_k_BGSK, cache_v_BGSK, index, mask_B1S, bias_BN1S=None,
-                     scale: float | None = None):
+                     scale: float | None = None, cap: float = 0.0):
     """xla_attention of one new token per row, to be written at slot `index`, over the cache before that write.
 
     The same numbers as attending over the updated cache, with the new key and value taken apart: reading the
@@ -112,7 +125,7 @@ def decode_attention(q_B1NK, k_B1GK, v_B1GK, cache_k_BGSK, cache_v_BGSK, index, 
     own_BGR1 = jnp.einsum("bgrk,bgk->bgr", q_BGRK, k_B1GK[:, 0].astype(q_BGRK.dtype),
                           preferred_element_type=jnp.float32)[..., None]
     own_S = jnp.arange(s) == index
-    logits_BNS = jnp.where(own_S, own_BGR1, cached_BGRS).reshape(b, n, s) * scale
+    logits_BNS = softcap(jnp.where(own_S, own_BGR1, cached_BGRS).reshape(b, n, s) * scale, cap)
     if bias_BN1S is not None:
         logits_BNS = logits_BNS + bias_BN1S[:, :, 0]
     logits_BNS = jnp.where(mask_B1S, logits_BNS, jnp.finfo(jnp.float32).min)
@@ -148,6 +161,10 @@ def kernel_unsupported_reason(impl: str, cfg: ModelConfig, platform: str, length
         return f"attention_impl='{impl}' does not apply attention dropout"
     if cfg.position == "alibi":
         return f"attention_impl='{impl}' does not take the ALiBi bias"
+    if cfg.attn_softcap:
+        return f"attention_impl='{impl}' does not soft-cap attention logits (model.attn_softcap)"
+    if cfg.layer_pattern:
+        return f"attention_impl='{impl}' takes one attention pattern for every layer, not model.layer_pattern"
     if impl == "splash" and length % SPLASH_BLOCK:
         return f"attention_impl='splash' needs a sequence length divisible by {SPLASH_BLOCK}, got {length}"
     if impl == "cudnn" and packed:
@@ -204,7 +221,7 @@ def shard_batch_and_heads(local_fn, q_BTNK, k_BSGK, v_BSGK, seg_BT=None):
 def _cudnn_local(q_BTNK, k_BSGK, v_BSGK, cfg: ModelConfig, implementation: str | None):
     window = (cfg.window - 1, 0) if cfg.attention == "local" else None
     return jax.nn.dot_product_attention(
-        q_BTNK, k_BSGK, v_BSGK, scale=attention_scale(q_BTNK.shape[-1], cfg), is_causal=True,
+        q_BTNK, k_BSGK, v_BSGK, scale=score_scale(cfg, q_BTNK.shape[-1]), is_causal=True,
         local_window_size=window, implementation=implementation)
 
 
@@ -235,7 +252,7 @@ def _splash_local(q_BTNK, k_BSGK, v_BSGK, seg_BT=None, *, cfg: ModelConfig, inte
     from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import SegmentIds
 
     kernel = _splash_kernel(cfg.attention, cfg.window, cfg.stride, q_BTNK.shape[2], q_BTNK.shape[1], interpret)
-    scaled_q = q_BTNK * attention_scale(q_BTNK.shape[-1], cfg)
+    scaled_q = q_BTNK * score_scale(cfg, q_BTNK.shape[-1])
     q_BNTK, k_BGSK, v_BGSK = (jnp.swapaxes(x, 1, 2) for x in (scaled_q, k_BSGK, v_BSGK))
     if seg_BT is None:
         out_BNTK = jax.vmap(kernel)(q_BNTK, k_BGSK, v_BGSK)
@@ -253,7 +270,9 @@ def splash_attention(q_BTNK, k_BSGK, v_BSGK, cfg: ModelConfig, seg_BT=None, inte
 
 
 class AttnContext(NamedTuple):
-    """Per-forward inputs every layer's attention shares (computed once, broadcast over layers)."""
+    """Per-forward inputs every layer's attention shares (computed once, broadcast over layers).
+
+    Under model.layer_pattern, local layers take the `local_*` mask and rope (None otherwise)."""
 
     mask_BTS: jax.Array
     bias_BNTS: jax.Array | None
@@ -261,6 +280,26 @@ class AttnContext(NamedTuple):
     rope_sin_BTH: jax.Array | None
     cache_index: jax.Array | None
     segment_ids_BT: jax.Array | None = None  # for kernels that take segment ids; None: one segment per row
+    local_mask_BTS: jax.Array | None = None
+    local_rope_cos_BTH: jax.Array | None = None
+    local_rope_sin_BTH: jax.Array | None = None
+
+
+def pick(local, local_value, global_value):
+    """`local_value` for a local layer, else `global_value`; `local` is a Python bool (unrolled layers) or a traced
+    bool (scanned layers), None where the model has no layer_pattern."""
+    if local is None or local_value is None:
+        return global_value
+    if isinstance(local, bool):
+        return local_value if local else global_value
+    return jnp.where(local, local_value, global_value)
+
+
+def layer_context(ctx: AttnContext, local) -> AttnContext:
+    """The context one layer sees: its kind's mask and rope in the global slots."""
+    return ctx._replace(mask_BTS=pick(local, ctx.local_mask_BTS, ctx.mask_BTS),
+                        rope_cos_BTH=pick(local, ctx.local_rope_cos_BTH, ctx.rope_cos_BTH),
+                        rope_sin_BTH=pick(local, ctx.local_rope_sin_BTH, ctx.rope_sin_BTH))
 
 
 class Attention(nn.Module):
@@ -278,13 +317,18 @@ class Attention(nn.Module):
         n, g, k = cfg.n_head, cfg.kv_heads, cfg.head_dim
 
         def proj(heads, axes, target, name):
-            return Dense((heads, k), ("embed", axes, "head_dim"), use_bias=cfg.use_bias,
+            return Dense((heads, k), ("embed", axes, "head_dim"), use_bias=cfg.use_bias or cfg.qkv_bias,
                          init_std=hidden_init_std(cfg, cfg.init_std), dtype=dtype, lora=lora_spec(cfg, target),
                          deterministic=self.deterministic, name=name)
+
+        def head_norm(name):
+            return Norm("rmsnorm", cfg.norm_eps, False, dtype, cfg.norm_offset, name=name)
 
         q_BTNK = proj(n, "heads", "q", "query")(x_BTD)
         k_BTGK = proj(g, "kv_heads", "k", "key")(x_BTD)
         v_BTGK = proj(g, "kv_heads", "v", "value")(x_BTD)
+        if cfg.qk_norm:
+            q_BTNK, k_BTGK = head_norm("query_norm")(q_BTNK), head_norm("key_norm")(k_BTGK)
         q_BTNK = constrain(q_BTNK, ("batch", "act_length", "act_heads", None))
         k_BTGK = constrain(k_BTGK, ("batch", "act_length", "act_kv_heads", None))
         v_BTGK = constrain(v_BTGK, ("batch", "act_length", "act_kv_heads", None))
@@ -313,10 +357,10 @@ class Attention(nn.Module):
             out_BTNK = splash_attention(q_BTNK, k_BSGK, v_BSGK, cfg, ctx.segment_ids_BT)
         elif layer_cache is not None and q_BTNK.shape[1] == 1:
             out_BTNK = decode_attention(q_BTNK, k_BTGK, v_BTGK, *layer_cache, ctx.cache_index, ctx.mask_BTS,
-                                        ctx.bias_BNTS, attention_scale(k, cfg))
+                                        ctx.bias_BNTS, score_scale(cfg, k), cfg.attn_softcap)
         else:
             out_BTNK = xla_attention(q_BTNK, k_BSGK, v_BSGK, ctx.mask_BTS, ctx.bias_BNTS, dropout_rng, cfg.dropout,
-                                     attention_scale(k, cfg))
+                                     score_scale(cfg, k), cfg.attn_softcap)
         out_BTNK = checkpoint_name(constrain(out_BTNK, ("batch", "act_length", "act_heads", None)), "attn_out")
         out_BTD = Dense((cfg.d_model,), ("heads", "head_dim", "embed"), n_in=2, use_bias=cfg.use_bias,
                         init_std=self.out_std, dtype=dtype, lora=lora_spec(cfg, "o"), deterministic=self.deterministic,

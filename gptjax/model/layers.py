@@ -165,18 +165,24 @@ class Dense(nn.Module):
 
 
 class Norm(nn.Module):
-    """LayerNorm or RMSNorm, computed in float32, returned in `dtype`."""
+    """LayerNorm or RMSNorm over the last dim, computed in float32, returned in `dtype`.
+
+    offset=True stores the gain as w (initialised at 0) and applies 1 + w, as Gemma does."""
 
     kind: str = "layernorm"
     eps: float = 1e-5
     use_bias: bool = True
     dtype: jnp.dtype = jnp.float32
+    offset: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         d = x.shape[-1]
         x32 = x.astype(jnp.float32)
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (d,), jnp.float32)
+        init = nn.initializers.zeros if self.offset else nn.initializers.ones
+        scale = self.param("scale", nn.with_logical_partitioning(init, ("norm",)), (d,), jnp.float32)
+        if self.offset:
+            scale = 1.0 + scale
         if self.kind == "rmsnorm":
             y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps) * scale
         else:
@@ -190,7 +196,7 @@ class Norm(nn.Module):
 
 
 class Mlp(nn.Module):
-    """GELU (tanh approximation as GPT-2, or exact erf) or SwiGLU feed-forward block."""
+    """GELU (tanh approximation as GPT-2, or exact erf), SwiGLU or GeGLU (Gemma) feed-forward block."""
 
     kind: str
     gelu_approximate: bool
@@ -209,10 +215,14 @@ class Mlp(nn.Module):
             return Dense((features,), axes, use_bias=self.use_bias, init_std=std, dtype=self.dtype, lora=self.lora,
                          deterministic=self.deterministic, name=name)
 
-        if self.kind == "swiglu":
-            gate_BTF = dense(self.d_ff, ("embed", "mlp"), self.init_std, "gate")(x_BTD)
+        if self.kind in ("swiglu", "geglu"):
+            gate_BTF = dense(self.d_ff, ("embed", "mlp"), self.init_std, "gate")(x_BTD).astype(jnp.float32)
             up_BTF = dense(self.d_ff, ("embed", "mlp"), self.init_std, "up")(x_BTD)
-            h_BTF = nn.silu(gate_BTF.astype(jnp.float32)).astype(self.dtype) * up_BTF
+            if self.kind == "swiglu":
+                act_BTF = nn.silu(gate_BTF)
+            else:
+                act_BTF = nn.gelu(gate_BTF, approximate=self.gelu_approximate)
+            h_BTF = act_BTF.astype(self.dtype) * up_BTF
         else:
             h_BTF = dense(self.d_ff, ("embed", "mlp"), self.init_std, "fc")(x_BTD)
             h_BTF = nn.gelu(h_BTF.astype(jnp.float32), approximate=self.gelu_approximate).astype(self.dtype)
@@ -230,11 +240,65 @@ def sinusoidal_table(n_positions: int, d_model: int) -> np.ndarray:
     return table_PD.astype(np.float32)
 
 
-def rope_angles(positions_BT: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos and sin [B, T, head_dim/2] for rotary embeddings at the given positions."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    angles_BTH = positions_BT.astype(jnp.float32)[..., None] * inv_freq
-    return jnp.cos(angles_BTH), jnp.sin(angles_BTH)
+def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
+    """Unscaled rotary frequencies theta^(-2i/head_dim), i < head_dim/2 (float32, computed as HF computes them)."""
+    exponents = np.arange(0, head_dim, 2).astype(np.float32) / np.float32(head_dim)
+    return (np.float32(1.0) / np.power(np.float32(theta), exponents)).astype(np.float32)
+
+
+def llama3_inv_freq(inv_freq: np.ndarray, factor: float, low_freq_factor: float, high_freq_factor: float,
+                    original_positions: int) -> np.ndarray:
+    """Llama 3.1's rope scaling: wavelengths longer than original/low_freq_factor are stretched by `factor`, those
+    shorter than original/high_freq_factor kept, and the band between interpolated smoothly."""
+    wavelen = np.float32(2 * math.pi) / inv_freq
+    low_freq_wavelen, high_freq_wavelen = original_positions / low_freq_factor, original_positions / high_freq_factor
+    stretched = np.where(wavelen > low_freq_wavelen, inv_freq / np.float32(factor), inv_freq)
+    smooth = (original_positions / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * stretched / np.float32(factor) + smooth * stretched
+    medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return np.where(medium, smoothed, stretched).astype(np.float32)
+
+
+def yarn_inv_freq(head_dim: int, theta: float, factor: float, original_positions: int, beta_fast: float,
+                  beta_slow: float) -> np.ndarray:
+    """YaRN (Peng et al. 2023): interpolated frequencies below the correction range, extrapolated above it, a linear
+    ramp between (the range's ends truncated to whole dims, as transformers does by default)."""
+    def correction_dim(rotations: float) -> float:
+        return head_dim * math.log(original_positions / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low = max(math.floor(correction_dim(beta_fast)), 0)
+    high = min(math.ceil(correction_dim(beta_slow)), head_dim - 1)
+    high = high + 0.001 if low == high else high
+    ramp = np.clip((np.arange(head_dim // 2, dtype=np.float32) - low) / (high - low), 0, 1).astype(np.float32)
+    extrapolation = rope_inv_freq(head_dim, theta)
+    extrapolation_weight = 1 - ramp
+    return (extrapolation / np.float32(factor) * (1 - extrapolation_weight)
+            + extrapolation * extrapolation_weight).astype(np.float32)
+
+
+def rope_frequencies(cfg, local: bool = False) -> tuple[np.ndarray, float]:
+    """(inverse frequencies [head_dim/2], cos/sin multiplier) of a layer's rope. `local` layers of a
+    model.layer_pattern use model.rope_local_theta (0 = rope_theta) unscaled; the others model.rope_scaling."""
+    if local:
+        return rope_inv_freq(cfg.head_dim, cfg.rope_local_theta or cfg.rope_theta), 1.0
+    inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta)
+    if cfg.rope_scaling == "linear":
+        return (inv_freq / np.float32(cfg.rope_factor)).astype(np.float32), 1.0
+    if cfg.rope_scaling == "llama3":
+        return llama3_inv_freq(inv_freq, cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
+                               cfg.rope_original_positions), 1.0
+    if cfg.rope_scaling == "yarn":
+        attention_factor = cfg.rope_attention_factor or (
+            1.0 if cfg.rope_factor <= 1 else 0.1 * math.log(cfg.rope_factor) + 1.0)
+        return yarn_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_factor, cfg.rope_original_positions,
+                             cfg.rope_beta_fast, cfg.rope_beta_slow), attention_factor
+    return inv_freq, 1.0
+
+
+def rope_angles(positions_BT: jax.Array, inv_freq: np.ndarray, multiplier: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [B, T, head_dim/2] (times `multiplier`) for rotary embeddings at the given positions."""
+    angles_BTH = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+    return jnp.cos(angles_BTH) * multiplier, jnp.sin(angles_BTH) * multiplier
 
 
 def apply_rope(x_BTNK: jax.Array, cos_BTH: jax.Array, sin_BTH: jax.Array) -> jax.Array:

@@ -25,6 +25,8 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("act_kv_heads", "tensor"),
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
+    ("act_expert", "fsdp"),  # capacity dispatch: the [E, B, C, D] tokens of each expert live with its weights
+    ("act_expert_batch", "data"),  # ... and their rows stay split over data
     # parameters
     ("vocab", "tensor"),
     ("embed", "fsdp"),
@@ -32,6 +34,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("mlp", "tensor"),
+    ("expert", "fsdp"),  # expert parallelism: each fsdp shard holds whole experts (model.moe_experts must divide it)
     ("positions", None),
     ("norm", None),
     ("layers", None),

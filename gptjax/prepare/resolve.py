@@ -80,6 +80,8 @@ def resolve_data(data_cfg: DataConfig) -> Path:
         "val_fraction": data_cfg.val_fraction,
         "inputs": [(p, os.path.getsize(p), sha256_file(p)) for p in inputs],
     }
+    if kind == "hf":
+        key_src["tokenizer_files"] = tokenizers.source_digest(data_cfg.tokenizer_dir)
     if _changed_prepare_settings(data_cfg.prepare):
         key_src["prepare"] = _changed_prepare_settings(data_cfg.prepare)
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]

@@ -24,7 +24,8 @@ def vocab_size(data: DataConfig) -> int:
 
 
 def _check_tokenizer_dir(directory: Path, kind: str) -> None:
-    """A tokenizer_dir must hold a saved gptjax tokenizer, or for gpt2_bpe GPT-2's vocab.json + merges.txt."""
+    """A tokenizer_dir must hold a saved gptjax tokenizer, for gpt2_bpe GPT-2's vocab.json + merges.txt, or for hf a
+    Hugging Face tokenizer.json (which has the same name as gptjax's saved tokenizer spec)."""
     if (directory / tokenizers.SPEC_FILE).is_file():
         return
     gpt2_files = (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file()
@@ -34,7 +35,8 @@ def _check_tokenizer_dir(directory: Path, kind: str) -> None:
     raise GptjaxError(f"data.tokenizer_dir (--tokenizer-dir) {directory} holds no tokenizer (no {expected}); point it "
                       f"at a prepared dataset's tokenizer/ directory" +
                       (" or at GPT-2's vocab.json + merges.txt" if kind == "gpt2_bpe" else "") +
-                      ", or leave it out to train a new tokenizer")
+                      (" or at a Hugging Face model's directory (its tokenizer.json)" if kind == "hf" else
+                       ", or leave it out to train a new tokenizer"))
 
 
 def check(data: DataConfig) -> None:
@@ -50,6 +52,9 @@ def check(data: DataConfig) -> None:
     if data.tokenizer == "gpt2_bpe" and not data.tokenizer_dir:
         raise GptjaxError("the gpt2_bpe tokenizer needs data.tokenizer_dir (--tokenizer-dir) holding vocab.json and "
                           "merges.txt")
+    if data.tokenizer == "hf" and not data.tokenizer_dir:
+        raise GptjaxError("the hf tokenizer needs data.tokenizer_dir (--tokenizer-dir): a directory holding a Hugging "
+                          "Face tokenizer.json (and its tokenizer_config.json)")
     if data.tokenizer_dir:
         _check_tokenizer_dir(Path(data.tokenizer_dir), data.tokenizer)
     if data.prepare.dedup == "near":
@@ -63,5 +68,8 @@ def settings_key(data: DataConfig) -> dict:
     prepare = {name: value for name, value in dataclasses.asdict(data.prepare).items()
                if name not in OUTPUT_INDEPENDENT}
     prepare["languages"] = list(data.prepare.languages)
-    return {"tokenizer": data.tokenizer, "vocab_size": vocab_size(data), "tokenizer_dir": data.tokenizer_dir,
-            "val_fraction": data.val_fraction, "prepare": prepare}
+    key = {"tokenizer": data.tokenizer, "vocab_size": vocab_size(data), "tokenizer_dir": data.tokenizer_dir,
+           "val_fraction": data.val_fraction, "prepare": prepare}
+    if data.tokenizer == "hf":  # the files, not only their directory: a changed tokenizer.json is other data
+        key["tokenizer_files"] = tokenizers.source_digest(data.tokenizer_dir)
+    return key

@@ -50,13 +50,22 @@ def attention_params(cfg: ModelConfig) -> int:
     return weights + biases
 
 
-def mlp_params(cfg: ModelConfig) -> int:
-    """GELU: fc + proj; SwiGLU: gate + up + proj; with their biases when use_bias."""
-    d, f = cfg.d_model, cfg.ff_dim
-    inputs = 2 if cfg.mlp == "swiglu" else 1
-    weights = inputs * d * f + f * d
-    biases = inputs * f + d if cfg.use_bias else 0
+def _one_mlp(cfg: ModelConfig, width: int) -> int:
+    """GELU: fc + proj; SwiGLU/GeGLU: gate + up + proj; with their biases when use_bias."""
+    d = cfg.d_model
+    inputs = 2 if cfg.mlp in ("swiglu", "geglu") else 1
+    weights = inputs * d * width + width * d
+    biases = inputs * width + d if cfg.use_bias else 0
     return weights + biases
+
+
+def mlp_params(cfg: ModelConfig, index: int = 0) -> int:
+    """Layer `index`'s MLP: the dense one, or (model.is_moe_layer) every routed expert, the shared experts (one MLP
+    of their summed width) and the router."""
+    if not cfg.is_moe_layer(index):
+        return _one_mlp(cfg, cfg.ff_dim)
+    shared = _one_mlp(cfg, cfg.moe_shared_experts * cfg.moe_ff_dim) if cfg.moe_shared_experts else 0
+    return cfg.moe_experts * _one_mlp(cfg, cfg.moe_ff_dim) + shared + cfg.d_model * cfg.moe_experts
 
 
 def embedding_params(cfg: ModelConfig) -> int:
@@ -75,9 +84,10 @@ def param_counts(cfg: ModelConfig) -> ParamCounts:
     if cfg.lora_rank or cfg.num_classes:
         raise GptjaxError("scaling counts cover the language model only; set model.lora_rank=0 and "
                           "model.num_classes=0 (adapters and classifier heads are not part of a scaling law)")
-    layer = 2 * norm_params(cfg) + attention_params(cfg) + mlp_params(cfg)
+    layer = 2 * norm_params(cfg) + attention_params(cfg)
+    blocks = cfg.n_layer * layer + sum(mlp_params(cfg, i) for i in range(cfg.n_layer))
     final_norm = norm_params(cfg) if cfg.norm_placement == "pre" else 0
-    return ParamCounts(embedding=embedding_params(cfg), blocks=cfg.n_layer * layer, final_norm=final_norm)
+    return ParamCounts(embedding=embedding_params(cfg), blocks=blocks, final_norm=final_norm)
 
 
 def training_flops_per_token(cfg: ModelConfig, seq_len: int = 0) -> float:

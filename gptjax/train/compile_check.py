@@ -178,6 +178,8 @@ def sharding_problem(cfg: Config, shape: dict[str, int]) -> str | None:
         (shape["tensor"], m.n_head, "tensor", "model.n_head"),
         (shape["tensor"], m.ff_dim, "tensor", "the MLP width (model.d_ff)"),
         (shape["fsdp"], m.d_model, "fsdp", "model.d_model"),
+        (shape["fsdp"], m.moe_experts, "fsdp", "model.moe_experts (experts are sharded over fsdp)"),
+        (shape["tensor"], m.moe_ff_dim if m.moe_experts else 0, "tensor", "the expert width (model.moe_d_ff)"),
     )
     for size, dim, axis, what in checks:
         if dim % size:

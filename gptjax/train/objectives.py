@@ -16,6 +16,7 @@ import numpy as np
 
 from gptjax.errors import GptjaxError
 from gptjax.model.losses import Batch, classify_terms, dpo_terms, pair_logprobs, token_nll
+from gptjax.model.moe import MOE_COLLECTION, moe_metrics
 from gptjax.model.transformer import Transformer
 from gptjax.parallel.rules import constrain
 
@@ -48,7 +49,11 @@ def lm_batch(batch: Any) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass(frozen=True)
 class NextTokenLM:
-    """Next-token cross-entropy over the weighted targets, plus optional z-loss (PaLM) on log Z."""
+    """Next-token cross-entropy over the weighted targets, plus optional z-loss (PaLM) on log Z.
+
+    A mixture-of-experts model (model.moe_experts > 0) adds its router losses, means over the MoE layers weighted
+    by model.moe_aux_loss_weight and moe_z_loss_weight, and reports them with the per-layer expert fractions
+    (`gptjax.model.moe.moe_metrics`); `loss` stays the cross-entropy alone, so val loss never includes them."""
 
     z_loss: float = 0.0
     name: str = "lm"
@@ -60,12 +65,20 @@ class NextTokenLM:
         segments_BT = batch["segment_ids"][:, :-1] if "segment_ids" in batch else None
         positions_BT = batch["positions"][:, :-1] if "positions" in batch else None
         rngs = {"dropout": rng} if rng is not None else {}
-        logits_BTV = model.apply({"params": params}, inputs_BT, positions_BT, segments_BT, deterministic=rng is None,
-                                 rngs=rngs)
+        moe = model.cfg.moe_experts > 0
+        out = model.apply({"params": params}, inputs_BT, positions_BT, segments_BT, deterministic=rng is None,
+                          rngs=rngs, mutable=[MOE_COLLECTION] if moe else False)
+        logits_BTV, sown = out if moe else (out, None)
         nll_BT, log_z_BT = token_nll(logits_BTV, tokens_BT1[:, 1:])
         nll_sum = (nll_BT * weights_BT).sum()
         loss_sum = nll_sum + self.z_loss * (jnp.square(log_z_BT) * weights_BT).sum() if self.z_loss else nll_sum
-        return loss_sum, {"loss": nll_sum, "weight": weights_BT.sum()}
+        metrics = {"loss": nll_sum, "weight": weights_BT.sum()}
+        if moe:  # per-batch means, scaled by the weight like the sums they join (the step divides by it)
+            means = moe_metrics(sown[MOE_COLLECTION], model.cfg.n_layer)
+            loss_sum = loss_sum + metrics["weight"] * (model.cfg.moe_aux_loss_weight * means["moe_aux_loss"]
+                                                       + model.cfg.moe_z_loss_weight * means["moe_z_loss"])
+            metrics.update({name: value * metrics["weight"] for name, value in means.items()})
+        return loss_sum, metrics
 
 
 @dataclasses.dataclass(frozen=True)

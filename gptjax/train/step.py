@@ -16,12 +16,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from gptjax.config import FINETUNE_OBJECTIVES, Config
-from gptjax.model.mup import adam_lr_multipliers
+from gptjax.config import FINETUNE_OBJECTIVES, Config, check_experts_divide
 from gptjax.model.transformer import Transformer
 from gptjax.parallel.rules import batch_sharding, use_rules
 from gptjax.train.objectives import Objective, batch_format, make_objective
-from gptjax.train.optim import lr_schedule, make_optimizer
+from gptjax.train.optim import lr_schedule, run_optimizer
 from gptjax.train.state import TrainState, create_state, state_shardings
 
 SPIKE_EMA = 0.95  # weight of the old running mean of the loss (train.spike_factor)
@@ -75,7 +74,8 @@ def train_step(state: TrainState, batch: dict, *, model: Transformer, optimizer:
 
     Gradients of summed losses are added and divided by the total `weight`, so k microbatches give the same update
     as one batch k times larger. With `train.spike_factor`, an update whose loss exceeds that many times the running
-    mean is skipped (params and optimizer state kept) and counted."""
+    mean is skipped (params and optimizer state kept) and counted. With `train.ema_decay`, the moving average of the
+    params moves toward the new params (the kept ones after a skipped update)."""
     t = cfg.train
     grads, sums = _summed_grads(state, batch, model=model, objective=objective, cfg=cfg, trainable=trainable)
     weight = jnp.maximum(sums["weight"], 1e-9)
@@ -97,6 +97,9 @@ def train_step(state: TrainState, batch: dict, *, model: Transformer, optimizer:
                                          SPIKE_EMA * state.loss_ema + (1 - SPIKE_EMA) * loss, loss)),
             skipped_steps=state.skipped_steps + spike.astype(jnp.int32))
         metrics["skipped_steps"] = new_state.skipped_steps
+    if t.ema_decay:
+        new_state = new_state.replace(ema_params=jax.tree_util.tree_map(
+            lambda ema, p: t.ema_decay * ema + (1 - t.ema_decay) * p, state.ema_params, new_state.params))
     return new_state, metrics
 
 
@@ -183,8 +186,9 @@ def build_step(cfg: Config, mesh: Mesh, *, objective: Objective | None = None, t
     `objective` defaults to `train.objective`; `trainable` (a bool tree shaped like the params) freezes the False
     leaves (no gradient, no optimizer state); `frozen_example` (a params-shaped tree, e.g. a DPO reference) is
     carried in the state beside the trainable params, sharded like them."""
+    check_experts_divide(cfg.model, mesh.shape["fsdp"])
     model = Transformer(cfg.model)
-    optimizer = make_optimizer(cfg.train, trainable, adam_lr_multipliers(cfg.model))
+    optimizer = run_optimizer(cfg, trainable)
     objective = objective or make_objective(cfg)
     shardings, abstract_state = state_shardings(model, optimizer, cfg, mesh, frozen_example)
     in_sharding = batch_sharding(mesh)

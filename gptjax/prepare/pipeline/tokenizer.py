@@ -1,5 +1,6 @@
-"""Phase 3: the run's tokenizer, reused from a saved one, read from GPT-2 files, or trained on the survivors
-(char: every character seen; sentencepiece: a sample of the train documents)."""
+"""Phase 3: the run's tokenizer, reused from a saved one (or a Hugging Face tokenizer.json, which `tokenizers.load`
+reads as hf), read from GPT-2 files, or trained on the survivors (char: every character seen; sentencepiece: a sample
+of the train documents)."""
 from __future__ import annotations
 
 import os

@@ -1,0 +1,381 @@
+"""The hf tokenizer kind: any Hugging Face tokenizer.json, encoding and decoding exactly as transformers does,
+saved and reloaded, prepared and trained on, generated with, exported to and imported from HF directories, and
+one clear error line for each bad input.
+
+Three tokenizer.json files are trained here with `tokenizers` (nothing is downloaded), shaped as the families ship
+them: Llama-3-like (byte-level BPE, Llama 3's split pattern, BOS added by the post-processor), Qwen-like (byte-level,
+no BOS) and Mistral-like (sentencepiece-style BPE: ▁ for spaces, byte fallback, <s> / </s>)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tokenizers")
+pytest.importorskip("transformers")
+
+import gptjax  # noqa: E402
+from gptjax import cli, export  # noqa: E402
+from gptjax.api import LM  # noqa: E402
+from gptjax.config import Config, DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from gptjax.data import tokenizer as tokenizers  # noqa: E402
+from gptjax.errors import GptjaxError  # noqa: E402
+from gptjax.interop import hf  # noqa: E402
+from gptjax.prepare import resolve, settings  # noqa: E402
+
+TEXT_FILE = Path(__file__).parent / "fixtures" / "hf_tokenizer" / "multilingual.txt"
+TEXT = TEXT_FILE.read_text(encoding="utf-8")
+LINES = TEXT.splitlines()
+EDGE_TEXTS = ("", " ", "  leading and trailing  \n\n", "tabs\tand\r\nnewlines\n", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🙂☃ 👩‍👩‍👧",
+              "<|im_start|>user\nhi<|im_end|>", "</s><s> <unk>", "<|end_of_text|><|begin_of_text|>x", "a  .  b ,c !")
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+
+
+# ---------------------------------------------------------------- fixtures: tokenizer.json files built locally
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+def byte_level_dir(path: Path, specials: list[str], bos: str | None, tok_config: dict) -> Path:
+    """A byte-level BPE tokenizer.json (Llama 3's pre-tokenizer) trained on the fixture text; `bos`, if given, is
+    put before every sequence by the post-processor, as Llama 3's tokenizer.json does."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(LINES, trainers.BpeTrainer(vocab_size=700, special_tokens=specials, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    byte_level = processors.ByteLevel(trim_offsets=False)
+    if bos is None:
+        tok.post_processor = byte_level
+    else:
+        tok.post_processor = processors.Sequence([byte_level, processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1", special_tokens=[(bos, tok.token_to_id(bos))])])
+    path.mkdir(parents=True)
+    tok.save(str(path / "tokenizer.json"))
+    write_json(path / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast", **tok_config})
+    return path
+
+
+def metaspace_dir(path: Path) -> Path:
+    """A sentencepiece-style BPE tokenizer.json as Mistral / Llama 2 ship it: ▁ marks spaces (one prepended), <s>
+    </s> <unk> first, then the 256 byte pieces <0x00>..<0xFF> for byte fallback (the alphabet is cut short so rare
+    characters fall back), <s> added by the post-processor."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    tok.train_from_iterator(LINES, trainers.BpeTrainer(vocab_size=900, special_tokens=["<unk>", "<s>", "</s>"],
+                                                       limit_alphabet=200, show_progress=False))
+    data = json.loads(tok.to_str())
+    order = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    order += [t for t, _ in sorted(data["model"]["vocab"].items(), key=lambda item: item[1]) if t not in order]
+    data["model"]["vocab"] = {token: index for index, token in enumerate(order)}
+    for added in data["added_tokens"]:
+        added["id"] = order.index(added["content"])
+    data["pre_tokenizer"] = None
+    data["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"},
+        {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+    bos = {"SpecialToken": {"id": "<s>", "type_id": 0}}
+    data["post_processor"] = {
+        "type": "TemplateProcessing", "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, bos, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}}
+    path.mkdir(parents=True)
+    write_json(path / "tokenizer.json", data)
+    write_json(path / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>",
+                                                "eos_token": "</s>", "unk_token": "<unk>",
+                                                "clean_up_tokenization_spaces": False, "model_max_length": 32768})
+    return path
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hf_tokenizers")
+    return {
+        "llama3": byte_level_dir(root / "llama3", ["<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>",
+                                                   "<|im_end|>"], "<|begin_of_text|>",
+                                 {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
+                                  "model_max_length": 131072, "clean_up_tokenization_spaces": True,
+                                  "chat_template": CHAT_TEMPLATE}),
+        "qwen": byte_level_dir(root / "qwen", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None,
+                               {"bos_token": None, "eos_token": "<|endoftext|>", "chat_template": CHAT_TEMPLATE}),
+        "mistral": metaspace_dir(root / "mistral"),
+    }
+
+
+def random_params(m: ModelConfig) -> dict:
+    """Random float32 params of the right tree for `m`, without compiling anything."""
+    rng = np.random.default_rng(0)
+    return export.unflatten_params({name: 0.1 * rng.standard_normal(shape).astype(np.float32)
+                                    for name, shape in export.expected_param_shapes(m).items()})
+
+
+def transformers_tokenizer(directory: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+def assert_one_line_error(call, *fragments: str) -> str:
+    with pytest.raises(GptjaxError) as failure:
+        call()
+    message = str(failure.value)
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+# ---------------------------------------------------------------- encoding, decoding, special tokens
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen", "mistral"])
+def test_encode_and_decode_equal_transformers(families, family):
+    """encode == transformers' encode(text, add_special_tokens=False) and decode == its decode(ids), line by line
+    over 32 languages, the whole text and edge cases; a prompt gets BOS exactly where transformers' tokenizer(text)
+    puts it; vocab_size counts the added tokens."""
+    tok = tokenizers.load(families[family])
+    theirs = transformers_tokenizer(families[family])
+    assert tok.kind == "hf" and tok.vocab_size == len(theirs)
+    for text in LINES + [TEXT, *EDGE_TEXTS]:
+        ids = tok.encode(text)
+        assert ids == theirs.encode(text, add_special_tokens=False), text
+        assert tok.decode(ids) == theirs.decode(ids), text
+        if text:
+            assert tokenizers.prompt_ids(tok, text) == theirs(text)["input_ids"], text
+
+
+def test_family_special_tokens(families):
+    """EOS is the end-of-text id, BOS is known (and added to prompts only where the family adds it), special tokens
+    in text are single ids kept by decode, and the chat template is kept."""
+    llama3, qwen, mistral = (tokenizers.load(families[name]) for name in ("llama3", "qwen", "mistral"))
+    ids = llama3.encode("<|im_start|>user")
+    assert ids[0] == llama3._tok.token_to_id("<|im_start|>") and llama3.decode(ids) == "<|im_start|>user"
+    assert (llama3.eos_token, llama3.bos_token, llama3.add_bos) == ("<|end_of_text|>", "<|begin_of_text|>", True)
+    assert llama3.eot_id == llama3._tok.token_to_id("<|end_of_text|>")
+    assert llama3.chat_template == CHAT_TEMPLATE
+    assert tokenizers.prompt_ids(llama3, "") == [llama3.bos_id]
+    assert (qwen.eos_token, qwen.bos_id, qwen.add_bos) == ("<|endoftext|>", None, False)
+    assert tokenizers.HfTokenizer.from_dir(families["qwen"], {"bos_token_id": qwen.eot_id}).bos_id is None
+    assert tokenizers.prompt_ids(qwen, "") == [qwen.eot_id]
+    assert tokenizers.prompt_ids(qwen, "hi") == qwen.encode("hi")
+    assert (mistral.eot_id, mistral.bos_id, mistral.add_bos) == (2, 1, True)
+    assert any(3 <= i < 259 for i in mistral.encode(TEXT))  # rare characters fell back to byte pieces
+    char = tokenizers.CharTokenizer("abc")  # the other kinds have no BOS and are fed as before
+    assert (char.bos_id, char.add_bos, tokenizers.prompt_ids(char, "")) == (None, False, [char.eot_id])
+
+
+def test_finetuning_sequences_start_with_bos_where_the_family_adds_it(families):
+    """An SFT example starts with BOS (as trl's tokenizer(text) gives it) for Llama-3-like families, with the
+    end-of-text id otherwise (every other kind, as before); it ends with the family's EOS."""
+    from gptjax.finetune import batches
+
+    record = {"instruction": "Say hello in German.", "input": "", "output": "Hallo!"}
+    for family, start in (("llama3", "bos_id"), ("qwen", "eot_id")):
+        tok = tokenizers.load(families[family])
+        seq, = batches.sft_sequences([record], "alpaca", tok.encode, tok.eot_id, 512, "skip", "train",
+                                     tokenizers.sequence_start_id(tok))
+        assert (seq.ids[0], seq.ids[-1]) == (getattr(tok, start), tok.eot_id)
+    char = tokenizers.CharTokenizer("abc")
+    assert tokenizers.sequence_start_id(char) == char.eot_id
+
+
+def test_eos_is_found_where_the_family_names_it(families, tmp_path):
+    """eos_token of tokenizer_config.json, else eos_token_id of generation_config.json / config.json, else a token
+    with a conventional name; none at all is one error line."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copy(families["llama3"] / "tokenizer.json", plain)
+    assert tokenizers.load(plain).eos_token == "<|end_of_text|>"  # by name
+    im_end = tokenizers.load(plain)._tok.token_to_id("<|im_end|>")
+    write_json(plain / "generation_config.json", {"eos_token_id": [im_end, 1]})
+    assert tokenizers.load(plain).eot_id == im_end
+    assert tokenizers.HfTokenizer.from_dir(plain, {"eos_token_id": 1}).eot_id == im_end  # generation_config first
+    (plain / "generation_config.json").unlink()
+    assert tokenizers.HfTokenizer.from_dir(plain, {"eos_token_id": im_end}).eot_id == im_end
+    nameless = byte_level_dir(tmp_path / "nameless", ["<|im_start|>"], None, {})
+    assert_one_line_error(lambda: tokenizers.load(nameless), "names no EOS token", "set eos_token in")
+    write_json(nameless / "tokenizer_config.json", {"eos_token": "<|missing|>"})
+    assert_one_line_error(lambda: tokenizers.load(nameless), "eos_token '<|missing|>' is not a token")
+
+
+def test_saves_and_reloads_with_the_hf_file_verbatim(families, tmp_path):
+    """Saved as gptjax's tokenizer.json spec + the HF file byte for byte; reloads (from disk and from checkpoint
+    metadata) to the same fingerprint and encodings; another tokenizer.json is another fingerprint and digest."""
+    tok = tokenizers.load(families["llama3"])
+    tokenizers.save(tok, tmp_path / "saved")
+    original = (families["llama3"] / "tokenizer.json").read_bytes()
+    assert (tmp_path / "saved" / tokenizers.HF_FILE).read_bytes() == original
+    assert json.loads((tmp_path / "saved" / tokenizers.SPEC_FILE).read_text())["kind"] == "hf"
+    for again in (tokenizers.load(tmp_path / "saved"), tokenizers.from_json_dict(tokenizers.to_json_dict(tok))):
+        assert tokenizers.fingerprint(again) == tokenizers.fingerprint(tok)
+        assert (again.encode(TEXT), again.eot_id, again.bos_id, again.add_bos, again.chat_template) == (
+            tok.encode(TEXT), tok.eot_id, tok.bos_id, tok.add_bos, tok.chat_template)
+    other = tokenizers.load(families["qwen"])
+    assert tokenizers.fingerprint(other) != tokenizers.fingerprint(tok)
+    assert tokenizers.source_digest(families["qwen"]) != tokenizers.source_digest(families["llama3"])
+
+
+def test_bad_tokenizer_dirs_are_one_line_errors(families, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(lambda: tokenizers.HfTokenizer.from_dir(empty), "no Hugging Face tokenizer in",
+                          "tokenizer.json")
+    assert_one_line_error(lambda: settings.check(DataConfig(dataset="", tokenizer="hf")),
+                          "the hf tokenizer needs data.tokenizer_dir")
+    assert_one_line_error(lambda: settings.check(DataConfig(dataset="", tokenizer="hf", tokenizer_dir=str(empty))),
+                          "holds no tokenizer", "Hugging Face model's directory")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "tokenizer.json").write_text('{"model": {"type": "nothing"}}')
+    assert_one_line_error(lambda: tokenizers.load(broken), "is not a Hugging Face tokenizers tokenizer.json")
+    assert_one_line_error(lambda: tokenizers.train_tokenizer("hf", ["x"], 10), "not trained from text",
+                          "--tokenizer-dir")
+
+
+# ---------------------------------------------------------------- prepare, train, generate
+
+
+@pytest.fixture(scope="module")
+def trained(families, cache_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """(workdir, data dir): the fixture text prepared by `gptjax prepare --tokenizer hf` with the Llama-3-like
+    tokenizer, and a tiny GPT-2-family model trained 3 steps on it (compiling into the session's cache)."""
+    from gptjax.train.loop import train
+
+    root = tmp_path_factory.mktemp("hf_trained")
+    data_dir = root / "data"
+    assert cli.main(["prepare", "--input", str(TEXT_FILE), "--out", str(data_dir), "--raw", "--workers", "1",
+                     "--quiet", "--val-fraction", "0.2", "--tokenizer", "hf",
+                     "--tokenizer-dir", str(families["llama3"])]) == 0
+    cfg = Config(name="hf-tokenizer", model=ModelConfig(vocab_size=0, block_size=16, n_layer=1, n_head=2, d_model=32),
+                 data=DataConfig(dataset="", path=str(data_dir), tokenizer="hf"),
+                 train=TrainConfig(batch_size=4, steps=3, lr=3e-3, warmup_steps=1, eval_every=3, eval_batches=1,
+                                   log_every=1, checkpoint_every=3, tensorboard=False))
+    train(cfg, root / "run", show_progress=False)
+    return root / "run", data_dir
+
+
+def test_prepare_and_train_with_an_hf_tokenizer(trained, families):
+    workdir, data_dir = trained
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    tok = tokenizers.load(families["llama3"])
+    assert manifest["tokenizer"]["kind"] == "hf" and manifest["tokenizer"]["vocab_size"] == tok.vocab_size
+    assert manifest["tokenizer"]["eot_id"] == tok.eot_id
+    assert manifest["tokenizer"]["fingerprint"] == tokenizers.fingerprint(tokenizers.load(data_dir / "tokenizer"))
+    assert json.loads((workdir / "config.json").read_text())["model"]["vocab_size"] >= tok.vocab_size
+
+
+def test_generation_feeds_bos_first(trained, families, monkeypatch):
+    lm = gptjax.load(trained[0])
+    assert lm.tokenizer.kind == "hf"
+    seen = []
+    generate_ids = LM.generate_ids
+    monkeypatch.setattr(LM, "generate_ids", lambda self, prompts, *a, **k: seen.extend(prompts) or
+                        generate_ids(self, prompts, *a, **k))
+    texts = lm.generate(["Hallo Welt", ""], max_new_tokens=4, temperature=0.0)
+    assert len(texts) == 2 and all(isinstance(text, str) for text in texts)
+    bos = lm.tokenizer.bos_id
+    assert seen == [[bos] + lm.tokenizer.encode("Hallo Welt"), [bos]]
+
+
+def test_data_cache_key_follows_the_tokenizer_files(families, tmp_path, monkeypatch):
+    """A config naming raw files is prepared into a cache keyed by the tokenizer files, not only their directory."""
+    monkeypatch.setattr(resolve, "run_pipeline", lambda inputs, out_dir, data: None)
+    tok_dir = tmp_path / "tok"
+    shutil.copytree(families["llama3"], tok_dir)
+    data = DataConfig(dataset="", inputs=(str(TEXT_FILE),), tokenizer="hf", tokenizer_dir=str(tok_dir),
+                      cache_dir=str(tmp_path / "cache"))
+    first = resolve.resolve_data(data)
+    first_key = settings.settings_key(data)
+    write_json(tok_dir / "tokenizer_config.json", {"eos_token": "<|im_end|>"})
+    assert resolve.resolve_data(data) != first
+    assert settings.settings_key(data) != first_key
+
+
+# ---------------------------------------------------------------- Hugging Face export and import
+
+
+def test_export_loads_in_transformers_and_imports_back(trained, families, tmp_path):
+    out = tmp_path / "hf"
+    assert cli.main(["export", "--workdir", str(trained[0]), "--format", "hf", "--out", str(out)]) == 0
+    assert (out / "tokenizer.json").read_bytes() == (families["llama3"] / "tokenizer.json").read_bytes()
+    ours = tokenizers.load(families["llama3"])
+    theirs = transformers_tokenizer(out)
+    assert (theirs.eos_token, theirs.bos_token, theirs.chat_template) == (
+        "<|end_of_text|>", "<|begin_of_text|>", CHAT_TEMPLATE)
+    for text in LINES + list(EDGE_TEXTS):
+        assert theirs.encode(text, add_special_tokens=False) == ours.encode(text), text
+        assert theirs(text)["input_ids"] == ([ours.bos_id] + ours.encode(text)), text
+    assert json.loads((out / "config.json").read_text())["bos_token_id"] == ours.bos_id
+    imported = hf.read_hf_dir(out)
+    assert imported.tokenizer.kind == "hf"
+    assert tokenizers.fingerprint(imported.tokenizer) == tokenizers.fingerprint(ours)
+    native = tmp_path / "native"
+    assert cli.main(["export", "--workdir", str(trained[0]), "--format", "safetensors", "--out", str(native)]) == 0
+    assert tokenizers.fingerprint(gptjax.load(native).tokenizer) == tokenizers.fingerprint(ours)
+
+
+def test_run_special_tokens_export_at_their_ids(families, tmp_path):
+    """Chat role markers a run adds to an hf tokenizer are exported as HF special tokens at gptjax's ids."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = tokenizers.WithSpecialTokens(tokenizers.load(families["qwen"]), ("<|user|>", "<|assistant|>"))
+    files = hf.hf_family_tokenizer_files(tok, 64)
+    (tmp_path / "tokenizer.json").write_bytes(files["tokenizer.json"])
+    theirs = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    text = "<|user|>\nGrüße<|assistant|>\n東京"
+    assert theirs.encode(text, add_special_tokens=False) == tok.encode(text)
+    assert tok.special_ids()["<|assistant|>"] == tok.base.vocab_size + 1
+
+
+def test_vocabulary_larger_than_the_model_is_refused(families, tmp_path):
+    small = ModelConfig(vocab_size=257, block_size=16, n_layer=1, n_head=2, d_model=32)
+    tok = tokenizers.load(families["llama3"])
+    assert_one_line_error(lambda: hf.export_hf(Config(model=small), random_params(small), tok, tmp_path / "out"),
+                          "hf tokenizer", f"has {tok.vocab_size} tokens, more than model.vocab_size=257")
+    weights_only = tmp_path / "weights"
+    hf.export_hf(Config(model=small), random_params(small), None, weights_only)
+    assert_one_line_error(lambda: hf.read_hf_dir(weights_only, tokenizer_dir=families["llama3"]),
+                          f"has {tok.vocab_size} tokens, more than model.vocab_size=257")
+    shutil.copy(families["llama3"] / "tokenizer.json", weights_only)
+    assert_one_line_error(lambda: hf.read_hf_dir(weights_only), "more than model.vocab_size=257")
+
+
+def test_import_without_eos_is_one_line(families, tmp_path):
+    small = ModelConfig(vocab_size=800, block_size=16, n_layer=1, n_head=2, d_model=32)
+    src = tmp_path / "src"
+    hf.export_hf(Config(model=small), random_params(small), None, src)
+    byte_level_dir(tmp_path / "nameless", ["<|im_start|>"], None, {})
+    shutil.copy(tmp_path / "nameless" / "tokenizer.json", src)
+    assert_one_line_error(lambda: hf.read_hf_dir(src), "holds tokenizer files gptjax cannot read (tokenizer.json)",
+                          "names no EOS token")
+
+
+def test_a_family_directory_with_vocab_json_beside_tokenizer_json_imports_the_fast_tokenizer(families, tmp_path):
+    """Qwen ships vocab.json + merges.txt beside tokenizer.json; AutoTokenizer reads the tokenizer.json, so must we."""
+    tok = tokenizers.load(families["qwen"])
+    m = ModelConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, d_model=32, norm="rmsnorm",
+                    position="rope", mlp="swiglu", use_bias=False, qkv_bias=True)
+    src = tmp_path / "qwen"
+    hf.export_hf(Config(model=m), random_params(m), None, src)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (src / name).write_bytes((families["qwen"] / name).read_bytes())
+    bpe = json.loads((src / "tokenizer.json").read_text())["model"]
+    write_json(src / "vocab.json", bpe["vocab"])
+    merges = [" ".join(pair) if isinstance(pair, list) else pair for pair in bpe["merges"]]
+    (src / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    imported = hf.read_hf_dir(src)
+    assert imported.family == "qwen2" and imported.tokenizer.kind == "hf"
+    assert tokenizers.fingerprint(imported.tokenizer) == tokenizers.fingerprint(tok)
