@@ -52,7 +52,19 @@ def _opt_item(state: TrainState) -> dict:
     item = {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
     if state.loss_ema is not None:
         item.update(loss_ema=state.loss_ema, skipped_steps=state.skipped_steps)
+    if state.ema_params is not None:
+        item.update(ema_params=state.ema_params)
     return item
+
+
+def _ema_params(opt: dict, target: TrainState, params):
+    """The state's weight average: the restored one, the params where the checkpoint has none (train.ema_decay
+    turned on), None where the current config keeps none."""
+    if target.ema_params is None:
+        return None
+    if "ema_params" in opt:
+        return opt["ema_params"]
+    return jax.tree_util.tree_map(lambda x: x.copy(), params)  # its own buffers: the train step donates the state
 
 
 def _spike_stats(opt: dict, target: TrainState) -> dict:
@@ -221,17 +233,20 @@ class Checkpoints:
         opt = restored["opt"]
         params = restored["params"] if self.saved_mask is None else with_saved(base_params, restored["params"])
         state = target.replace(step=opt["step"], params=params, opt_state=opt["opt_state"], rng=opt["rng"], frozen=None,
-                               **_spike_stats(opt, target))
+                               ema_params=_ema_params(opt, target, params), **_spike_stats(opt, target))
         return state, restored["data"], restored["meta"]
 
     def _opt_target(self, step: int, target: TrainState) -> dict:
-        """What to restore of `opt`: the current state's structure, with the loss-spike statistics as the checkpoint
-        holds them (train.spike_factor may have been turned on or off since it was saved)."""
-        item = {key: value for key, value in _opt_item(target).items() if key not in SPIKE_STATS}
+        """What to restore of `opt`: the current state's structure, with the loss-spike statistics and the weight
+        average as the checkpoint holds them (train.spike_factor and train.ema_decay may have been turned on or off
+        since it was saved)."""
+        item = {key: value for key, value in _opt_item(target).items() if key not in (*SPIKE_STATS, "ema_params")}
         saved = self.manager.item_metadata(step)["opt"]
         for key, dtype in SPIKE_STATS.items():
             if saved is not None and key in saved:
                 item[key] = jax.ShapeDtypeStruct((), dtype, sharding=target.step.sharding)
+        if saved is not None and "ema_params" in saved:
+            item["ema_params"] = target.params
         return item
 
     def restore_latest(self, abstract_state: TrainState, shardings: TrainState,

@@ -95,13 +95,14 @@ def non_finite_error(run: Run, what: str) -> GptjaxError:
 
 @dataclasses.dataclass
 class EvalHook:
-    """Validation loss every `train.eval_every` steps and at the end."""
+    """Validation loss (and that of the weight average, with train.ema_decay) every `train.eval_every` steps and at
+    the end."""
 
     def due(self, run: Run, done: int) -> bool:
         return done % run.cfg.train.eval_every == 0 or done == run.cfg.train.steps
 
     def __call__(self, run: Run, done: int, state: TrainState) -> None:
-        result = run.evaluate(state.params)
+        result = run.evaluate_state(state)
         run.summary.update(result)
         run.writer.write(done, result)
         if run.is_main:

@@ -107,6 +107,8 @@ def write_workdir(cfg: Config, params: Mapping[str, Any], tokenizer: tokenizers.
 
 
 LOCK_FILE = ".gptjax-train.lock"
+# FIXED fields that decide the optimizer state's structure: changing one on resume gets its own refusal
+OPTIMIZER_STATE_KEYS = ("train.optimizer", "train.adafactor_factor_min_dim")
 
 
 def setup_compilation_cache(cfg: Config) -> None:
@@ -152,6 +154,10 @@ def resume_config(cfg: Config, saved: dict, step: int, workdir: Path) -> tuple[C
         cfg = with_train(cfg,
                          schedule_steps=saved_train.get("schedule_steps") or saved_train.get("steps", cfg.train.steps))
     changes = config_lib.resume_changes(saved, config_lib.to_dict(cfg))
+    for key, old, new in changes.forbidden:
+        if key in OPTIMIZER_STATE_KEYS:
+            raise GptjaxError(f"{workdir} holds a checkpoint (step {step}) trained with {key}={old}: its optimizer "
+                              f"state would not match {key}={new}; resume with {key}={old} or use a new --workdir")
     if changes.forbidden:
         key, old, new = changes.forbidden[0]
         more = f" and {len(changes.forbidden) - 1} more" if len(changes.forbidden) > 1 else ""
@@ -161,7 +167,7 @@ def resume_config(cfg: Config, saved: dict, step: int, workdir: Path) -> tuple[C
     if saved_train.get("steps") != cfg.train.steps:
         horizon = schedule_horizon(cfg.train)
         past = (f"; steps past {horizon} run at train.min_lr={cfg.train.min_lr}" if cfg.train.steps > horizon
-                and cfg.train.schedule != "constant" else "")
+                and cfg.train.schedule not in ("constant", "inverse_sqrt") else "")
         notes.append(f"train.steps {saved_train.get('steps')} -> {cfg.train.steps} at step {step}: "
                      f"the LR schedule keeps "
                      f"its horizon of {horizon} steps{past} (set train.schedule_steps to change it)")
@@ -338,6 +344,14 @@ class Run:
             result = evaluate_batches(score, batches, self.val_bytes_per_token)
             return {"val_loss": result["loss"], "val_ppl": result["ppl"], "val_bpb": result["bpb"]}
         return per_example_means([sums_of(b) for b in batches], "val_")
+
+    def evaluate_state(self, state: TrainState) -> dict:
+        """`evaluate` of the params and, when the state keeps one, of their moving average (keys suffixed _ema:
+        val_loss_ema, ...)."""
+        result = self.evaluate(state.params)
+        if state.ema_params is not None:
+            result.update({f"{key}_ema": value for key, value in self.evaluate(state.ema_params).items()})
+        return result
 
     def save(self, state: TrainState) -> None:
         self.checkpoints.save(state, {"grain": self.iterator.get_state(), "step": int(state.step)}, self.meta)

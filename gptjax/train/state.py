@@ -24,6 +24,7 @@ class TrainState:
     frozen: Any = None  # params that are used but never trained (e.g. a DPO reference), sharded like params
     loss_ema: jax.Array | None = None  # running mean of the loss (train.spike_factor)
     skipped_steps: jax.Array | None = None  # updates skipped as loss spikes
+    ema_params: Any = None  # the moving average of params (train.ema_decay > 0), sharded like them
 
 
 def _init_state(model: Transformer, optimizer: optax.GradientTransformation, cfg: Config, frozen=None) -> TrainState:
@@ -32,26 +33,34 @@ def _init_state(model: Transformer, optimizer: optax.GradientTransformation, cfg
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                       rng=jax.random.PRNGKey(cfg.train.seed + 1), frozen=frozen,
                       loss_ema=jnp.zeros((), jnp.float32) if spike else None,
-                      skipped_steps=jnp.zeros((), jnp.int32) if spike else None)
+                      skipped_steps=jnp.zeros((), jnp.int32) if spike else None,
+                      ema_params=jax.tree_util.tree_map(jnp.copy, params) if cfg.train.ema_decay > 0 else None)
 
 
 def state_shardings(model: Transformer, optimizer: optax.GradientTransformation, cfg: Config, mesh: Mesh,
                     frozen_example=None):
-    """(shardings, abstract state): params sharded by the rules table, optimizer moments like their params, frozen
-    params like the params they mirror."""
+    """(shardings, abstract state): params sharded by the rules table, optimizer moments like their params (state
+    of another shape, e.g. Adafactor's factored moments, replicated), frozen params like the params they mirror."""
     param_shardings = nn.unbox(tree_shardings(abstract_params(cfg.model, cfg.train.seed), mesh))
     abstract_frozen = None if frozen_example is None else jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), frozen_example)
     abstract_state = jax.eval_shape(lambda: _init_state(model, optimizer, cfg, abstract_frozen))
     replicated = NamedSharding(mesh, PartitionSpec())
     masked = lambda leaf: isinstance(leaf, optax.MaskedNode)  # a frozen param's (absent) optimizer state
-    opt_shardings = optax.tree_map_params(optimizer, lambda leaf, sharding: leaf if masked(leaf) else sharding,
-                                          abstract_state.opt_state, param_shardings,
-                                          transform_non_params=lambda _: replicated, is_leaf=masked)
+
+    def like_param(leaf, sharding, param):
+        if masked(leaf):
+            return leaf
+        return sharding if leaf.shape == param.shape else replicated
+
+    opt_shardings = optax.tree_map_params(optimizer, like_param, abstract_state.opt_state, param_shardings,
+                                          abstract_state.params, transform_non_params=lambda _: replicated,
+                                          is_leaf=masked)
     scalar = lambda leaf: None if leaf is None else replicated
     shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated,
                            frozen=None if frozen_example is None else param_shardings,
-                           loss_ema=scalar(abstract_state.loss_ema), skipped_steps=scalar(abstract_state.skipped_steps))
+                           loss_ema=scalar(abstract_state.loss_ema), skipped_steps=scalar(abstract_state.skipped_steps),
+                           ema_params=None if abstract_state.ema_params is None else param_shardings)
     return shardings, abstract_state
 
 
