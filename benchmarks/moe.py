@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 DENSE_FF = 1536
 EXPERTS, TOP_K = 8, 2
 VARIANTS = {
@@ -58,29 +59,15 @@ def base_config(batch: int):
 
 def time_steps(configs: dict, rounds: int, steps: int) -> dict[str, float]:
     """Median ms of a whole train step per model, alternating the models."""
-    from gptjax.parallel.mesh import make_mesh
-    from gptjax.train.step import build_step
+    from step_timing import compiled_step, timed_steps
 
-    rng = np.random.default_rng(0)
-    built = {}
-    for name, cfg in configs.items():
-        step = build_step(cfg, make_mesh(cfg.mesh))
-        state = step.init_state()
-        batch = step.to_global(step.format_batch(
-            rng.integers(0, 65, (cfg.train.batch_size, cfg.model.block_size + 1), dtype=np.int32)))
-        state, metrics = step.train(state, batch)
-        float(metrics["loss"])
-        built[name] = [step, state, batch]
+    built = {name: list(compiled_step(cfg)) for name, cfg in configs.items()}
     step_ms = {name: [] for name in configs}
     for _ in range(rounds):
         for name in configs:
             step, state, batch = built[name]
-            for _ in range(steps):
-                start = time.perf_counter()
-                state, metrics = step.train(state, batch)
-                float(metrics["loss"])
-                step_ms[name].append(1000 * (time.perf_counter() - start))
-            built[name][1] = state
+            built[name][1], times = timed_steps(step, state, batch, steps)
+            step_ms[name] += times
     return {name: float(np.median(times)) for name, times in step_ms.items()}
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 OPTIMIZERS = ("adamw", "muon", "lion", "adafactor", "sgd")
 
 
@@ -65,20 +66,11 @@ def with_optimizer(cfg, name: str):
 def time_steps(base, rounds: int, steps: int) -> tuple[dict[str, float], dict[str, float]]:
     """Median ms of a whole train step and of the optimizer update alone, per optimizer, alternating them."""
     import jax
+    from step_timing import compiled_step, timed_steps
 
-    from gptjax.parallel.mesh import make_mesh
-    from gptjax.train.step import build_step
-
-    mesh = make_mesh(base.mesh)
-    rng = np.random.default_rng(0)
     built, updates = {}, {}
     for name in OPTIMIZERS:
-        step = build_step(with_optimizer(base, name), mesh)
-        state = step.init_state()
-        batch = step.to_global(step.format_batch(
-            rng.integers(0, 65, (base.train.batch_size, base.model.block_size + 1), dtype=np.int32)))
-        state, metrics = step.train(state, batch)
-        float(metrics["loss"])
+        step, state, batch = compiled_step(with_optimizer(base, name))
         grads = jax.tree_util.tree_map(lambda p: jax.random.normal(jax.random.PRNGKey(1), p.shape, p.dtype) * 1e-3,
                                        state.params)
         update = jax.jit(step.optimizer.update)
@@ -90,11 +82,8 @@ def time_steps(base, rounds: int, steps: int) -> tuple[dict[str, float], dict[st
     for _ in range(rounds):
         for name in OPTIMIZERS:
             step, state, batch = built[name]
-            for _ in range(steps):
-                start = time.perf_counter()
-                state, metrics = step.train(state, batch)
-                float(metrics["loss"])
-                step_ms[name].append(1000 * (time.perf_counter() - start))
+            state, times = timed_steps(step, state, batch, steps)
+            step_ms[name] += times
             built[name][1] = state
             update, grads = updates[name]
             for _ in range(steps):

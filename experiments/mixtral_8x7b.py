@@ -1,7 +1,7 @@
 """Mixtral-8x7B's shape: 32 layers, 4096 wide, 32 heads / 8 KV heads, 8 SwiGLU experts of 14336 with top-2
 softmax routing (renormalised), RoPE theta 1e6, RMSNorm, vocab 32000; 46.7B params, 12.9B active per token. Trained
 here at a 4096 context, 256 sequences (1M tokens) a step, dropless experts, Switch balance loss 0.01 (HF Mixtral's
-router_aux_loss_coef 0.02 on its k-times-larger form).
+router_aux_loss_coef 0.02 weighs a k-times-larger form: 0.04 in gptjax's terms, what `gptjax import` maps it to).
 
 gptjax train --config experiments/mixtral_8x7b.py --workdir runs/mixtral --config.data.path=data/corpus-sp32k
 Target: a v5p-64 slice (TOPOLOGY, 32 chips). Experts are sharded over fsdp, which must divide the 8 experts, so the

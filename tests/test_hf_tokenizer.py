@@ -379,3 +379,115 @@ def test_a_family_directory_with_vocab_json_beside_tokenizer_json_imports_the_fa
     imported = hf.read_hf_dir(src)
     assert imported.family == "qwen2" and imported.tokenizer.kind == "hf"
     assert tokenizers.fingerprint(imported.tokenizer) == tokenizers.fingerprint(tok)
+
+
+# ---------------------------------------------------------------- tiktoken files (Llama 3's original tokenizer.model)
+
+
+@pytest.fixture(scope="module")
+def tiktoken_ranks() -> dict[bytes, int]:
+    """tiktoken ranks (token bytes -> rank) of a byte-level BPE trained on the fixture text with Llama 3's split:
+    the 256 single bytes, then each merged token in the order it was learned."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+
+    from gptjax.data import gpt2_bpe
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.train_from_iterator(LINES, trainers.BpeTrainer(vocab_size=700, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    ranks = {gpt2_bpe.unicode_to_bytes(token): rank for token, rank in tok.get_vocab().items()}
+    assert sorted(ranks.values()) == list(range(len(ranks))) and all(bytes([b]) in ranks for b in range(256))
+    return ranks
+
+
+def write_tiktoken(path: Path, ranks: dict[bytes, int]) -> Path:
+    """A tiktoken BPE file as Llama 3's original release ships it: `BASE64_TOKEN RANK` per line."""
+    import base64
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{base64.b64encode(token).decode()} {rank}\n"
+                            for token, rank in sorted(ranks.items(), key=lambda item: item[1])))
+    return path
+
+
+def tiktoken_encoding(ranks: dict[bytes, int], specials: list[str]):
+    import tiktoken
+
+    return tiktoken.Encoding("gptjax-test-llama3", pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={token: len(ranks) + i for i, token in enumerate(specials)})
+
+
+def test_tiktoken_tokenizer_model_encodes_as_tiktoken(tiktoken_ranks, tmp_path):
+    """A tiktoken tokenizer.model (no tokenizer.json) is an hf tokenizer encoding and decoding as the tiktoken
+    library does with Llama 3's pattern and special tokens; EOS is <|end_of_text|>, BOS <|begin_of_text|> is put
+    before prompts; it saves and reloads."""
+    from gptjax.data import tiktoken_bpe
+
+    assert tiktoken_bpe.LLAMA3_PATTERN == LLAMA3_PATTERN and len(tiktoken_bpe.LLAMA3_SPECIAL_TOKENS) == 256
+    specials = list(tiktoken_bpe.LLAMA3_SPECIAL_TOKENS)
+    assert (specials[:2], specials[6:10], specials[-1]) == (
+        ["<|begin_of_text|>", "<|end_of_text|>"],
+        ["<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", "<|eot_id|>"],
+        "<|reserved_special_token_250|>")
+    src = write_tiktoken(tmp_path / "original" / "tokenizer.model", tiktoken_ranks).parent
+    tok = hf.tokenizer_from_hf_dir(src, {"model_type": "llama"})
+    enc = tiktoken_encoding(tiktoken_ranks, specials)
+    base = len(tiktoken_ranks)
+    assert tok.kind == "hf" and tok.vocab_size == enc.n_vocab == base + 256
+    assert (tok.eot_id, tok.bos_id, tok.add_bos) == (base + 1, base, True)
+    chat = "<|start_header_id|>user<|end_header_id|>\n\nHallo, wie geht's?<|eot_id|>"
+    for text in LINES + [TEXT, *EDGE_TEXTS, chat, "1234567 numbers 2024-12-07", "x" * 300]:
+        ids = tok.encode(text)
+        assert ids == enc.encode(text, allowed_special="all"), text
+        assert tok.decode(ids) == enc.decode(ids) == text, text
+        if text:
+            assert tokenizers.prompt_ids(tok, text) == [base] + ids
+    assert tok.encode(chat)[0] == base + 6 and tok.encode(chat)[-1] == base + 9
+    tokenizers.save(tok, tmp_path / "saved")
+    again = tokenizers.load(tmp_path / "saved")
+    assert tokenizers.fingerprint(again) == tokenizers.fingerprint(tok) and again.encode(TEXT) == tok.encode(TEXT)
+
+
+def test_hf_dir_with_a_tiktoken_tokenizer_model_imports_and_exports(tiktoken_ranks, tmp_path):
+    """A weights-only Llama directory plus a tiktoken tokenizer.model imports with it (special tokens from
+    tokenizer_config.json's added_tokens_decoder when it has them) and exports a tokenizer.json transformers reads
+    the same; ids with a gap, bad ranks, and a tokenizer.model that is neither format are one error line each."""
+    base = len(tiktoken_ranks)
+    m = ModelConfig(vocab_size=base + 256, block_size=16, n_layer=1, n_head=2, d_model=32, norm="rmsnorm",
+                    position="rope", mlp="swiglu", use_bias=False)
+    src = tmp_path / "llama3"
+    hf.export_hf(Config(model=m), random_params(m), None, src)
+    write_tiktoken(src / "tokenizer.model", tiktoken_ranks)
+    imported = hf.read_hf_dir(src)
+    assert imported.family == "llama" and imported.tokenizer.kind == "hf" and imported.tokenizer.eot_id == base + 1
+
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|eot_id|>"]
+    write_json(src / "tokenizer_config.json", {
+        "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "chat_template": CHAT_TEMPLATE,
+        "added_tokens_decoder": {str(base + i): {"content": token, "special": True} for i, token in
+                                 enumerate(specials)}})
+    tok = hf.read_hf_dir(src).tokenizer
+    enc = tiktoken_encoding(tiktoken_ranks, specials)
+    assert (tok.vocab_size, tok.eot_id, tok.bos_id, tok.chat_template) == (base + 4, base + 3, base, CHAT_TEMPLATE)
+    assert tok.encode(TEXT + "<|eot_id|>") == enc.encode(TEXT + "<|eot_id|>", allowed_special="all")
+
+    out = tmp_path / "exported"
+    hf.export_hf(Config(model=m), random_params(m), tok, out)
+    theirs = transformers_tokenizer(out)
+    for text in LINES[:8] + [TEXT, *EDGE_TEXTS]:
+        assert theirs.encode(text, add_special_tokens=False) == enc.encode(text, allowed_special="all"), text
+    assert theirs("hi")["input_ids"] == tokenizers.prompt_ids(tok, "hi")
+    fast = json.dumps(json.loads((out / "tokenizer.json").read_text()), indent=1).encode()
+    (src / "tokenizer.json").write_bytes(fast)  # a tokenizer.json beside it is what AutoTokenizer reads, so gptjax too
+    assert hf.read_hf_dir(src).tokenizer.tokenizer_json == fast
+    (src / "tokenizer.json").unlink()
+
+    write_json(src / "tokenizer_config.json", {"added_tokens_decoder": {str(base + 1): {"content": "<|x|>"}}})
+    assert_one_line_error(lambda: hf.read_hf_dir(src), "added_tokens_decoder are not", "in a row")
+    (src / "tokenizer_config.json").unlink()
+    write_tiktoken(src / "tokenizer.model", {**tiktoken_ranks, b"\xff\xfe\xfd": base + 5})
+    assert_one_line_error(lambda: hf.read_hf_dir(src), "tiktoken ranks are not 0..")
+    (src / "tokenizer.model").write_bytes(b"neither sentencepiece nor tiktoken \x00\xff")
+    assert_one_line_error(lambda: hf.read_hf_dir(src), "is not a sentencepiece model")

@@ -237,7 +237,7 @@ def first_token_id(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _chat_template(tok_config: dict, directory: Path) -> str | None:
+def chat_template(tok_config: dict, directory: Path) -> str | None:
     """The chat template of tokenizer_config.json (the `default` one of a list), else chat_template.jinja's."""
     template = tok_config.get("chat_template")
     if isinstance(template, list):
@@ -310,7 +310,7 @@ class HfTokenizer:
                               f"{' / '.join(EOS_NAMES)}); gptjax needs one to end documents: set eos_token in "
                               f"{directory / 'tokenizer_config.json'}")
         return cls(tokenizer_json, eos, _family_token("bos", tok_config, special_map, side, backend),
-                   _chat_template(tok_config, directory), tok_config.get("clean_up_tokenization_spaces") is True,
+                   chat_template(tok_config, directory), tok_config.get("clean_up_tokenization_spaces") is True,
                    str(path))
 
     @classmethod
