@@ -70,6 +70,16 @@ def run_cli(args: list[str], env_extra: dict | None = None, timeout: int = 300) 
                           text=True, timeout=timeout)
 
 
+def run_on_fake_cpu_devices(script: str, devices: int = 8) -> dict:
+    """Runs `script` (Python source) in a fresh process that sees `devices` fake CPU devices (a device count is fixed
+    when jax starts) and returns the JSON object its last stdout line holds."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def dir_snapshot(path: Path) -> dict:
     """Every file below `path` with its size and content hash: equal snapshots mean nothing changed."""
     import hashlib

@@ -6,9 +6,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import flax.linen as nn
@@ -16,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, tiny_config, tiny_model
+from conftest import run_on_fake_cpu_devices, tiny_config, tiny_model
 
 from gptjax.config import Config, MeshConfig, validate
 from gptjax.errors import GptjaxError
@@ -286,11 +283,7 @@ SHARDED = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def sharded(cache_dir):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_on_fake_cpu_devices(SHARDED)
 
 
 @pytest.mark.parametrize("run", ["dropless (2, 2, 2)", "capacity (2, 2, 2)"])

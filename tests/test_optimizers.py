@@ -8,11 +8,7 @@ iterations with (3.4445, -4.7750, 2.0315) on the wide side from X / (‖X‖_F +
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -22,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import REPO, tiny_config, tiny_overrides
+from conftest import run_on_fake_cpu_devices, tiny_config, tiny_overrides
 
 from gptjax.cli import main
 from gptjax.config import Config, TrainConfig, to_dict, validate
@@ -324,11 +320,7 @@ SHARDED = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def sharded():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_on_fake_cpu_devices(SHARDED)
 
 
 @pytest.mark.parametrize("run_name", ["muon (2, 4, 1)", "adafactor (1, 4, 2)"])

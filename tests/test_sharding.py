@@ -1,14 +1,10 @@
 """N-device meshes equal one device: 8 fake CPU devices in a subprocess, three meshes, three train steps."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
-from conftest import REPO
+from conftest import run_on_fake_cpu_devices
 
 SCRIPT = textwrap.dedent('''
     import functools, json, sys
@@ -54,11 +50,7 @@ SCRIPT = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def results(cache_dir):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_on_fake_cpu_devices(SCRIPT)
 
 
 @pytest.mark.parametrize("shape", ["(8, 1, 1)", "(2, 4, 1)", "(2, 2, 2)", "(2, 2, 2) scan"])
