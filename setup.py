@@ -17,7 +17,7 @@ CORE = [
     "regex>=2023.0",
 ]
 DATA = ["py3langid>=0.3", "zstandard>=0.22", "pyarrow>=15", "datasketch>=1.6"]
-HF = ["torch==2.13.0", "transformers>=4.45", "tokenizers>=0.19"]
+HF = ["torch==2.13.0", "transformers>=4.45", "tokenizers>=0.19", "jinja2>=3.1"]  # jinja2: hf_chat templates
 TEST = ["pytest>=8", "pytest-timeout>=2.3", "tiktoken>=0.7", "ruff>=0.17,<0.18"]  # ruff: .ci/run lints before the tests
 EVAL = ["lm-eval>=0.4"]
 LM_EVAL_HF = ["accelerate>=0.26"]  # lm-eval's HF backend, the reference the eval cross-checks run against
@@ -26,6 +26,7 @@ PLOTS = ["matplotlib>=3.8", "scipy>=1.11"]  # ablation reports, scaling-law fits
 DEDUP_REF = ["datatrove>=0.4"]  # near-dedup comparison (benchmarks/prepare.py, tests)
 GCS = ["gcsfs>=2024.2"]  # gs:// workdirs and data (fsspec; orbax writes checkpoints through tensorstore)
 GCS_EMULATOR = ["gcp-storage-emulator>=2024.8"]  # a local GCS stand-in for the gs:// tests
+WANDB = ["wandb>=0.19"]  # the optional Weights & Biases tracker (train.wandb_project)
 
 setup(
     name="gptjax",
@@ -42,8 +43,10 @@ setup(
         "eval": EVAL,
         "plots": PLOTS,
         "gcs": GCS,
+        "wandb": WANDB,
         # libtpu: compile-check AOT-compiles for TPU here
-        "test": TEST + HF + EVAL + LM_EVAL_HF + FINETUNE_REFS + PLOTS + DEDUP_REF + GCS + GCS_EMULATOR + ["jax[tpu]"],
+        "test": (TEST + HF + EVAL + LM_EVAL_HF + FINETUNE_REFS + PLOTS + DEDUP_REF + GCS + GCS_EMULATOR + WANDB
+                 + ["jax[tpu]"]),
         "tpu": ["jax[tpu]"] + GCS,
         "gpu": ["jax[cuda12]"],
     },

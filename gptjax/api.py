@@ -265,16 +265,17 @@ class LM:
         return outputs
 
 
-def load(path: str | Path, step: int | None = None, dtype: str | None = None) -> LM:
+def load(path: str | Path, step: int | None = None, dtype: str | None = None, ema: bool = False) -> LM:
     """An LM from a training workdir (its latest checkpoint, or `step`) or from a `gptjax export` directory;
-    `dtype` ("float32" or "bfloat16") stores the weights and computes in it (`LM.with_dtype`), None as saved."""
+    `dtype` ("float32" or "bfloat16") stores the weights and computes in it (`LM.with_dtype`), None as saved;
+    `ema` takes a workdir's moving average of the weights (train.ema_decay) in place of its weights."""
     if dtype is not None and dtype not in WEIGHT_DTYPES:  # before reading anything
         raise GptjaxError(f"dtype {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
-    lm = _load(path, step)
+    lm = _load(path, step, ema)
     return lm if dtype is None else lm.with_dtype(dtype)
 
 
-def _load(location: str | Path, step: int | None) -> LM:
+def _load(location: str | Path, step: int | None, ema: bool = False) -> LM:
     from gptjax import fileio
 
     if fileio.is_remote(location):
@@ -286,6 +287,9 @@ def _load(location: str | Path, step: int | None) -> LM:
             from gptjax.data.sources import cache_root
 
             path = fileio.cached_copy(str(location), cache_root(config_lib.DataConfig()) / "remote")
+        if ema:
+            raise GptjaxError(f"{location} is an export, which holds one set of weights; --ema reads a training "
+                              f"workdir's moving average: export that with `gptjax export --ema`")
         return LM(*load_export(path))
     if not (path / "checkpoints").is_dir():
         raise GptjaxError(f"{path} is neither a training workdir (no checkpoints/) nor a gptjax export "
@@ -293,7 +297,7 @@ def _load(location: str | Path, step: int | None) -> LM:
     from gptjax.checkpoint import restore_params
 
     try:
-        params, meta, found_step = restore_params(path, step, load_base=lambda source: load(source).params)
+        params, meta, found_step = restore_params(path, step, load_base=lambda source: load(source).params, ema=ema)
     except FileNotFoundError:
         raise GptjaxError(f"{path} holds no checkpoint yet; train first or pass another --workdir") from None
     cfg = config_lib.from_dict(meta["config"])

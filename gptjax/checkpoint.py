@@ -290,17 +290,19 @@ class Checkpoints:
 
 
 def restore_params(workdir: str | Path, step: int | None = None,
-                   load_base: Callable[[str], Any] | None = None) -> tuple[Any, dict, int]:
+                   load_base: Callable[[str], Any] | None = None, ema: bool = False) -> tuple[Any, dict, int]:
     """(params on one device, meta, step) from a run's checkpoint (latest restorable unless `step`), no optimizer.
 
     The target comes from the checkpoint's own config, so a run saved on any mesh restores here. A finetune's
-    partial checkpoint takes its other params from its base model, read by `load_base(path) -> params`."""
+    partial checkpoint takes its other params from its base model, read by `load_base(path) -> params`. With `ema`,
+    the moving average of the params (train.ema_decay) instead of the params."""
     import flax.linen as nn
 
     from gptjax import config as config_lib
 
     directory = fileio.absolute(workdir) / CHECKPOINT_DIR
-    manager = ocp.CheckpointManager(directory, item_names=ITEMS)
+    handlers = {"opt": ocp.StandardCheckpointHandler()} if ema else None  # its metadata tree is the ema target
+    manager = ocp.CheckpointManager(directory, item_names=ITEMS, item_handlers=handlers)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def restore(s: int) -> tuple[Any, dict]:
@@ -308,6 +310,8 @@ def restore_params(workdir: str | Path, step: int | None = None,
         cfg = config_lib.from_dict(meta["config"])
         shapes = nn.unbox(abstract_params(cfg.model))
         target = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes)
+        if ema:
+            return _restore_ema_params(manager, s, device, workdir), meta
         mask = saved_mask_of(cfg, meta)
         params = manager.restore(s, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(saved_params(target, mask))))["params"]
@@ -327,6 +331,17 @@ def restore_params(workdir: str | Path, step: int | None = None,
         return params, meta, found
     finally:
         manager.close()
+
+
+def _restore_ema_params(manager: ocp.CheckpointManager, step: int, device, workdir) -> Any:
+    """The weight average kept in step `step`'s optimizer item, on `device` (its target read from the item's own
+    metadata: the optimizer that wrote it need not be rebuilt)."""
+    saved = manager.item_metadata(step)["opt"]
+    if saved is None or "ema_params" not in saved:
+        raise GptjaxError(f"checkpoint step {step} of {workdir} keeps no moving average of the weights; train with "
+                          f"train.ema_decay > 0 to have one, or leave out --ema")
+    target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), dict(saved))
+    return manager.restore(step, args=ocp.args.Composite(opt=ocp.args.StandardRestore(target)))["opt"]["ema_params"]
 
 
 def saved_mask_of(cfg, meta: dict):

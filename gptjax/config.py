@@ -52,7 +52,7 @@ OBJECTIVES = ("lm", "classify", "sft", "dpo")
 FINETUNE_OBJECTIVES = ("classify", "sft", "dpo")  # objectives that start from train.init_from and read records
 LORA_TARGETS = ("q", "k", "v", "o", "mlp")
 FINETUNE_TASKS = ("sms_spam", "instruction", "preference", "classification")
-TEMPLATES = ("alpaca", "chat")
+TEMPLATES = ("alpaca", "chat", "hf_chat")
 TOKENIZERS = ("char", "sentencepiece", "gpt2_bpe", "hf")
 SENTENCEPIECE_MODEL_TYPES = ("bpe", "unigram")
 DEDUP_MODES = ("none", "exact", "near")
@@ -313,6 +313,11 @@ class DataConfig:
     workers: int = bounded(0, lo=0)  # grain worker processes (0 = read in the training process)
     packing: bool = False  # pack whole documents into rows (segment ids + positions) instead of random windows
     mixture: tuple[str, ...] = ()  # "DATA_DIR:WEIGHT" entries: sample train rows from several prepared datasets
+    # "STEP:NAME=WEIGHT,NAME=WEIGHT,..." entries, steps increasing: from STEP on the mixture's components (named by
+    # the last part of their DATA_DIR, `mixture_names`; one a stage leaves out weighs 0) take these weights.
+    # Resume: stages from the resumed step on may change (recorded); the weights of steps already trained may not
+    # (checked by `check_trained_mixture`)
+    mixture_stages: tuple[str, ...] = setting((), resume=Resume.RECORDED)
     prepare: PrepareConfig = PrepareConfig()  # how `inputs` are cleaned, deduplicated and sharded
 
 
@@ -372,6 +377,15 @@ class TrainConfig:
     compilation_cache: str = setting("", resume=Resume.FREE)
     # CPU only: XLA devices to split the host into (0 = one per core that divides the batch)
     cpu_devices: int = bounded(0, lo=0, resume=Resume.FREE)
+    # instruments (gptjax.train.stats, profile, tracker): per-module RMS of params, gradients and updates and the
+    # attention-logit max every this many steps (0 = off)
+    stats_every: int = bounded(0, lo=0, resume=Resume.FREE)
+    # "START:N": a jax.profiler trace of steps START..START+N-1 (1-based) in <workdir>/profile/ ("" = off)
+    profile_steps: str = setting("", resume=Resume.FREE)
+    # a Weights & Biases project to log the metrics to ("" = off); the run's id is kept in <workdir>/wandb_id.txt
+    wandb_project: str = setting("", resume=Resume.FREE)
+    wandb_group: str = setting("", resume=Resume.FREE)
+    wandb_name: str = setting("", resume=Resume.FREE)  # "" = the workdir's name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,7 +402,8 @@ class FinetuneConfig:
     # which params train: none (all) | all (only new heads) | last_n_blocks:N (+ final norm, heads) | lora (adapters)
     freeze: str = "none"
     labels: tuple[str, ...] = ()  # class names in label order; () = sorted labels found in the records
-    template: str = choice("alpaca", TEMPLATES)  # SFT/DPO prompt format; chat = special role tokens, multi-turn
+    # SFT/DPO prompt format; chat = gptjax's role tokens added to the vocab; hf_chat = the base tokenizer's own template
+    template: str = choice("alpaca", TEMPLATES)
     too_long: str = choice("truncate", ("truncate", "skip"))  # records longer than model.block_size
     pack: bool = False  # SFT: pack several records per row (segment ids) instead of one padded record per row
     beta: float = bounded(0.1, lo=0, lo_open=True, resume=Resume.RECORDED)  # DPO
@@ -693,6 +708,7 @@ def validate(cfg: Config) -> None:
     _check_moe(m, cfg.mesh)
     _check_finetune(cfg)
     eval_task_specs(cfg.train.eval_tasks)
+    mixture_schedule(cfg.data.mixture, cfg.data.mixture_stages)
 
 
 def _check_moe(m: ModelConfig, mesh: MeshConfig) -> None:
@@ -752,6 +768,100 @@ def eval_task_specs(entries: tuple[str, ...]) -> list[tuple[str, int | None]]:
                f"train.eval_tasks entry {entry!r}: LIMIT must be a positive integer (TASK or TASK:LIMIT)")
         specs.append((name, int(limit) if limit else None))
     return specs
+
+
+class MixtureStage(NamedTuple):
+    """From step `start` on, a step's rows come from `data.mixture`'s components in proportion to `weights`."""
+
+    start: int
+    weights: tuple[float, ...]
+
+
+def mixture_entry(entry: str) -> tuple[str, float]:
+    """(DATA_DIR, weight) of a `data.mixture` entry "DATA_DIR:WEIGHT" (the last colon splits, so gs:// URLs work)."""
+    path, sep, weight = entry.rpartition(":")
+    if not (sep and path and _is_weight(weight) and float(weight) > 0):
+        raise GptjaxError(f"data.mixture entry {entry!r} must be DATA_DIR:WEIGHT with a positive weight")
+    return path, float(weight)
+
+
+def _is_weight(text: str) -> bool:
+    """Whether `text` is a finite number >= 0."""
+    try:
+        return math.isfinite(float(text)) and float(text) >= 0
+    except ValueError:
+        return False
+
+
+def mixture_names(mixture: tuple[str, ...] | list[str]) -> list[str]:
+    """Each `data.mixture` component's name, which per-domain metrics and stages use: the last part of its DATA_DIR
+    ("web" for /data/web), or as many last parts as tell it from the others ("a/out" beside "b/out")."""
+    parts = [mixture_entry(entry)[0].rstrip("/").split("/") for entry in mixture]
+
+    def shortest_unique(i: int) -> str:
+        for depth in range(1, len(parts[i]) + 1):
+            name = "/".join(parts[i][-depth:])
+            if all("/".join(other[-depth:]) != name for j, other in enumerate(parts) if j != i):
+                return name
+        return "/".join(parts[i])
+
+    names = [shortest_unique(i) for i in range(len(parts))]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    _check(not repeated, f"data.mixture lists {', '.join(repeated)} more than once; list each DATA_DIR once")
+    return names
+
+
+def mixture_schedule(mixture: tuple[str, ...] | list[str],
+                     stages: tuple[str, ...] | list[str] = ()) -> tuple[MixtureStage, ...]:
+    """The mixture weights by step: `data.mixture`'s from step 0, then each `data.mixture_stages` entry's from its
+    STEP on, checked (steps increasing, names of components, weights >= 0 and not all 0)."""
+    _check(not stages or mixture, "data.mixture_stages needs data.mixture (its components and their first weights)")
+    names = mixture_names(mixture)
+    schedule = [MixtureStage(0, tuple(mixture_entry(entry)[1] for entry in mixture))]
+    for entry in _stage_entries(stages):
+        schedule.append(_mixture_stage(entry, names, schedule[-1].start))
+    return tuple(schedule)
+
+
+def _stage_entries(stages: tuple[str, ...] | list[str]) -> list[str]:
+    """One "STEP:NAME=WEIGHT,..." string per stage. A command-line override splits a list at every comma, so an item
+    without "STEP:" continues the stage before it (`--config.data.mixture_stages=90:web=0.3,code=0.7` is one stage)."""
+    entries: list[str] = []
+    for item in ",".join(stages).split(",") if stages else []:
+        if ":" in item or not entries:
+            entries.append(item)
+        else:
+            entries[-1] += "," + item
+    return entries
+
+
+def _mixture_stage(entry: str, names: list[str], previous_start: int) -> MixtureStage:
+    where = f"data.mixture_stages entry {entry!r}"
+    step, sep, listing = entry.partition(":")
+    _check(bool(sep) and step.strip().isdigit(), f"{where} must be STEP:NAME=WEIGHT,NAME=WEIGHT,...")
+    start = int(step)
+    _check(start > previous_start, f"{where}: stage steps must be above 0 (data.mixture's weights hold from step 0) "
+                                   f"and increase; got step {start} after step {previous_start}")
+    weights = dict.fromkeys(names, 0.0)
+    for item in listing.split(","):
+        name, _, weight = (part.strip() for part in item.partition("="))
+        _check(name in weights, f"{where}: {name!r} is not a data.mixture component; they are {', '.join(names)}")
+        _check(_is_weight(weight), f"{where}: the weight of {name} must be a number >= 0, got {weight!r}")
+        weights[name] = float(weight)
+    _check(sum(weights.values()) > 0, f"{where}: the weights are all 0")
+    return MixtureStage(start, tuple(weights.values()))
+
+
+def check_trained_mixture(saved_data: dict, data: DataConfig, step: int) -> None:
+    """Refuses a resumed run's `data.mixture_stages` that change the weights of a step before `step` (trained)."""
+    if not data.mixture:
+        return
+    saved = mixture_schedule(saved_data.get("mixture", ()), saved_data.get("mixture_stages", ()))
+    current = mixture_schedule(data.mixture, data.mixture_stages)
+    if [stage for stage in saved if stage.start < step] != [stage for stage in current if stage.start < step]:
+        raise GptjaxError(f"data.mixture_stages changes the mixture weights of steps before {step}, which the "
+                          f"checkpoint was already trained on (saved {list(saved_data.get('mixture_stages', ()))}); "
+                          f"keep the stages before step {step} and change only later ones, or use a new --workdir")
 
 
 def freeze_policy(freeze: str) -> tuple[str, int]:

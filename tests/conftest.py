@@ -2,6 +2,7 @@
 emulator (tests/gcs_emulator.py) for gs:// workdirs."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -190,3 +191,16 @@ def same_params(a, b) -> None:
     assert a.step == b.step
     for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@dataclasses.dataclass
+class FailAfterStep:
+    """A hook that crashes the run after step `step` (its checkpoints written so far stay as they are)."""
+
+    step: int
+
+    def due(self, run, done: int) -> bool:
+        return done == self.step
+
+    def __call__(self, run, done: int, state) -> None:
+        raise RuntimeError(f"crash after step {done}")

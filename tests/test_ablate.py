@@ -1,7 +1,8 @@
-"""`gptjax ablate`: budget matching, checks before any run, resume, the report's statistics and files, and the
-printed commands."""
+"""`gptjax ablate`: budget matching, checks before any run, resume, the report's statistics and files, the
+printed commands, and sweeps (planning, selection on the held-out half of val, their report, bad input)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shlex
@@ -13,9 +14,10 @@ import pytest
 from conftest import REPO, dir_snapshot, tiny_config
 
 from gptjax import config as config_lib
+from gptjax.ablate import heldout
 from gptjax.ablate import report as report_lib
 from gptjax.ablate import runner as ablation_lib
-from gptjax.ablate.runner import Ablation
+from gptjax.ablate.runner import Ablation, Sweep
 from gptjax.cli import main
 from gptjax.cli.common import split_config_overrides
 from gptjax.errors import GptjaxError, RunInterrupted
@@ -39,14 +41,15 @@ def tiny_base_file(cache_dir: Path, where: Path) -> Path:
     return path
 
 
-def write_ablation_file(path: Path, cache_dir: Path, variants: dict, steps: int = 12) -> Path:
+def write_ablation_file(path: Path, cache_dir: Path, variants: dict, steps: int = 12, extra: str = "") -> Path:
+    """An ablation file over the tiny base; `extra` is more Ablation arguments as source, e.g. "sweep=Sweep(...)"."""
     path.write_text(f"""from gptjax.config import load_experiment
-from gptjax.ablate import Ablation
+from gptjax.ablate import Ablation, Sweep
 
 
 def get_ablation():
     return Ablation(base=load_experiment({str(tiny_base_file(cache_dir, path.parent))!r}), variants={variants!r},
-                    steps={steps})
+                    steps={steps}, {extra})
 """)
     return path
 
@@ -270,7 +273,8 @@ def test_welch_by_hand_and_against_scipy(monkeypatch):
 def test_shipped_ablations_plan(cache_dir, tmp_path, path):
     plan = ablation_lib.plan_ablation(ablation_lib.load_ablation(path), tmp_path / path.stem, seeds=3)
     steps = {v: plan.runs_of(v)[0].cfg.train.steps for v in plan.variants}
-    assert len(plan.runs) == 3 * len(plan.variants)
+    assert len(plan.runs) == 3 * sum(len(plan.values_of(v)) for v in plan.variants)
+    assert all(len({r.cfg.train.steps for r in plan.runs_of(v)}) == 1 for v in plan.variants)
     # base FLOPs/token 6*344064 + 12*3*96*64 = 2285568; a 16-position context (local window 16, strided 8 + 64/8)
     # or 2 KV heads: 2119680 -> 600 * 2285568 / 2119680 = 646.96; 1 KV head: 2036736 -> 673.3
     expected = {"norm": {"layernorm": 600, "rmsnorm": 600},
@@ -283,7 +287,10 @@ def test_shipped_ablations_plan(cache_dir, tmp_path, path):
                 "qk_norm": {"plain": 600, "qk_norm": 600, "plain_lr4e-2": 600, "qk_norm_lr4e-2": 600},
                 # active FLOPs: the dense MLP + a 96 x 8 router per layer (+6*3*768 -> 596.4); 8x the MLP -> 118.5
                 "moe": {"dense": 600, "moe_8x_top1": 596, "moe_8x_half_top2": 596,
-                        "dense_equal_params": 118}}[path.stem]
+                        "dense_equal_params": 118},
+                # equal tokens, and every lr at the same steps
+                "optimizers": {"adamw": 600, "muon": 600, "lion": 600, "adafactor": 600},
+                "schedules": {"cosine": 600, "wsd": 600, "inverse_sqrt": 600}}[path.stem]
     assert steps == expected
     if path.stem == "mlp":
         counts = {v: report_lib.param_counts(plan.runs_of(v)[0]) for v in plan.variants}
@@ -324,3 +331,163 @@ def test_downstream_scores_reach_the_report(cache_dir, tmp_path, monkeypatch, ca
         assert "lambada/acc_stderr" not in entry["metrics"]
     header = report_lib.markdown_table(report).splitlines()[0]
     assert header.endswith("| val bits/byte | lambada/acc | lambada/perplexity |")
+
+
+# ---- sweeps: each variant at its best value, chosen on the first half of val, reported on the second -------------
+
+LR_SWEEP = Sweep(key="train.lr", values=(1e-3, 3e-3), scaled={"train.min_lr": 0.1})
+
+
+def test_sweep_plan_runs_overrides_and_layout(cache_dir, tmp_path):
+    base = config_lib.load_experiment(tiny_base_file(cache_dir, tmp_path))
+    ablation = Ablation(base=base, variants={"adamw": {}, "muon": {"train.optimizer": "muon"},
+                                             "rms": {"model.norm": "rmsnorm"}},
+                        sweep=LR_SWEEP, sweeps={"muon": Sweep("train.muon_lr", (0.01, 0.02, 0.04)), "rms": None})
+    root = tmp_path / "runs"
+    plan = ablation_lib.plan_ablation(ablation, root, seeds=2)
+    assert plan.tuned and set(plan.sweeps) == {"adamw", "muon"}
+    assert len(plan.runs) == 2 * (2 + 3 + 1)
+    assert [(r.variant, r.swept_value, r.seed) for r in plan.runs[:6]] == [
+        ("adamw", 1e-3, 0), ("adamw", 3e-3, 0), ("muon", 0.01, 0), ("muon", 0.02, 0), ("muon", 0.04, 0),
+        ("rms", None, 0)]
+    adamw = plan.runs_at("adamw", 3e-3)[1]
+    assert adamw.workdir == root / "adamw" / "train.lr=0.003" / "seed1"
+    assert adamw.overrides == ("train.lr=0.003", "train.min_lr=0.0003", "train.steps=12", "train.seed=1")
+    assert (adamw.cfg.train.lr, adamw.cfg.train.min_lr) == (3e-3, 3e-4)
+    muon = plan.runs_at("muon", 0.04)[0]
+    assert muon.workdir == root / "muon" / "train.muon_lr=0.04" / "seed0"
+    assert (muon.cfg.train.optimizer, muon.cfg.train.muon_lr, muon.cfg.train.lr) == ("muon", 0.04, base.train.lr)
+    assert plan.runs_at("rms", None)[0].workdir == root / "rms" / "seed0"  # an unswept variant keeps the old layout
+    assert not root.exists()
+
+
+def test_shipped_optimizers_sweep_each_optimizers_own_key(cache_dir, tmp_path):
+    plan = ablation_lib.plan_ablation(ablation_lib.load_ablation(REPO / "experiments/ablations/optimizers.py"),
+                                      tmp_path, seeds=1)
+    keys = {v: plan.sweeps[v].key for v in plan.variants}
+    assert keys == {"adamw": "train.lr", "muon": "train.muon_lr", "lion": "train.lr", "adafactor": "train.lr"}
+    assert 4 * max(plan.sweeps["lion"].values) <= max(plan.sweeps["adamw"].values)
+    assert {r.cfg.train.optimizer for r in plan.runs_of("adafactor")} == {"adafactor"}
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("sweep=Sweep('train.lrr', (1e-3,))", "variant 'a' at train.lrr=0.001: unknown config key 'train.lrr'"),
+    ("sweep=Sweep('train.lr', ())", "variant 'a''s sweep of train.lr has no values"),
+    ("sweep=Sweep('train.lr', (1e-3, -1.0))", "variant 'a' at train.lr=-1.0: invalid config: train.lr=-1.0 must be "
+                                              "> 0"),
+    ("sweep=Sweep('train.lr', ('big',))", "variant 'a''s sweep of train.lr: its values must be numbers, got 'big'"),
+    ("sweep=Sweep('train.lr', (1e-3, 1e-3))", "variant 'a''s sweep of train.lr lists a value twice"),
+    ("sweep=Sweep('train.steps', (10, 20))", "sweep of train.steps sets train.steps, which the ablation decides"),
+    ("sweeps={'b': Sweep('train.warmup_steps', (1, 2))}", "variant 'b' sets train.warmup_steps, which its sweep "
+                                                          "decides"),
+    ("sweeps={'c': Sweep('train.lr', (1e-3,))}", "Ablation.sweeps names 'c', which is not one of the variants"),
+    ("sweep=Sweep('train.lr', (1e-3, 3e-3), {'train.min_lr': 2.0})", "variant 'a' at train.lr=0.001: invalid config: "
+                                                                     "train.min_lr=0.002 must be <= train.lr=0.001"),
+])
+def test_bad_sweeps_fail_before_any_run(cache_dir, tmp_path, capsys, extra, message):
+    path = write_ablation_file(tmp_path / "bad.py", cache_dir, {"a": {}, "b": {"train.warmup_steps": 3}}, extra=extra)
+    root = tmp_path / "runs"
+    assert main(["ablate", "--config", str(path), "--workdir", str(root), "--seeds", "1"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gptjax: error:")]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not root.exists()
+
+
+def test_printed_commands_of_a_sweep_rebuild_each_runs_config(cache_dir, tmp_path, capsys):
+    path = write_ablation_file(tmp_path / "abl.py", cache_dir, {"a": {}, "rms": {"model.norm": "rmsnorm"}},
+                               extra="sweep=Sweep('train.lr', (1e-3, 3e-3), {'train.min_lr': 0.1}), sweeps={'a': None}")
+    root = tmp_path / "runs"
+    assert main(["ablate", "--config", str(path), "--workdir", str(root), "--seeds", "1", "--print-commands"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    plan = ablation_lib.plan_ablation(ablation_lib.load_ablation(path), root, seeds=1)
+    assert [str(r.workdir.relative_to(root)) for r in plan.runs] == ["a/seed0", "rms/train.lr=0.001/seed0",
+                                                                      "rms/train.lr=0.003/seed0"]
+    for line, run in zip(lines, plan.runs, strict=True):
+        rest, overrides = split_config_overrides(shlex.split(line)[2:])
+        cd = config_lib.apply_overrides(config_lib.load_experiment(rest[1]), overrides)
+        assert rest[3] == str(run.workdir) and config_lib.to_config(cd) == run.cfg
+    assert "--config.train.lr=0.003 --config.train.min_lr=0.0003" in lines[2]
+    assert json.loads((root / ablation_lib.PLAN_FILE).read_text())["sweeps"]["rms"]["values"] == [1e-3, 3e-3]
+
+
+def _scores(select: float, report: float) -> dict:
+    return {heldout.SELECT: {"loss": select, "bpb": select / math.log(2)},
+            heldout.REPORT: {"loss": report, "bpb": report / math.log(2)}}
+
+
+def test_choose_uses_the_select_half_and_skips_diverged_values():
+    points = [heldout.sweep_point(1e-3, [_scores(2.30, 2.10), _scores(2.32, 2.12)]),  # best on report, not select
+              heldout.sweep_point(3e-3, [_scores(2.20, 2.25), _scores(2.22, 2.27)]),
+              heldout.sweep_point(1e-2, [_scores(float("nan"), 9.0), _scores(1.0, 1.0)])]  # a seed diverged
+    assert points[0].select_loss == pytest.approx(2.31) and points[2].select_loss is None
+    assert heldout.choose(points).value == 3e-3
+    assert heldout.choose(points[2:]) is None
+    assert heldout.val_halves(111540) == {heldout.SELECT: heldout.TokenRange(0, 55770),
+                                          heldout.REPORT: heldout.TokenRange(55770, 111540)}
+    assert heldout.val_halves(111540, 4096)[heldout.REPORT] == heldout.TokenRange(55770, 59866)
+
+
+def test_report_of_hand_written_runs_picks_each_variants_best_value(cache_dir, tmp_path, monkeypatch):
+    """metrics.jsonl and heldout.json written by hand: the report chooses on the select half and compares the
+    chosen runs' report-half losses."""
+    base = config_lib.load_experiment(tiny_base_file(cache_dir, tmp_path))
+    ablation = Ablation(base=base, variants={"a": {}, "b": {"model.norm": "rmsnorm"}}, sweep=LR_SWEEP,
+                        heldout_tokens=1000)
+    plan = ablation_lib.plan_ablation(ablation, tmp_path / "runs", seeds=2)
+    # (variant, lr) -> per-seed (select, report): a is best at 1e-3, b at 3e-3; the report halves disagree
+    planted = {("a", 1e-3): [(2.0, 2.5), (2.1, 2.6)], ("a", 3e-3): [(2.2, 2.0), (2.3, 2.1)],
+               ("b", 1e-3): [(2.4, 2.2), (2.5, 2.3)], ("b", 3e-3): [(1.9, 2.3), (1.8, 2.4)]}
+    halves = {name: dataclasses.asdict(r)
+              for name, r in heldout.val_halves(heldout.split_size(plan.base), 1000).items()}
+    for run in plan.runs:
+        select, report = planted[run.variant, run.swept_value][run.seed]
+        run.workdir.mkdir(parents=True)
+        (run.workdir / "metrics.jsonl").write_text(json.dumps({"step": 12, "val_loss": 3.0, "val_bpb": 4.0,
+                                                               "wall_s": 1.0}) + "\n")
+        (run.workdir / heldout.HELDOUT_FILE).write_text(json.dumps(
+            {"step": 12, "ranges": halves, "scores": _scores(select, report)}))
+    monkeypatch.setattr(report_lib, "is_finished", lambda run: True)
+    report = report_lib.write_report(plan)
+    a, b = report["variants"]
+    assert (a["chosen_value"], b["chosen_value"]) == (1e-3, 3e-3)
+    assert a["select_loss"] == pytest.approx(2.05) and b["select_loss"] == pytest.approx(1.85)
+    assert (a["metrics"]["val_loss"]["mean"], b["metrics"]["val_loss"]["mean"]) == pytest.approx((2.55, 2.35))
+    assert b["vs_reference"]["val_loss"]["difference"] == pytest.approx(-0.2)
+    assert a["seeds_planned"] == 2 and a["seeds_finished"] == [0, 1]
+    assert report["selection"]["select"] == "val tokens [0, 1000)"
+    assert report["selection"]["report"].startswith(f"val tokens [{halves['report']['start']}, ")
+    md = (plan.root / report_lib.REPORT_MD).read_text()
+    assert "| a | train.lr | 0.001 | 2.0500 |" in md and "| b | train.lr | 0.003 | 1.8500 |" in md
+    assert "**0.003: 1.8500 (2.3500)**" in md and "select half: val tokens [0, 1000)" in md
+    assert json.loads((plan.root / report_lib.REPORT_JSON).read_text())["selection"]["sweeps"][1]["chosen"] == 3e-3
+
+
+def test_a_real_sweep_end_to_end(cache_dir, tmp_path, capsys):
+    """2 lrs x 1 seed of the tiny base: trained, scored on both val halves (the select half exactly as `gptjax
+    eval`'s perplexity over those tokens), the better lr chosen, and a report-only rerun reusing the scores."""
+    path = write_ablation_file(tmp_path / "abl.py", cache_dir, {"adamw": {}},
+                               extra="sweep=Sweep('train.lr', (1e-4, 1e-2), {'train.min_lr': 0.1}), "
+                                     "heldout_tokens=2048")
+    root = tmp_path / "runs"
+    assert main(["ablate", "--config", str(path), "--workdir", str(root), "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((root / report_lib.REPORT_JSON).read_text())
+    sweep = report["selection"]["sweeps"][0]
+    by_value = {p["value"]: p for p in sweep["points"]}
+    assert sweep["chosen"] == min(by_value, key=lambda v: by_value[v]["select_loss"]) == 1e-2
+    assert "| adamw | train.lr | 0.01 |" in out
+
+    import gptjax
+    from gptjax.eval.perplexity import evaluate_split
+    from gptjax.prepare.resolve import open_data
+
+    workdir = root / "adamw" / "train.lr=0.0001" / "seed0"
+    lm = gptjax.load(workdir)
+    exact = evaluate_split(lm, open_data(lm.cfg)[0], "val", 16, max_tokens=2047)  # the windows of tokens [0, 2048)
+    assert by_value[1e-4]["select_loss"] == pytest.approx(exact["loss"], rel=1e-5)
+    assert report["variants"][0]["metrics"]["val_loss"]["mean"] == by_value[1e-2]["report_loss"]
+    assert (root / report_lib.PLOT_FILE).read_bytes()[:4] == b"\x89PNG"
+
+    saved = dir_snapshot(root / "adamw")
+    assert main(["ablate", "--config", str(path), "--workdir", str(root), "--seeds", "1", "--report-only"]) == 0
+    assert dir_snapshot(root / "adamw") == saved  # held-out scores reused, nothing retrained

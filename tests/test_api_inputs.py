@@ -202,7 +202,7 @@ def test_load_returns_an_lm_without_tokenizer_for_a_weights_only_checkpoint(monk
 
     (tmp_path / "checkpoints").mkdir()
     meta = {"config": config_lib.to_dict(lm.cfg), "tokenizer": None}
-    monkeypatch.setattr(checkpoint, "restore_params", lambda path, step, load_base: (lm.params, meta, 7))
+    monkeypatch.setattr(checkpoint, "restore_params", lambda path, step, load_base, ema: (lm.params, meta, 7))
     loaded = gptjax.load(tmp_path)
     assert loaded.tokenizer is None and loaded.step == 7
     with pytest.raises(GptjaxError, match="no tokenizer|has none"):

@@ -244,12 +244,13 @@ FREE_KEYS = {"name", "train.steps", "train.eval_every", "train.eval_batches", "t
              "train.checkpoint_every", "train.keep_checkpoints", "train.tensorboard", "train.compilation_cache",
              "train.peak_flops", "train.cpu_devices", "data.prefetch_threads", "data.cache_dir", "mesh.data",
              "mesh.fsdp", "mesh.tensor", "train.eval_tasks", "train.eval_data", "finetune.samples",
-             "finetune.max_new_tokens"}
+             "finetune.max_new_tokens", "train.stats_every", "train.profile_steps", "train.wandb_project",
+             "train.wandb_group", "train.wandb_name"}
 RECORDED_KEYS = {f"train.{k}" for k in ("lr", "min_lr", "warmup_steps", "grad_clip", "weight_decay", "beta1", "beta2",
                                         "eps", "schedule", "decay_steps", "schedule_steps", "spike_factor", "z_loss",
                                         "wsd_decay", "cycles", "muon_lr", "muon_momentum", "muon_ns_steps",
                                         "sgd_momentum", "ema_decay")
-                 } | {"finetune.beta", "finetune.label_smoothing"}
+                 } | {"finetune.beta", "finetune.label_smoothing", "data.mixture_stages"}
 
 
 def test_declared_resume_policies():

@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_config
 from test_data_pipeline import settings
 
-from gptjax.config import DataConfig, PrepareConfig
+from gptjax.config import DataConfig, MixtureStage, PrepareConfig
 from gptjax.data import loader, store
 from gptjax.errors import GptjaxError
 from gptjax.prepare.pipeline import run_pipeline
@@ -153,11 +153,11 @@ def two_datasets(tmp_path_factory) -> tuple[Path, Path]:
 def test_mixture_rows_follow_the_weights_exactly():
     counts = np.zeros(3, np.int64)
     for step in range(200):
-        components, indices = loader.mixture_rows(step, 12, [0.5, 0.3, 0.2], seed=0)
+        components, indices = loader.mixture_rows(step, 12, (MixtureStage(0, (0.5, 0.3, 0.2)),), seed=0)
         counts += np.bincount(components, minlength=3)
         assert len(components) == 12
     assert counts.tolist() == [1200, 720, 480]
-    components, indices = loader.mixture_rows(7, 10, [2.0, 1.0], seed=0)
+    components, indices = loader.mixture_rows(7, 10, (MixtureStage(0, (2.0, 1.0)),), seed=0)
     assert sorted(indices[components == 0].tolist()) == list(range(46, 53))
 
 

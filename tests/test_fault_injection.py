@@ -1,11 +1,13 @@
 """Fault injection over every write a verb makes, in the spirit of SQLite's I/O-error tests.
 
-For each verb the n-th write site it reaches below the test's directory fails (a file opened for writing, the fsync
-that makes it durable, a rename onto a name, an orbax checkpoint save), for n = 1, 2, ... until the verb completes
-without reaching the fault. The
-error cycles over ENOSPC, EACCES and EIO with n. Each failed run must exit 2 with one `gptjax: error:` line and no
-traceback, leave no partial output visible and the workdir unlocked; the same command run again without the fault
-must then give what an uninterrupted run gives."""
+A complete run of each verb lists the write sites it reaches below the test's directory (a file opened for writing,
+the fsync that makes it durable, a rename onto a name, an orbax checkpoint save); then, for each kind of site in
+turn, a run of the verb fails at the first site of that kind. A kind is the operation and the code path that reached
+it (the writing frame's file and line, and those of the gptjax frames above it): a loop writing one file per tensor
+or fsyncing every file of a folder is one code path writing another name, and its first write stands for the rest.
+The error cycles over ENOSPC, EACCES and EIO.
+Each failed run must exit 2 with one `gptjax: error:` line and no traceback, leave no partial output visible and the
+workdir unlocked; the same command run again without the fault must then give what an uninterrupted run gives."""
 from __future__ import annotations
 
 import builtins
@@ -13,6 +15,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 import threading
 from pathlib import Path
 
@@ -28,18 +31,24 @@ FIXTURE_TASKS = REPO / "tests" / "fixtures" / "eval"
 
 
 class WriteFaults:
-    """Counts the write sites under `root` this process reaches and fails the `fail_at`-th (0: none)."""
+    """Records the kinds of the write sites under `root` this process reaches; fails the first site of `fail_kind`
+    (None: none) with the `fail_at`-th error of ERRNOS."""
 
-    def __init__(self, root: Path, fail_at: int):
-        self.root, self.fail_at = str(root), fail_at
-        self.seen = 0
+    def __init__(self, root: Path, fail_kind: tuple | None = None, fail_at: int = 0):
+        self.root, self.fail_kind, self.fail_at = str(root), fail_kind, fail_at
         self.failed: tuple[int, str] | None = None
+        self.site_kinds: list[tuple] = []  # (operation, call path) per site reached
 
-    def hit(self, path) -> None:
+    @property
+    def seen(self) -> int:
+        return len(self.site_kinds)
+
+    def hit(self, path, operation: str) -> None:
         if not str(path).startswith(self.root):
             return
-        self.seen += 1
-        if self.seen == self.fail_at:
+        kind = (operation, call_path())
+        self.site_kinds.append(kind)
+        if kind == self.fail_kind and self.failed is None:
             code = ERRNOS[self.fail_at % len(ERRNOS)]
             self.failed = (code, str(path))
             raise OSError(code, os.strerror(code), str(path))
@@ -52,15 +61,15 @@ class WriteFaults:
 
         def open_(file, mode="r", *args, **kwargs):
             if isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+"):
-                self.hit(os.fspath(file))
+                self.hit(os.fspath(file), "open")
             return real_open(file, mode, *args, **kwargs)
 
         def replace(src, dst, *args, **kwargs):
-            self.hit(os.fspath(dst))
+            self.hit(os.fspath(dst), "replace")
             return real_replace(src, dst, *args, **kwargs)
 
         def rename(src, dst, *args, **kwargs):
-            self.hit(os.fspath(dst))
+            self.hit(os.fspath(dst), "rename")
             return real_rename(src, dst, *args, **kwargs)
 
         def fsync(fd):
@@ -69,11 +78,11 @@ class WriteFaults:
             except OSError:
                 path = ""
             if not os.path.isdir(path):  # a folder's fsync is best effort in gptjax.fileio
-                self.hit(path)
+                self.hit(path, "fsync")
             return real_fsync(fd)
 
         def save(manager, step, *args, **kwargs):
-            self.hit(str(manager.directory / str(step)))
+            self.hit(str(manager.directory / str(step)), "save")
             return real_save(manager, step, *args, **kwargs)
 
         monkeypatch.setattr(builtins, "open", open_)
@@ -83,10 +92,20 @@ class WriteFaults:
         monkeypatch.setattr(ocp.CheckpointManager, "save", save)
 
 
-def run_verb(argv: list[str], root: Path, fail_at: int, capsys, monkeypatch) -> tuple[int, list[str], WriteFaults]:
-    """`gptjax ARGV` in this process with the `fail_at`-th write site under `root` failing; (exit code, the
-    stderr lines, the faults)."""
-    faults = WriteFaults(root, fail_at)
+def call_path() -> tuple[tuple[str, int], ...]:
+    """(file, line) of the frame that wrote and of every gptjax frame above it in the calling thread (the frames of
+    event loops and thread pools between them vary with scheduling, so they are left out)."""
+    frame, frames = sys._getframe(1), []
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name != __file__ and (not frames or f"{os.sep}gptjax{os.sep}" in name):
+            frames.append((name, frame.f_lineno))
+        frame = frame.f_back
+    return tuple(frames)
+
+
+def run_verb(argv: list[str], faults: WriteFaults, capsys, monkeypatch) -> tuple[int, list[str], WriteFaults]:
+    """`gptjax ARGV` in this process with `faults` installed; (exit code, the stderr lines, the faults)."""
     before = set(threading.enumerate())
     with monkeypatch.context() as patch:
         faults.install(patch)
@@ -97,20 +116,26 @@ def run_verb(argv: list[str], root: Path, fail_at: int, capsys, monkeypatch) -> 
     return code, capsys.readouterr().err.splitlines(), faults
 
 
-def sweep(argv: list[str], root: Path, capsys, monkeypatch, after_fault) -> int:
-    """Fails write site 1, 2, ... of `argv` until it completes; `after_fault(n)` checks what a failed run left.
-    Returns the number of write sites a complete run reaches."""
-    for fail_at in range(1, MAX_SITES + 1):
-        code, err, faults = run_verb(argv, root, fail_at, capsys, monkeypatch)
-        if faults.failed is None:
-            assert code == 0, err
-            return faults.seen
+def sweep(argv: list[str], root: Path, capsys, monkeypatch, after_fault, undo_complete_run=None) -> int:
+    """Runs `argv` once whole to list its write sites (then `undo_complete_run()`, by default removing `root`), then
+    fails the first site of each kind in turn; `after_fault(n)` checks what the n-th failed run left. Returns the
+    number of write sites the complete run reached."""
+    code, err, complete = run_verb(argv, WriteFaults(root), capsys, monkeypatch)
+    assert code == 0, err
+    assert complete.seen <= MAX_SITES, f"{argv[0]} reaches more than {MAX_SITES} write sites"
+    if undo_complete_run is None:
+        shutil.rmtree(root)
+    else:
+        undo_complete_run()
+    for fail_at, kind in enumerate(dict.fromkeys(complete.site_kinds), start=1):
+        code, err, faults = run_verb(argv, WriteFaults(root, kind, fail_at), capsys, monkeypatch)
+        assert faults.failed is not None, (kind, "a complete run reached this site; this one did not")
         errors = [line for line in err if line.startswith("gptjax: error:")]
-        assert code == 2 and len(errors) == 1, (fail_at, faults.failed, err)
+        assert code == 2 and len(errors) == 1, (kind, faults.failed, err)
         assert not any("Traceback" in line for line in err), err
         assert os.strerror(faults.failed[0]) in errors[0], "the line says what the machine refused"
         after_fault(fail_at, errors[0])
-    raise AssertionError(f"{argv[0]} reaches more than {MAX_SITES} write sites")
+    return complete.seen
 
 
 def names_below(path: Path) -> set[str]:
@@ -304,6 +329,9 @@ def test_ablate_report_is_whole_or_absent(cache_dir, tmp_path, capsys, monkeypat
         capsys.readouterr()
         assert json.loads((root / "report.json").read_text()) == expected
 
-    for name in reports:
-        (root / name).unlink(missing_ok=True)
-    assert sweep(argv, root, capsys, monkeypatch, after_fault) >= 3
+    def remove_reports() -> None:
+        for name in reports:
+            (root / name).unlink(missing_ok=True)
+
+    remove_reports()
+    assert sweep(argv, root, capsys, monkeypatch, after_fault, undo_complete_run=remove_reports) >= 3

@@ -126,11 +126,11 @@ def test_a_label_set_with_one_class_and_a_malformed_tsv_line_are_errors(tmp_path
 
 def test_sft_loss_counts_exactly_the_response_tokens_and_the_closing_eot():
     from gptjax.finetune import records
-    from gptjax.finetune.batches import sft_sequences
+    from gptjax.finetune.batches import RecordEncoder, sft_sequences
 
     tok = tokenizer()
     items = records.read_instruction(records.records_path("instruction", str(FIXTURES)))[:6]
-    seqs = sft_sequences(items, "alpaca", tok.encode, tok.eot_id, 10_000, "truncate", "train")
+    seqs = sft_sequences(items, RecordEncoder("alpaca", tok), 10_000, "truncate", "train")
     for record, seq in zip(items, seqs):
         response = tok.encode(record["output"]) + [tok.eot_id]
         targets = seq.ids[1:][seq.weights > 0]
@@ -145,14 +145,14 @@ def test_packed_rows_give_the_same_summed_loss_as_padded_rows(base_dir):
 
     import gptjax
     from gptjax.finetune import records
-    from gptjax.finetune.batches import packed_rows, padded_sequences, sft_sequences
+    from gptjax.finetune.batches import RecordEncoder, packed_rows, padded_sequences, sft_sequences
     from gptjax.model.transformer import Transformer, init_params
     from gptjax.train.objectives import NextTokenLM
 
     lm = gptjax.load(base_dir)
     tok = lm.tokenizer
     items = records.read_instruction(records.records_path("instruction", str(FIXTURES)))[:8]
-    seqs = sft_sequences(items, "alpaca", tok.encode, tok.eot_id, 97, "truncate", "train")
+    seqs = sft_sequences(items, RecordEncoder("alpaca", tok), 97, "truncate", "train")
     objective = NextTokenLM(name="sft")
     model = Transformer(dataclasses.replace(lm.config, block_size=256, position="rope"))  # rows of 256 hold several
     params = nn.unbox(init_params(model, 0, 8))
@@ -167,13 +167,13 @@ def test_packed_rows_give_the_same_summed_loss_as_padded_rows(base_dir):
 
 def test_an_over_long_record_is_truncated_or_skipped_and_counted(capfd):
     from gptjax.finetune import records
-    from gptjax.finetune.batches import sft_sequences
+    from gptjax.finetune.batches import RecordEncoder, sft_sequences
 
     tok = tokenizer()
     items = records.read_instruction(records.records_path("instruction", str(FIXTURES)))[:10]
-    kept = sft_sequences(items, "alpaca", tok.encode, tok.eot_id, 60, "truncate", "train")
+    kept = sft_sequences(items, RecordEncoder("alpaca", tok), 60, "truncate", "train")
     truncated_note = capfd.readouterr().err
-    skipped = sft_sequences(items, "alpaca", tok.encode, tok.eot_id, 60, "skip", "train")
+    skipped = sft_sequences(items, RecordEncoder("alpaca", tok), 60, "skip", "train")
     skipped_note = capfd.readouterr().err
     assert all(len(s.ids) <= 60 for s in kept) and all(len(s.ids) <= 60 for s in skipped)
     assert len(skipped) < len(kept) <= len(items)

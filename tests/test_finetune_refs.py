@@ -16,7 +16,7 @@ from conftest import GPT2_FIXTURES
 from test_interop_hf import gptjax_model, hf_logits, lm_for, load_hf, max_abs_diff, random_ids, random_params
 
 import gptjax
-from gptjax.finetune.batches import encode_pieces, padded_sequences, preference_pairs, row_width
+from gptjax.finetune.batches import RecordEncoder, encode_pieces, padded_sequences, preference_pairs, row_width
 from gptjax.finetune.templates import prompt_pieces
 from gptjax.interop import hf
 from gptjax.model.lora import ADAPTER_NAMES, merge_lora
@@ -330,7 +330,7 @@ def test_sequence_logprobs_match_transformers(gpt2_bpe_model, template):
     eot = lm.tokenizer.eot_id
     assert eot == hf_tok.eos_token_id
     block = lm.config.block_size
-    pairs = preference_pairs(PREFERENCE_RECORDS, template, lm.tokenizer.encode, eot, block + 1, "skip", "test")
+    pairs = preference_pairs(PREFERENCE_RECORDS, RecordEncoder(template, lm.tokenizer), block + 1, "skip", "test")
     assert len(pairs) == len(PREFERENCE_RECORDS)
     width = row_width(max(len(s.ids) - 1 for pair in pairs for s in pair), block)
     batch = {**padded_sequences([p[0] for p in pairs], width, "chosen"),
@@ -377,8 +377,8 @@ def test_dpo_objective_on_lora_policy_matches_trl_on_peft(tmp_path):
     params = random_params(m, seed=14, std=PARAM_STD)
     reference = jax.tree_util.tree_map_with_path(
         lambda path, leaf: np.zeros_like(leaf) if path[-1].key == "lora_b" else leaf, params)
-    pairs = preference_pairs(PREFERENCE_RECORDS, "alpaca", tokenizer.encode, tokenizer.eot_id, m.block_size + 1,
-                             "skip", "train")
+    pairs = preference_pairs(PREFERENCE_RECORDS, RecordEncoder("alpaca", tokenizer), m.block_size + 1, "skip",
+                             "train")
     width = row_width(max(len(s.ids) - 1 for pair in pairs for s in pair), m.block_size)
     batch = {**padded_sequences([p[0] for p in pairs], width, "chosen"),
              **padded_sequences([p[1] for p in pairs], width, "rejected"),

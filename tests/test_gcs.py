@@ -20,6 +20,7 @@ import pytest
 from conftest import (
     GCS_BUCKET,
     REPO,
+    FailAfterStep,
     free_port,
     gcs_lines,
     gcs_losses,
@@ -33,19 +34,6 @@ pytest.importorskip("gcsfs")
 pytest.importorskip("gcp_storage_emulator")
 
 CONFIG = "experiments/shakespeare_char_cpu.py"
-
-
-@dataclasses.dataclass
-class FailAfterStep:
-    """A hook that crashes the run after step `step` (its checkpoints written so far stay as they are)."""
-
-    step: int
-
-    def due(self, run, done: int) -> bool:
-        return done == self.step
-
-    def __call__(self, run, done: int, state) -> None:
-        raise RuntimeError(f"crash after step {done}")
 
 
 @pytest.fixture(scope="session")

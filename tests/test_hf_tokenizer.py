@@ -7,6 +7,7 @@ them: Llama-3-like (byte-level BPE, Llama 3's split pattern, BOS added by the po
 no BOS) and Mistral-like (sentencepiece-style BPE: ▁ for spaces, byte fallback, <s> / </s>)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -185,8 +186,7 @@ def test_finetuning_sequences_start_with_bos_where_the_family_adds_it(families):
     record = {"instruction": "Say hello in German.", "input": "", "output": "Hallo!"}
     for family, start in (("llama3", "bos_id"), ("qwen", "eot_id")):
         tok = tokenizers.load(families[family])
-        seq, = batches.sft_sequences([record], "alpaca", tok.encode, tok.eot_id, 512, "skip", "train",
-                                     tokenizers.sequence_start_id(tok))
+        seq, = batches.sft_sequences([record], batches.RecordEncoder("alpaca", tok), 512, "skip", "train")
         assert (seq.ids[0], seq.ids[-1]) == (getattr(tok, start), tok.eot_id)
     char = tokenizers.CharTokenizer("abc")
     assert tokenizers.sequence_start_id(char) == char.eot_id
@@ -491,3 +491,269 @@ def test_hf_dir_with_a_tiktoken_tokenizer_model_imports_and_exports(tiktoken_ran
     assert_one_line_error(lambda: hf.read_hf_dir(src), "tiktoken ranks are not 0..")
     (src / "tokenizer.model").write_bytes(b"neither sentencepiece nor tiktoken \x00\xff")
     assert_one_line_error(lambda: hf.read_hf_dir(src), "is not a sentencepiece model")
+
+
+# ---------------------------------------------------------------- the families' own chat templates (hf_chat)
+
+# The public chat templates of Meta-Llama-3-8B-Instruct, Qwen2-7B-Instruct and Mistral-7B-Instruct-v0.2, as their
+# tokenizer_config.json carry them (Jinja string literals keep their \n escapes).
+LLAMA3_CHAT_TEMPLATE = (
+    r"{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    r"message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    r"{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    r"{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+QWEN2_CHAT_TEMPLATE = (
+    r"{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    r"You are a helpful assistant.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    r"message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    r"{{ '<|im_start|>assistant\n' }}{% endif %}")
+MISTRAL_CHAT_TEMPLATE = (
+    r"{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    r"{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    r"{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    r"{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% else %}"
+    r"{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}")
+END_OF_TURN = {"llama3": "<|eot_id|>", "qwen2": "<|im_end|>", "mistral": "</s>"}
+CONVERSATIONS = (
+    [{"role": "user", "content": "Wie heißt die Hauptstadt von Frankreich?"},
+     {"role": "assistant", "content": "Paris."}],
+    [{"role": "user", "content": "Combien font 2 + 2 ?"}, {"role": "assistant", "content": "Quatre (4)."},
+     {"role": "user", "content": "И 東京?"}, {"role": "assistant", "content": "東京は日本の首都です。 🙂"}],
+)
+SYSTEM_CONVERSATION = [{"role": "system", "content": "Antworte kurz."}, *CONVERSATIONS[0]]
+
+
+@pytest.fixture(scope="module")
+def chat_families(tmp_path_factory) -> dict[str, Path]:
+    """Llama-3-, Qwen2- and Mistral-like tokenizer dirs whose tokenizer_config.json carries the family's template."""
+    root = tmp_path_factory.mktemp("hf_chat")
+    mistral = metaspace_dir(root / "mistral")
+    config = json.loads((mistral / "tokenizer_config.json").read_text())
+    write_json(mistral / "tokenizer_config.json", {**config, "chat_template": MISTRAL_CHAT_TEMPLATE})
+    return {
+        "llama3": byte_level_dir(root / "llama3", ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                                                   "<|end_header_id|>", "<|eot_id|>"], "<|begin_of_text|>",
+                                 {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                                  "chat_template": LLAMA3_CHAT_TEMPLATE}),
+        "qwen2": byte_level_dir(root / "qwen2", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None,
+                                {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+                                 "chat_template": QWEN2_CHAT_TEMPLATE}),
+        "mistral": mistral,
+    }
+
+
+def target_runs(ids: list[int], flags: list[bool]) -> list[list[int]]:
+    """The maximal runs of consecutive target tokens."""
+    runs, previous = [], False
+    for token, flag in zip(ids, flags):
+        if flag:
+            if not previous:
+                runs.append([])
+            runs[-1].append(token)
+        previous = flag
+    return runs
+
+
+def their_chat_ids(theirs, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    return list(theirs.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt,
+                                           return_dict=False))
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "mistral"])
+def test_hf_chat_renders_as_apply_chat_template(chat_families, family):
+    """The ids of a conversation equal transformers' apply_chat_template (BOS once, from the template), prompts equal
+    it with add_generation_prompt, and the targets are exactly each assistant content and its end-of-turn marker."""
+    from gptjax.finetune import hf_chat
+
+    tok = tokenizers.load(chat_families[family])
+    theirs = transformers_tokenizer(chat_families[family])
+    marker = END_OF_TURN[family]
+    for messages in CONVERSATIONS + ((SYSTEM_CONVERSATION,) if family != "mistral" else ()):
+        ids, flags = hf_chat.conversation_tokens(tok, messages)
+        assert ids == their_chat_ids(theirs, messages), messages
+        prompt = messages[:-1]
+        assert hf_chat.prompt_tokens(tok, prompt) == their_chat_ids(theirs, prompt, add_generation_prompt=True)
+        if tok.bos_id is not None:
+            assert ids.count(tok.bos_id) == 1 and ids[0] == tok.bos_id
+        answers = [m["content"] for m in messages if m["role"] == "assistant"]
+        runs = target_runs(ids, flags)
+        assert [tok.decode(run) for run in runs] == [answer + marker for answer in answers]
+        if family != "mistral":  # byte-level: an answer after its header is tokenized as on its own
+            assert runs == [theirs.encode(a, add_special_tokens=False) + [tok._tok.token_to_id(marker)]
+                            for a in answers]
+
+
+def finetune_config(path: Path, objective: str, tok) -> Config:
+    from gptjax.config import FinetuneConfig
+
+    task = {"sft": "instruction", "dpo": "preference"}[objective]
+    return Config(model=ModelConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=2, d_model=32),
+                  train=TrainConfig(objective=objective, init_from="unused"),
+                  finetune=FinetuneConfig(task=task, data=str(path), template="hf_chat", samples=2))
+
+
+def test_hf_chat_sft_and_dpo_batches(chat_families, tmp_path):
+    """SFT rows (Alpaca and chat records) and DPO pairs are the template's ids with weights on the assistant turns
+    only; held-out prompts end with the generation prompt; nothing is added to the vocabulary."""
+    from gptjax.finetune import hf_chat
+    from gptjax.finetune.batches import load_finetune_data
+    from gptjax.finetune.setup import adds_tokens
+
+    tok = tokenizers.load(chat_families["qwen2"])
+    theirs = transformers_tokenizer(chat_families["qwen2"])
+    alpaca = [{"instruction": f"Übersetze Nummer {i}.", "input": "eins" if i % 2 else "", "output": f"Antwort {i}"}
+              for i in range(8)]
+    multi_turn = CONVERSATIONS[1]  # the test split's one record (85 % train, 10 % test, the rest val)
+    (tmp_path / "sft.json").write_text(json.dumps(alpaca + [{"messages": multi_turn}, {"messages": CONVERSATIONS[0]}]))
+    cfg = finetune_config(tmp_path / "sft.json", "sft", tok)
+    assert not adds_tokens(cfg)
+    data = load_finetune_data(cfg, tok)
+    rows = data.splits["train"].arrays
+    for row, record in enumerate(alpaca[:2]):
+        user = record["instruction"] + (f"\n\n{record['input']}" if record["input"] else "")
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
+        expected = their_chat_ids(theirs, messages)
+        assert rows["tokens"][row, :len(expected)].tolist() == expected
+        ids, flags = hf_chat.conversation_tokens(tok, messages)
+        assert rows["loss_weights"][row, :len(ids) - 1].tolist() == [float(f) for f in flags[1:]]
+        assert tok.decode(rows["tokens"][row, 1:][rows["loss_weights"][row] > 0]) == record["output"] + "<|im_end|>"
+    expected = their_chat_ids(theirs, multi_turn)
+    test_rows = data.splits["test"].arrays
+    assert test_rows["tokens"][0, :len(expected)].tolist() == expected
+    assert test_rows["loss_weights"][0].sum() == sum(len(tok.encode(m["content"])) + 1 for m in multi_turn
+                                                     if m["role"] == "assistant")
+    assert data.prompts["test"] == [their_chat_ids(theirs, multi_turn[:-1], add_generation_prompt=True)]
+
+    pairs = [{**record, "chosen": record["output"], "rejected": "Keine Ahnung."} for record in alpaca]
+    (tmp_path / "dpo.json").write_text(json.dumps(pairs + pairs[:2]))
+    data = load_finetune_data(finetune_config(tmp_path / "dpo.json", "dpo", tok), tok)
+    rows = data.splits["train"].arrays
+    for field in ("chosen", "rejected"):
+        targets = rows[field][0, 1:][rows[f"{field}_weights"][0] > 0]
+        assert tok.decode(targets) == pairs[0][field] + "<|im_end|>"
+    user = alpaca[0]["instruction"]
+    prompt = their_chat_ids(theirs, [{"role": "user", "content": user}], add_generation_prompt=True)
+    assert rows["chosen"][0, :len(prompt)].tolist() == rows["rejected"][0, :len(prompt)].tolist() == prompt
+
+
+def test_hf_chat_sft_run_trains_and_answers_held_out_prompts(chat_families, tmp_path):
+    """An SFT run from a base with a ChatML tokenizer trains on hf_chat rows (its vocabulary unchanged) and writes
+    its held-out answers after the template's generation prompt."""
+    import flax.linen as nn
+
+    from gptjax import config as config_lib
+    from gptjax.model.transformer import Transformer, init_params
+    from gptjax.train.loop import train
+
+    tok = tokenizers.load(chat_families["qwen2"])
+    base_model = ModelConfig(vocab_size=tok.vocab_size, block_size=96, n_layer=1, n_head=2, d_model=32)
+    base = tmp_path / "base"
+    export.export_native(LM(Config(model=base_model), nn.unbox(init_params(Transformer(base_model), 0, 8)), tok), base)
+    records = [{"instruction": f"Zähle bis {i}.", "input": "", "output": " ".join(map(str, range(i)))}
+               for i in range(1, 11)]
+    (tmp_path / "sft.json").write_text(json.dumps(records))
+    cfg = dataclasses.replace(finetune_config(tmp_path / "sft.json", "sft", tok), model=base_model)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, init_from=str(base), steps=2, batch_size=2, warmup_steps=1, eval_every=2, checkpoint_every=2,
+        log_every=1, tensorboard=False), finetune=dataclasses.replace(cfg.finetune, samples=1, max_new_tokens=4))
+    config_lib.validate(cfg)
+    train(cfg, tmp_path / "run", show_progress=False)
+    sample, = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert sample["prompt"] == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"  # the template's default
+                                "<|im_start|>user\nZähle bis 9.<|im_end|>\n<|im_start|>assistant\n")
+    assert gptjax.load(tmp_path / "run").tokenizer.vocab_size == tok.vocab_size
+
+
+@pytest.mark.parametrize("family, marker", [("llama3", "<|eot_id|>"), ("qwen2", "<|im_end|>"), ("mistral", "</s>")])
+def test_hf_chat_responses_stop_at_the_templates_end_of_turn(chat_families, family, marker):
+    from gptjax.finetune.batches import RecordEncoder
+
+    tok = tokenizers.load(chat_families[family])
+    assert RecordEncoder("hf_chat", tok).stop_id() == tok._tok.token_to_id(marker)
+
+
+def test_hf_chat_template_with_generation_markers_renders_their_body(chat_families):
+    """transformers' `{% generation %}` assistant-mask markers render their body, and the targets are the same."""
+    from gptjax.finetune import hf_chat
+
+    template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}{% generation %}"
+                "{{ m.content }}<|im_end|>{% endgeneration %}{% else %}{{ m.content }}<|im_end|>{% endif %}\n"
+                "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    qwen2 = tokenizers.load(chat_families["qwen2"])
+    tok = tokenizers.HfTokenizer(qwen2.tokenizer_json, "<|im_end|>", None, template)
+    ids, flags = hf_chat.conversation_tokens(tok, CONVERSATIONS[1])
+    # trim_blocks drops the newline after {% endif %}, as in transformers
+    assert tok.decode(ids) == "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>" for m in CONVERSATIONS[1])
+    assert [tok.decode(run) for run in target_runs(ids, flags)] == [
+        m["content"] + "<|im_end|>" for m in CONVERSATIONS[1] if m["role"] == "assistant"]
+
+
+def test_hf_chat_bad_input_is_one_line(chat_families, families, tmp_path):
+    """A tokenizer without a chat template, a conversation the template refuses and a template that does not parse
+    are one error line each."""
+    from gptjax.finetune import hf_chat
+    from gptjax.finetune.batches import RecordEncoder
+
+    for tok, what in ((tokenizers.CharTokenizer("abc"), "a char tokenizer, which has no chat template"),
+                      (tokenizers.load(families["mistral"]), "an hf tokenizer without a chat template")):
+        assert_one_line_error(lambda: RecordEncoder("hf_chat", tok), "finetune.template=hf_chat", what,
+                              "finetune.template=chat")
+    mistral = tokenizers.load(chat_families["mistral"])
+    assert_one_line_error(lambda: hf_chat.conversation_tokens(mistral, SYSTEM_CONVERSATION),
+                          "chat template refused the conversation", "Conversation roles must alternate")
+    broken = tokenizers.HfTokenizer(mistral.tokenizer_json, "</s>", "<s>", "{% for m in messages %}{{ m }")
+    assert_one_line_error(lambda: hf_chat.prompt_tokens(broken, CONVERSATIONS[0]), "does not parse")
+
+
+# ---------------------------------------------------------------- prepare with a tiktoken tokenizer.model
+
+
+def test_prepare_with_a_tiktoken_tokenizer_model(tiktoken_ranks, tmp_path):
+    """`gptjax prepare --tokenizer hf --tokenizer-dir DIR` on a directory holding only Llama 3's original tiktoken
+    tokenizer.model: the shards hold tiktoken's ids of each document, documents separated by <|end_of_text|>; the
+    prepared tokenizer reloads as the same hf tokenizer, and the data cache key follows the file."""
+    from gptjax.data import store, tiktoken_bpe
+
+    tok_dir = write_tiktoken(tmp_path / "llama3_original" / "tokenizer.model", tiktoken_ranks).parent
+    inputs = tmp_path / "texts"
+    inputs.mkdir()
+    documents = [" ".join(LINES[i::4]) for i in range(4)]
+    for i, text in enumerate(documents):
+        (inputs / f"{i}.txt").write_text(text, encoding="utf-8")
+    out = tmp_path / "data"
+    assert cli.main(["prepare", "--input", str(inputs), "--out", str(out), "--raw", "--workers", "1", "--quiet",
+                     "--val-fraction", "0", "--tokenizer", "hf", "--tokenizer-dir", str(tok_dir)]) == 0
+    enc = tiktoken_encoding(tiktoken_ranks, list(tiktoken_bpe.LLAMA3_SPECIAL_TOKENS))
+    eot = enc.encode_single_token("<|end_of_text|>")
+    prepared = tokenizers.load(out / "tokenizer")
+    assert (prepared.kind, prepared.eot_id, prepared.vocab_size) == ("hf", eot, enc.n_vocab)
+    assert tokenizers.fingerprint(prepared) == tokenizers.fingerprint(tokenizers.HfTokenizer.from_dir(tok_dir))
+    tokens = np.concatenate([store.read_tokens(p) for p in store.split_shards(out, "train")]).tolist()
+    stored = [[]]
+    for token in tokens:
+        stored.append([]) if token == eot else stored[-1].append(token)
+    stored = [doc for doc in stored if doc]
+    assert sorted(stored) == sorted(enc.encode(text) for text in documents)
+    assert store.read_manifest(out)["tokenizer"]["fingerprint"] == tokenizers.fingerprint(prepared)
+
+    digest = tokenizers.source_digest(tok_dir)
+    write_tiktoken(tok_dir / "tokenizer.model", dict(list(tiktoken_ranks.items())[:-1]))
+    assert tokenizers.source_digest(tok_dir) != digest
+
+
+def test_prepare_tokenizer_dir_errors_for_tiktoken(tmp_path):
+    """No tokenizer.json nor tokenizer.model, and a tokenizer.model that is not tiktoken: one line each, naming the
+    path and what to point --tokenizer-dir at."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(lambda: settings.check(DataConfig(dataset="", tokenizer="hf", tokenizer_dir=str(empty))),
+                          str(empty), "nor a tiktoken tokenizer.model", "tokenizer.json")
+    assert_one_line_error(lambda: tokenizers.HfTokenizer.from_dir(empty), "no Hugging Face tokenizer in",
+                          "tiktoken tokenizer.model")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "tokenizer.model").write_bytes(b"not a rank file\n\x00\xff")
+    assert_one_line_error(lambda: settings.check(DataConfig(dataset="", tokenizer="hf", tokenizer_dir=str(bad))),
+                          str(bad / "tokenizer.model"), "is not a tiktoken BPE file", "tokenizer.json")
+    assert_one_line_error(lambda: tokenizers.HfTokenizer.from_dir(bad), str(bad / "tokenizer.model"),
+                          "is not a tiktoken BPE file")

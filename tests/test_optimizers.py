@@ -441,6 +441,24 @@ def test_ema_follows_the_params_and_resumes_exactly(tmp_path, cache_dir):
     assert a[3]["val_loss_ema"] != a[3]["val_loss"]
     off = run_cli([*args, str(resumed), *tiny_overrides(steps=7, **{**ema, "train.ema_decay": 0.0})])
     assert off.returncode == 0 and "val_loss_ema" not in read_metrics(resumed)[7], off.stderr[-2000:]
+    assert_ema_exports(straight, resumed, tmp_path / "export")
+
+
+def assert_ema_exports(with_ema: Path, without_ema: Path, out: Path) -> None:
+    """`gptjax export --ema` writes the checkpoint's weight average (equal to `gptjax.load(ema=True)`, not the
+    weights); a checkpoint without one is refused in one line."""
+    import gptjax
+    from gptjax.cli import main
+
+    assert main(["export", "--workdir", str(with_ema), "--format", "safetensors", "--out", str(out), "--ema"]) == 0
+    exported, average, raw = gptjax.load(out), gptjax.load(with_ema, ema=True), gptjax.load(with_ema)
+    assert_trees_close(exported.params, average.params, atol=0)
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(average.params),
+                                                         jax.tree_util.tree_leaves(raw.params)))
+    with pytest.raises(GptjaxError, match="keeps no moving average of the weights; train with train.ema_decay > 0"):
+        gptjax.load(without_ema, ema=True)
+    with pytest.raises(GptjaxError, match="is an export, which holds one set of weights"):
+        gptjax.load(out, ema=True)
 
 
 def test_ema_update_is_the_moving_average():

@@ -2,6 +2,10 @@
 reference variant (difference, 95% interval and p from Welch's t-test over seeds), as report.md, report.json and
 val-loss curves (vs FLOPs and vs wall time, seed band shaded) in val_loss.png.
 
+When variants are swept (`Sweep`), each is reported at its chosen value: the one whose runs' final checkpoints score
+the lowest mean loss on the first half of the val split; the table's val loss and bits/byte are the chosen runs' on
+the second half (`gptjax.ablate.heldout`), and a third panel of the plot shows every value's loss (the sweep curve).
+
 Everything is read from the runs' own files (metrics.jsonl, checkpoints), so runs trained elsewhere from the
 printed commands report the same way.
 """
@@ -14,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from gptjax import fileio
+from gptjax.ablate import heldout
 from gptjax.ablate.runner import WALL_KEY, Plan, PlannedRun, flops_per_token, is_finished
 from gptjax.errors import GptjaxError
 from gptjax.train.metrics import read_metrics
@@ -167,10 +172,12 @@ def metric_values(results: Sequence[RunResult]) -> dict[str, list[float]]:
     return values
 
 
-def variant_entry(plan: Plan, variant: str, results: list[RunResult], reference: list[RunResult]) -> dict:
-    """report.json's entry for one variant: size, cost, speed, scores over seeds and their differences to the
-    reference variant."""
-    first = plan.runs_of(variant)[0]
+def variant_entry(plan: Plan, variant: str, results: list[RunResult], reference: list[RunResult],
+                  value: float | None = None) -> dict:
+    """report.json's entry for one variant (at swept `value`): size, cost, speed, scores over seeds and their
+    differences to the reference variant."""
+    planned = plan.runs_at(variant, value)
+    first = planned[0]
     params, non_embedding = param_counts(first)
     metrics, reference_metrics = metric_values(results), metric_values(reference)
     speeds = [r.tokens_per_s for r in results if r.tokens_per_s is not None]
@@ -183,7 +190,7 @@ def variant_entry(plan: Plan, variant: str, results: list[RunResult], reference:
         "non_embedding_params": non_embedding,
         "flops_per_token": flops_per_token(first.counted_model),
         "seeds_finished": sorted(r.seed for r in results),
-        "seeds_planned": len(plan.runs_of(variant)),
+        "seeds_planned": len(planned),
         "tokens_per_s": statistics.fmean(speeds) if speeds else None,
         "metrics": {key: _stat(values) for key, values in metrics.items() if values},
         "vs_reference": None if variant == plan.reference else {
@@ -192,18 +199,63 @@ def variant_entry(plan: Plan, variant: str, results: list[RunResult], reference:
     }
 
 
+def at_report_half(result: RunResult, scores: dict) -> RunResult:
+    """`result` with its final val loss and bits/byte taken from the held-out report half."""
+    return dataclasses.replace(result, val_loss=scores[heldout.REPORT]["loss"], val_bpb=scores[heldout.REPORT]["bpb"])
+
+
+def sweep_selection(plan: Plan, finished: list[PlannedRun]) -> dict:
+    """report.json's `selection`: which halves of the val split chose and which report, and per variant every swept
+    value's mean held-out losses over its finished seeds and the value chosen (None: every value diverged)."""
+    scores = {run.workdir: heldout.heldout_scores(run, run.cfg.train.steps, plan.heldout_tokens) for run in finished}
+    sweeps = []
+    for variant in plan.variants:
+        done = {value: [run for run in finished if run.variant == variant and run.swept_value == value]
+                for value in plan.values_of(variant)}
+        points = [heldout.sweep_point(value, [scores[run.workdir] for run in runs])
+                  for value, runs in done.items() if runs]
+        chosen = heldout.choose(points)
+        sweep = plan.sweeps.get(variant)
+        sweeps.append({"variant": variant, "key": sweep.key if sweep else None,
+                       "scaled": dict(sweep.scaled) if sweep else {}, "values_planned": len(done),
+                       "points": [dataclasses.asdict(p) for p in points],
+                       "chosen": None if chosen is None else chosen.value,
+                       "chosen_select_loss": None if chosen is None else chosen.select_loss,
+                       "chosen_runs": [] if chosen is None else [str(run.workdir) for run in done[chosen.value]]})
+    halves = heldout.val_halves(heldout.split_size(finished[0].cfg), plan.heldout_tokens)
+    return {"select": halves[heldout.SELECT].describe(), "report": halves[heldout.REPORT].describe(),
+            "rule": "lowest mean over finished seeds of the final checkpoint's loss on the select half",
+            "sweeps": sweeps, "scores": {str(path): value for path, value in scores.items()}}
+
+
 def build_report(plan: Plan) -> dict:
     """report.json's content from whatever runs of `plan` finished; raises when none has."""
     finished = [run for run in plan.runs if is_finished(run)]
     if not finished:
         raise GptjaxError(f"no finished run in {plan.root} to report on; run the ablation first (without "
                           f"--report-only), or train the runs `--print-commands` lists")
-    results = {variant: [run_result(run) for run in finished if run.variant == variant] for variant in plan.variants}
+    selection = sweep_selection(plan, finished) if plan.tuned else None
+    chosen = {variant: None for variant in plan.variants} if selection is None else {
+        entry["variant"]: entry["chosen"] for entry in selection["sweeps"]}
+    results = {}
+    for variant in plan.variants:
+        # a swept variant none of whose values has a finite selection loss has no chosen runs
+        runs = [run for run in finished if run.variant == variant and run.swept_value == chosen[variant]]
+        results[variant] = [run_result(run) if selection is None
+                            else at_report_half(run_result(run), selection["scores"][str(run.workdir)])
+                            for run in runs]
+    variants = [variant_entry(plan, variant, results[variant], results[plan.reference], chosen[variant])
+                for variant in plan.variants if results[variant]]
+    if selection is not None:
+        by_variant = {entry["variant"]: entry for entry in selection["sweeps"]}
+        for entry in variants:
+            sweep = by_variant[entry["variant"]]
+            entry.update(swept_key=sweep["key"], chosen_value=sweep["chosen"],
+                         select_loss=sweep["chosen_select_loss"])
     return {
         "name": plan.name, "budget": plan.budget, "budget_amount": plan.budget_amount, "reference": plan.reference,
         "confidence": CONFIDENCE, "runs_finished": len(finished), "runs_planned": len(plan.runs),
-        "variants": [variant_entry(plan, variant, results[variant], results[plan.reference])
-                     for variant in plan.variants if results[variant]],
+        "variants": variants, "selection": selection,
     }
 
 
@@ -232,15 +284,19 @@ def markdown_table(report: dict) -> str:
     """One row per variant: seeds, steps, params, FLOPs/token, tokens/s, val loss and bits/byte (mean ± std over
     seeds), the val-loss difference to the reference (95% interval, Welch p; * = significant) and downstream scores."""
     reference = report["reference"]
+    tuned = report.get("selection") is not None
     score_keys = sorted({k for v in report["variants"] for k in v["metrics"] if "/" in k})
-    header = ["variant", "seeds", "steps", "params", "non-emb params", "FLOPs/token", "tokens/s", "val loss",
-              f"Δ val loss vs {reference} (95% CI)", "p (Welch)", "val bits/byte", *score_keys]
+    half = " (report half)" if tuned else ""
+    header = ["variant", *(("swept", "chosen", "select-half loss") if tuned else ()), "seeds", "steps", "params",
+              "non-emb params", "FLOPs/token", "tokens/s", f"val loss{half}", f"Δ val loss vs {reference} (95% CI)",
+              "p (Welch)", f"val bits/byte{half}", *score_keys]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for v in report["variants"]:
         vs = v["vs_reference"]
         difference, p = ("(reference)", "") if vs is None else _difference_text(vs.get("val_loss"))
-        row = [v["variant"], f"{len(v['seeds_finished'])}/{v['seeds_planned']}", str(v["steps"]), _count(v["params"]),
-               _count(v["non_embedding_params"]), _count(v["flops_per_token"]),
+        chosen = (v["swept_key"] or "—", _value_text(v["chosen_value"]), _loss_text(v["select_loss"])) if tuned else ()
+        row = [v["variant"], *chosen, f"{len(v['seeds_finished'])}/{v['seeds_planned']}", str(v["steps"]),
+               _count(v["params"]), _count(v["non_embedding_params"]), _count(v["flops_per_token"]),
                "—" if v["tokens_per_s"] is None else f"{v['tokens_per_s']:.0f}",
                _mean_std_text(v["metrics"]["val_loss"]), difference, p, _mean_std_text(v["metrics"]["val_bpb"]),
                *(_mean_std_text(v["metrics"].get(k)) for k in score_keys)]
@@ -248,15 +304,45 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _value_text(value: float | None) -> str:
+    return "—" if value is None else f"{value:g}"
+
+
+def _loss_text(loss: float | None) -> str:
+    return "diverged" if loss is None else f"{loss:.4f}"
+
+
+def sweep_table(selection: dict) -> str:
+    """One row per variant: each swept value with its mean select-half loss (report-half loss in brackets), the
+    chosen one in bold."""
+    lines = ["| variant | swept | value: select-half loss (report-half loss) |", "|---|---|---|"]
+    for sweep in selection["sweeps"]:
+        cells = []
+        for point in sweep["points"]:
+            cell = (f"{_value_text(point['value'])}: {_loss_text(point['select_loss'])} "
+                    f"({_loss_text(point['report_loss'])})")
+            cells.append(f"**{cell}**" if point["value"] == sweep["chosen"] and point["select_loss"] is not None
+                         else cell)
+        lines.append(f"| {sweep['variant']} | {sweep['key'] or '—'} | {' · '.join(cells) or 'no finished run'} |")
+    return "\n".join(lines)
+
+
 def markdown_report(report: dict) -> str:
-    """report.md: what was compared, at what budget, the table, and the plot."""
+    """report.md: what was compared, at what budget, how swept values were chosen, the tables, and the plot."""
+    selection = report.get("selection")
+    chosen_how = [] if selection is None else [
+        f"Each swept variant is reported at its chosen value: the one with the {selection['rule']} "
+        f"(select half: {selection['select']}); the val loss, bits/byte and Δ are the chosen runs' on the report "
+        f"half ({selection['report']}), which took no part in the choice.", ""]
+    sweeps = [] if selection is None else ["", "The sweeps (mean over finished seeds; chosen in bold):", "",
+                                           sweep_table(selection)]
     return "\n".join([
         f"# Ablation {report['name']}", "",
         f"Budget: equal {report['budget']} ({report['budget_amount']:.4g} per run). Runs finished: "
         f"{report['runs_finished']}/{report['runs_planned']}. Mean ± std over seeds; "
         f"Δ = variant − {report['reference']} "
         f"with its {CONFIDENCE:.0%} interval from Welch's t-test over seeds (* = p < {1 - CONFIDENCE:.2g}).", "",
-        markdown_table(report), "", f"![val loss]({PLOT_FILE})", ""])
+        *chosen_how, markdown_table(report), *sweeps, "", f"![val loss]({PLOT_FILE})", ""])
 
 
 def _seed_band(curves: list[dict], x_of) -> tuple[list[float], list[float], list[float]]:
@@ -285,11 +371,43 @@ def _pyplot():
     return plt
 
 
+def plot_sweeps(selection: dict, axis) -> None:
+    """The sweep curve: each swept variant's mean select-half loss (solid) and report-half loss (dashed) against
+    the swept value, the chosen value starred; log-x when every value is positive; unswept variants as a dotted
+    level at their select-half loss."""
+    values = [p["value"] for s in selection["sweeps"] if s["key"] for p in s["points"]]
+    for sweep in selection["sweeps"]:
+        points = [p for p in sweep["points"] if p["select_loss"] is not None]
+        if not points:
+            continue
+        if sweep["key"] is None:
+            axis.axhline(points[0]["select_loss"], linestyle=":", color="gray", label=f"{sweep['variant']} (not swept)")
+            continue
+        xs = [p["value"] for p in points]
+        line, = axis.plot(xs, [p["select_loss"] for p in points], marker="o", markersize=4,
+                          label=f"{sweep['variant']} ({sweep['key'].split('.')[-1]})")
+        reported = [(p["value"], p["report_loss"]) for p in points if p["report_loss"] is not None]
+        axis.plot(*zip(*reported), linestyle="--", linewidth=1, color=line.get_color(), alpha=0.6)
+        best = next(p for p in points if p["value"] == sweep["chosen"])
+        axis.plot([best["value"]], [best["select_loss"]], marker="*", markersize=14, color=line.get_color())
+    if values and min(values) > 0:
+        axis.set_xscale("log")
+    axis.set_xlabel("swept value (key in the legend)")
+    axis.set_ylabel("final loss: select half (solid), report half (dashed)")
+    axis.set_title("sweeps, ★ = chosen", fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+
+
 def plot_curves(report: dict, path: Path) -> Path:
     """val_loss.png: val loss vs training FLOPs and vs wall time, one curve per variant (mean over seeds), ± std
-    shaded."""
+    shaded; with sweeps, the chosen runs' curves and a third panel of the sweeps (`plot_sweeps`)."""
     plt = _pyplot()
-    figure, (by_flops, by_wall) = plt.subplots(1, 2, figsize=(11, 4.2))
+    selection = report.get("selection")
+    figure, axes = plt.subplots(1, 2 if selection is None else 3, figsize=(11 if selection is None else 16.5, 4.2))
+    by_flops, by_wall = axes[:2]
+    if selection is not None:
+        plot_sweeps(selection, axes[2])
     for v in report["variants"]:
         flops_per_step = v["flops_per_token"] * v["tokens"] / v["steps"]
         for axis, x_of in ((by_flops, lambda step, walls: step * flops_per_step),
@@ -302,7 +420,7 @@ def plot_curves(report: dict, path: Path) -> Path:
                               color=line.get_color(), alpha=0.2)
     for axis, label in ((by_flops, "training FLOPs"), (by_wall, "wall time since the first step (s)")):
         axis.set_xlabel(label)
-        axis.set_ylabel("val loss")
+        axis.set_ylabel("val loss" + ("" if selection is None else " (in training, at the chosen value)"))
         axis.grid(alpha=0.3)
         axis.legend()
     figure.suptitle(f"{report['name']}: val loss, mean ± std over seeds")

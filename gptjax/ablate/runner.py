@@ -3,9 +3,11 @@
 An ablation file (`experiments/ablations/X.py`) defines `get_ablation()` returning an `Ablation`: a base config
 (`gptjax.config.base_config()` with fields set), variants as dotted overrides of it, the base's steps and the
 budget kind that sets every variant's steps (`flops`: steps x batch x block x FLOPs/token equal to the base's;
-`tokens`: steps x batch x block equal; `steps`: equal steps). `plan_ablation` resolves and checks every run before
-any starts; `execute` trains the missing ones one after another, each an ordinary `gptjax train` run in
-`ROOT/VARIANT/seedK` (seed K is `train.seed`: the init and the data order, shared across variants).
+`tokens`: steps x batch x block equal; `steps`: equal steps), and optionally a `Sweep` of one hyperparameter per
+variant (each variant is then reported at its best value, chosen on held-out data: `gptjax.ablate.heldout`).
+`plan_ablation` resolves and checks every run before any starts; `execute` trains the missing ones one after another,
+each an ordinary `gptjax train` run in `ROOT/VARIANT/seedK`, or `ROOT/VARIANT/KEY=VALUE/seedK` for a swept variant
+(seed K is `train.seed`: the init and the data order, shared across variants and swept values).
 """
 from __future__ import annotations
 
@@ -37,6 +39,30 @@ _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclasses.dataclass(frozen=True)
+class Sweep:
+    """One hyperparameter tried at several values: each value is a run (per seed), and the variant is compared at
+    the value whose runs score best on the held-out selection data."""
+
+    key: str  # a dotted config field, e.g. "train.lr"
+    values: tuple[float, ...]
+    # other fields set in proportion to the swept value, e.g. {"train.min_lr": 0.1}: min_lr = lr / 10
+    scaled: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    def overrides(self, value: float) -> dict[str, Any]:
+        """The config fields one point of the sweep sets."""
+        return {self.key: value, **{key: _tidy(ratio * value) for key, ratio in self.scaled.items()}}
+
+    def directory(self, value: float) -> str:
+        """The directory one point's seeds train in, below the variant's: "train.lr=0.003"."""
+        return f"{self.key}={format_value(value)}"
+
+
+def _tidy(value: float) -> float:
+    """`value` rounded to 12 significant digits, so 0.1 * 3e-3 prints as 0.0003 in the train commands."""
+    return float(f"{value:.12g}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Ablation:
     """What an ablation file's `get_ablation()` returns."""
 
@@ -46,6 +72,10 @@ class Ablation:
     budget: str = "flops"  # the default of `--budget`
     reference: str = ""  # the variant the others are compared with; "" = the first
     eval_tasks: tuple[str, ...] = ()  # downstream tasks scored at each eval ("TASK[:LIMIT]", as train.eval_tasks)
+    sweep: Sweep | None = None  # swept in every variant not in `sweeps`
+    sweeps: Mapping[str, Sweep | None] = dataclasses.field(default_factory=dict)  # a variant's own (None: unswept)
+    # tokens of each half of the val split scored per run when anything is swept (0 = the whole half)
+    heldout_tokens: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +88,7 @@ class PlannedRun:
     cfg: Config
     overrides: tuple[str, ...]  # "dotted.key=value", as `gptjax train --config.dotted.key=value`
     vocab_size: int  # the data's tokenizer vocabulary, for counting params and FLOPs
+    swept_value: float | None = None  # the value of the variant's sweep key (None: the variant is not swept)
 
     @property
     def counted_model(self) -> ModelConfig:
@@ -78,9 +109,24 @@ class Plan:
     variant_overrides: Mapping[str, Mapping[str, Any]]  # as the ablation file gives them
     runs: tuple[PlannedRun, ...]
     base: Config
+    sweeps: Mapping[str, Sweep] = dataclasses.field(default_factory=dict)  # the swept variants' sweeps
+    heldout_tokens: int = 0
+
+    @property
+    def tuned(self) -> bool:
+        """Whether a variant is swept, so variants are compared at their chosen values on held-out data."""
+        return bool(self.sweeps)
 
     def runs_of(self, variant: str) -> list[PlannedRun]:
         return [run for run in self.runs if run.variant == variant]
+
+    def runs_at(self, variant: str, value: float | None) -> list[PlannedRun]:
+        """The runs (one per seed) of a variant at one swept value (None: an unswept variant's runs)."""
+        return [run for run in self.runs if run.variant == variant and run.swept_value == value]
+
+    def values_of(self, variant: str) -> tuple[float | None, ...]:
+        """The swept values of a variant; (None,) when it is not swept."""
+        return tuple(self.sweeps[variant].values) if variant in self.sweeps else (None,)
 
 
 def load_ablation(path: str | Path) -> Ablation:
@@ -115,6 +161,14 @@ def format_value(value: Any) -> str:
 def override_items(overrides: Mapping[str, Any]) -> tuple[str, ...]:
     """{"model.norm": "rmsnorm"} -> ("model.norm=rmsnorm",)."""
     return tuple(f"{key}={format_value(value)}" for key, value in overrides.items())
+
+
+def tracker_items(cfg: Config, group: str, run_name: str) -> tuple[str, ...]:
+    """When the config logs to W&B (train.wandb_project): one W&B run per ablation run, named by its place under the
+    ablation's root (VARIANT/seedK, VARIANT/KEY=VALUE/seedK) and grouped by the ablation's name."""
+    if not cfg.train.wandb_project:
+        return ()
+    return f"train.wandb_name={run_name}", f"train.wandb_group={group}"
 
 
 def resolve(base: ml_collections.ConfigDict, items: Sequence[str]) -> Config:
@@ -161,6 +215,49 @@ def _check_variant(name: str, overrides: Mapping[str, Any]) -> None:
     if decided:
         raise GptjaxError(f"variant {name!r} sets {decided[0]}, which the ablation decides (train.steps from the "
                           f"budget, train.seed from --seeds, train.eval_tasks from Ablation.eval_tasks)")
+
+
+def _checked_sweeps(ablation: Ablation) -> dict[str, Sweep]:
+    """Each swept variant's sweep, checked; variants without one are left out."""
+    unknown = [name for name in ablation.sweeps if name not in ablation.variants]
+    if unknown:
+        raise GptjaxError(f"Ablation.sweeps names {unknown[0]!r}, which is not one of the variants "
+                          f"({', '.join(ablation.variants)})")
+    if ablation.heldout_tokens < 0:
+        raise GptjaxError(f"Ablation.heldout_tokens must be >= 0 (0 = each whole half of the val split), got "
+                          f"{ablation.heldout_tokens}")
+    sweeps = {}
+    for variant, overrides in ablation.variants.items():
+        sweep = ablation.sweeps[variant] if variant in ablation.sweeps else ablation.sweep
+        if sweep is not None:
+            _check_sweep(variant, sweep, overrides)
+            sweeps[variant] = sweep
+    return sweeps
+
+
+def _check_sweep(variant: str, sweep: Sweep, overrides: Mapping[str, Any]) -> None:
+    if not isinstance(sweep, Sweep):
+        raise GptjaxError(f"variant {variant!r}: a sweep must be gptjax.ablate.Sweep(key='train.lr', "
+                          f"values=(...)), got {sweep!r}")
+    label = f"variant {variant!r}'s sweep of {sweep.key}"
+    if not isinstance(sweep.values, (tuple, list)) or not sweep.values:
+        raise GptjaxError(f"{label} has no values; give Sweep(values=(...)) at least one number")
+    not_numbers = [v for v in sweep.values if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if not_numbers:
+        raise GptjaxError(f"{label}: its values must be numbers, got {not_numbers[0]!r}")
+    if len(set(sweep.values)) < len(sweep.values):
+        raise GptjaxError(f"{label} lists a value twice: {format_value(sweep.values)}")
+    if not isinstance(sweep.scaled, Mapping) or sweep.key in sweep.scaled or any(
+            isinstance(r, bool) or not isinstance(r, (int, float)) for r in sweep.scaled.values()):
+        raise GptjaxError(f"{label}: scaled must map other dotted keys to numbers (key = number x swept value), "
+                          f"got {sweep.scaled!r}")
+    keys = (sweep.key, *sweep.scaled)
+    decided = [key for key in keys if key in BUDGET_DECIDED]
+    if decided:
+        raise GptjaxError(f"{label} sets {decided[0]}, which the ablation decides")
+    both = [key for key in keys if key in overrides]
+    if both:
+        raise GptjaxError(f"variant {variant!r} sets {both[0]}, which its sweep decides; drop it from the variant")
 
 
 def _resolve_labelled(base: ml_collections.ConfigDict, label: str, items: Sequence[str]) -> Config:
@@ -215,23 +312,38 @@ def plan_ablation(ablation: Ablation, root: str | Path, seeds: int, budget: str 
         configs[variant] = _resolve_labelled(ablation.base, f"variant {variant!r}", items_of[variant])
     if (pair := _identical_variants(configs)) is not None:
         raise GptjaxError(f"variants {pair[0]!r} and {pair[1]!r} are the same config; drop one or change its overrides")
+    sweeps = _checked_sweeps(ablation)
+
+    points: dict[tuple[str, float | None], tuple[tuple[str, ...], Config]] = {}  # (variant, swept value) -> run
+    for variant in configs:
+        sweep = sweeps.get(variant)
+        for value in sweep.values if sweep else (None,):
+            if sweep is None:
+                points[variant, value] = items_of[variant], configs[variant]
+                continue
+            items = items_of[variant] + override_items(sweep.overrides(value))
+            points[variant, value] = items, _resolve_labelled(
+                ablation.base, f"variant {variant!r} at {sweep.key}={format_value(value)}", items)
 
     vocab: dict = {}
-    for cfg in (base, *configs.values()):
+    for cfg in (base, *(cfg for _, cfg in points.values())):
         if cfg.data not in vocab:
             vocab[cfg.data] = data_vocab_size(cfg)
     amount = base_steps * cost_per_step(budget, counted_model(base, vocab[base.data]), base.train.batch_size)
-    steps_of = {variant: _matched_steps(variant, budget, amount, counted_model(cfg, vocab[cfg.data]),
-                                        cfg.train.batch_size) for variant, cfg in configs.items()}
+    steps_of = {point: _matched_steps(point[0], budget, amount, counted_model(cfg, vocab[cfg.data]),
+                                      cfg.train.batch_size) for point, (_, cfg) in points.items()}
     runs = []
     for seed in range(seeds):
-        for variant, cfg in configs.items():
-            items = (*items_of[variant], f"train.steps={steps_of[variant]}", f"train.seed={seed}")
-            runs.append(PlannedRun(variant=variant, seed=seed, workdir=root / variant / f"seed{seed}",
+        for (variant, value), (point_items, cfg) in points.items():
+            point_dir = root / variant if value is None else root / variant / sweeps[variant].directory(value)
+            items = (*point_items, f"train.steps={steps_of[variant, value]}", f"train.seed={seed}",
+                     *tracker_items(cfg, name or root.name, (point_dir / f"seed{seed}").relative_to(root).as_posix()))
+            runs.append(PlannedRun(variant=variant, seed=seed, workdir=point_dir / f"seed{seed}",
                                    cfg=resolve(ablation.base, items), overrides=items,
-                                   vocab_size=vocab[cfg.data]))
+                                   vocab_size=vocab[cfg.data], swept_value=value))
     return Plan(name=name or root.name, root=root, budget=budget, budget_amount=amount, reference=reference,
-                variants=tuple(configs), variant_overrides=dict(ablation.variants), runs=tuple(runs), base=base)
+                variants=tuple(configs), variant_overrides=dict(ablation.variants), runs=tuple(runs), base=base,
+                sweeps=sweeps, heldout_tokens=ablation.heldout_tokens)
 
 
 def write_plan_files(plan: Plan, base: ml_collections.ConfigDict) -> None:
@@ -245,8 +357,13 @@ def write_plan_files(plan: Plan, base: ml_collections.ConfigDict) -> None:
     fileio.write_json_atomic(plan.root / PLAN_FILE, {
         "name": plan.name, "budget": plan.budget, "budget_amount": plan.budget_amount,
         "reference": plan.reference, "variants": list(plan.variants),
-        "runs": [{"variant": r.variant, "seed": r.seed, "workdir": str(r.workdir), "overrides": list(r.overrides)}
-                 for r in plan.runs]})
+        "sweeps": {variant: sweep_json(sweep) for variant, sweep in plan.sweeps.items()},
+        "runs": [{"variant": r.variant, "seed": r.seed, "workdir": str(r.workdir), "overrides": list(r.overrides),
+                  **({} if r.swept_value is None else {"swept_value": r.swept_value})} for r in plan.runs]})
+
+
+def sweep_json(sweep: Sweep) -> dict:
+    return {"key": sweep.key, "values": list(sweep.values), "scaled": dict(sweep.scaled)}
 
 
 def train_command(run: PlannedRun, root: Path) -> str:
@@ -350,7 +467,7 @@ def execute(plan: Plan, show_progress: bool = True) -> list[PlannedRun]:
                unit="run", dynamic_ncols=True, disable=not show_progress)
     try:
         for run in pending:
-            bar.set_postfix_str(f"{run.variant}/seed{run.seed}", refresh=True)
+            bar.set_postfix_str(run.workdir.relative_to(plan.root).as_posix(), refresh=True)
             train(run.cfg, run.workdir, show_progress=False, hooks=(_wall_clock_hook(),))
             bar.update(1)
     finally:
@@ -360,10 +477,15 @@ def execute(plan: Plan, show_progress: bool = True) -> list[PlannedRun]:
 
 def plan_summary(plan: Plan) -> str:
     """What the ablation trains: the budget, then one line per variant with its steps and overrides."""
-    lines = [f"ablation {plan.name}: {len(plan.variants)} variants x {len(plan.runs) // len(plan.variants)} "
-             f"seeds, {plan.budget} budget {plan.budget_amount:.4g} per run (reference: {plan.reference})"]
+    seeds = len({run.seed for run in plan.runs})
+    lines = [f"ablation {plan.name}: {len(plan.variants)} variants x {seeds} seeds"
+             + (f" ({len(plan.runs)} runs with the sweeps)" if plan.tuned else "")
+             + f", {plan.budget} budget {plan.budget_amount:.4g} per run (reference: {plan.reference})"]
     for variant in plan.variants:
         run = plan.runs_of(variant)[0]
+        sweep = plan.sweeps.get(variant)
+        swept = "" if sweep is None else (f", {sweep.key} swept over {format_value(sweep.values)}"
+                                          + "".join(f", {key} = {ratio:g} x it" for key, ratio in sweep.scaled.items()))
         lines.append(f"  {variant}: {run.cfg.train.steps} steps, "
-                     f"{json.dumps(dict(plan.variant_overrides[variant]), default=str)}")
+                     f"{json.dumps(dict(plan.variant_overrides[variant]), default=str)}{swept}")
     return "\n".join(lines)

@@ -1,16 +1,18 @@
 """`gptjax ablate --config experiments/ablations/X.py --workdir runs/X`: variants x seeds at a matched budget, reported.
 
-Each run trains in WORKDIR/VARIANT/seedK as an ordinary `gptjax train` run; rerunning the command finishes the
-missing or interrupted runs and reuses the finished ones. --print-commands lists one `gptjax train` line per run
-instead (for a cluster); --report-only writes the report from whatever runs finished: WORKDIR/report.md,
-report.json and val_loss.png.
+Each run trains in WORKDIR/VARIANT/seedK (a swept variant: WORKDIR/VARIANT/KEY=VALUE/seedK) as an ordinary
+`gptjax train` run; rerunning the command finishes the missing or interrupted runs and reuses the finished ones.
+--print-commands lists one `gptjax train` line per run instead (for a cluster); --report-only writes the report from
+whatever runs finished: WORKDIR/report.md, report.json and val_loss.png. A swept variant is reported at the value
+whose runs score best on the first half of the val split, with the scores of the second half.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-HELP = "train an ablation's variants x seeds at equal FLOPs / tokens / steps and report the differences"
+HELP = ("train an ablation's variants x seeds (x swept values) at equal FLOPs / tokens / steps and report the "
+        "differences")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,5 +1,6 @@
 """`gptjax eval --workdir DIR_OR_EXPORT [--data DIR] [--split val] | --tasks hellaswag,mmlu,... [--data-dir PATH]`:
-loss / perplexity / bits-per-byte on a prepared split, or benchmark tasks scored as lm-evaluation-harness does."""
+loss / perplexity / bits-per-byte on a prepared split (and, for a model trained on data.mixture without --data, on
+each component's split: loss/<name>, ...), or benchmark tasks scored as lm-evaluation-harness does."""
 from __future__ import annotations
 
 import argparse
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         return run_tasks(args)
     import gptjax
     from gptjax.config import FINETUNE_OBJECTIVES
-    from gptjax.eval.perplexity import evaluate_split
+    from gptjax.eval.perplexity import evaluate_components, evaluate_split
 
     lm = gptjax.load(args.workdir)
     if lm.cfg.train.objective in FINETUNE_OBJECTIVES and not args.data:
@@ -101,6 +102,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         raise GptjaxError("this model does not record its data dir; pass --data DIR")
     data_dir = local_data_dir(recorded, lm.cfg.data)  # a gs:// dataset is read from its local cache copy
     result = evaluate_split(lm, data_dir, args.split or "val", args.batch_size, args.max_tokens or 0)
+    if not args.data:  # a model trained on data.mixture: each component's split too
+        result.update(evaluate_components(lm, lm.cfg.data, args.split or "val", args.batch_size, args.max_tokens or 0))
     if args.out:
         write_json_atomic(args.out, result)
     print(json.dumps(result))

@@ -64,8 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="... and at most this much text")
     tok.add_argument("--tokenizer-dir", default="",
                      help="for gpt2_bpe: directory with vocab.json and merges.txt; for hf: a Hugging Face model or "
-                          "tokenizer directory (tokenizer.json); for any kind: a prepared dir's tokenizer/ to reuse "
-                          "(one tokenizer for data.mixture)")
+                          "tokenizer directory (tokenizer.json, or Llama 3's tiktoken tokenizer.model); for any kind: "
+                          "a prepared dir's tokenizer/ to reuse (one tokenizer for data.mixture)")
     tok.add_argument("--val-fraction", type=float, default=DataConfig.val_fraction)
     tok.add_argument("--shard-tokens", type=int, default=defaults.shard_tokens, help="tokens per shard (at most)")
     tok.add_argument("--tfds", action="store_true", help="also write a TFDS array_record copy under OUT/tfds")

@@ -5,18 +5,21 @@ Rows are random windows of block_size + 1 tokens (window k of seed s starts at h
 `data.mixture` the rows of each step are shared among several prepared datasets in proportion to their weights:
 component c has had exactly floor(step * B * W_c) - floor(step * B * W_{c-1}) rows before `step` (W = cumulative
 normalised weights, B = global batch), taken in order from its own row stream, and the step's rows are shuffled
-by a hash of (seed, step). Each JAX process builds only its own rows of the global batch; with `data.workers > 0`
-grain builds batches in that many worker processes (same batches, same state). The grain iterator state goes into
-every checkpoint.
+by a hash of (seed, step). `data.mixture_stages` changes the weights from given steps on: each stage adds its own
+such counts over its steps, so a component's rows before any step stay a pure function of the config. Each JAX
+process builds only its own rows of the global batch; with `data.workers > 0` grain builds batches in that many
+worker processes (same batches, same state). The grain iterator state goes into every checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 from pathlib import Path
 
 import grain
 import numpy as np
 
+from gptjax.config import MixtureStage, mixture_schedule
 from gptjax.data import store
 from gptjax.data.hashing import splitmix64
 from gptjax.data.packing import DocumentTable, PackedSampler, shuffled_order
@@ -92,25 +95,37 @@ def _cumulative_shares(weights: list[float]) -> list[Fraction]:
     return shares
 
 
-def _rows_before(step: int, global_batch: int, shares: list[Fraction]) -> list[int]:
-    """Rows each component has had in steps [0, step)."""
-    upto = [step * global_batch * share.numerator // share.denominator for share in shares]
+def _rows_within(steps: int, global_batch: int, shares: list[Fraction]) -> list[int]:
+    """Rows each component has had in the first `steps` steps of a stage with these cumulative shares."""
+    upto = [steps * global_batch * share.numerator // share.denominator for share in shares]
     return [upto[0]] + [upto[c] - upto[c - 1] for c in range(1, len(upto))]
 
 
-def mixture_rows(step: int, global_batch: int, weights: list[float], seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _rows_before(step: int, global_batch: int, schedule: tuple[MixtureStage, ...]) -> list[int]:
+    """Rows each component has had in steps [0, step): the sum over the stages begun before `step`."""
+    total = [0] * len(schedule[0].weights)
+    ends = [stage.start for stage in schedule[1:]] + [step]
+    for stage, end in zip(schedule, ends):
+        if stage.start >= step:
+            break
+        within = _rows_within(min(end, step) - stage.start, global_batch, _cumulative_shares(list(stage.weights)))
+        total = [a + b for a, b in zip(total, within)]
+    return total
+
+
+def mixture_rows(step: int, global_batch: int, schedule: tuple[MixtureStage, ...],
+                 seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(component, row index within that component) of every row of the global batch of `step`.
 
-    Component c's rows are the next ones of its own stream, as many as keep its share of all rows so far within
-    one row of weight_c / sum(weights) (exactly, with weights taken as the decimals they print as); with several
-    components the rows are shuffled by a hash of (seed, step).
+    Component c's rows are the next ones of its own stream, as many as keep its share of the stage's rows so far
+    within one row of weight_c / sum(weights) of the stage holding `step` (exactly, with weights taken as the
+    decimals they print as); with several components the rows are shuffled by a hash of (seed, step).
     """
-    shares = _cumulative_shares(weights)
-    before = _rows_before(step, global_batch, shares)
-    after = _rows_before(step + 1, global_batch, shares)
+    before = _rows_before(step, global_batch, schedule)
+    after = _rows_before(step + 1, global_batch, schedule)
     components = np.concatenate([np.full(a - b, c, np.int64) for c, (b, a) in enumerate(zip(before, after))])
     indices = np.concatenate([np.arange(b, a, dtype=np.int64) for b, a in zip(before, after)])
-    if len(weights) > 1:
+    if len(schedule[0].weights) > 1:
         order = shuffled_order(global_batch, seed, step)
         components, indices = components[order], indices[order]
     return components, indices
@@ -126,17 +141,17 @@ def _stack(parts: list, order: np.ndarray):
 class _MixtureStepBatches:
     """grain map function for packed rows and/or mixtures: step -> this process's rows of the global batch."""
 
-    def __init__(self, samplers: list, weights: list[float], global_batch: int, seed: int, process_index: int,
-                 process_count: int):
+    def __init__(self, samplers: list, schedule: tuple[MixtureStage, ...], global_batch: int, seed: int,
+                 process_index: int, process_count: int):
         self.samplers = samplers
-        self.weights = weights
+        self.schedule = schedule
         self.global_batch = global_batch
         self.seed = seed
         self.local_batch = global_batch // process_count
         self.first_row = process_index * self.local_batch
 
     def __call__(self, step: int):
-        components, indices = mixture_rows(int(step), self.global_batch, self.weights, self.seed)
+        components, indices = mixture_rows(int(step), self.global_batch, self.schedule, self.seed)
         mine = slice(self.first_row, self.first_row + self.local_batch)
         components, indices = components[mine], indices[mine]
         parts, positions = [], []
@@ -175,7 +190,9 @@ def _batch_fn(data_dir, split: str, window: int, global_batch: int, seed: int, p
         return _StepBatches(WindowSampler(store.split_shards(sources[0][0], split), window, seed), global_batch,
                             process_index, process_count)
     samplers = [_sampler(path, split, window, _component_seed(seed, c), packing) for c, (path, _) in enumerate(sources)]
-    return _MixtureStepBatches(samplers, [w for _, w in sources], global_batch, seed, process_index, process_count)
+    schedule = (mixture_schedule(data.mixture, data.mixture_stages) if data is not None and data.mixture
+                else (MixtureStage(0, (1.0,)),))
+    return _MixtureStepBatches(samplers, schedule, global_batch, seed, process_index, process_count)
 
 
 def _mark_absl_flags_parsed() -> None:
@@ -217,8 +234,10 @@ def eval_batches(data_dir: str | Path, block_size: int, batch_size: int, n_batch
     """A fixed set of validation batches (the same on every call), [batch_size, block_size + 1] each.
 
     With `data.packing` each batch is a dict of tokens, segment_ids and positions; with `data.mixture` rows come
-    from every component's `split` by weight.
+    from every component's `split` by data.mixture's weights (its later stages do not apply).
     """
+    if data is not None and data.mixture_stages:
+        data = dataclasses.replace(data, mixture_stages=())
     if data is None or not (data.packing or data.mixture):
         sampler = WindowSampler(store.split_shards(data_dir, split), block_size + 1, seed)
         return [sampler.windows(np.arange(i * batch_size, (i + 1) * batch_size, dtype=np.int64))

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from gptjax import fileio
-from gptjax.config import DataConfig
+from gptjax.config import DataConfig, mixture_entry
 from gptjax.data import store
 from gptjax.errors import GptjaxError
 
@@ -32,14 +32,8 @@ def mixture_entries(data_cfg: DataConfig) -> list[tuple[Path, float]]:
     positive, one tokenizer for all."""
     entries = []
     for entry in data_cfg.mixture:
-        path, sep, weight = entry.rpartition(":")
-        try:
-            value = float(weight)
-        except ValueError:
-            value = float("nan")
-        if not sep or not path or not value > 0:
-            raise GptjaxError(f"data.mixture entry {entry!r} must be DATA_DIR:WEIGHT with a positive weight")
-        entries.append((local_data_dir(path, data_cfg), value))
+        path, weight = mixture_entry(entry)
+        entries.append((local_data_dir(path, data_cfg), weight))
     fingerprints = {}
     for path, _ in entries:
         fingerprints[str(path)] = store.read_manifest(path)["tokenizer"]["fingerprint"]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
 from gptjax.config import SENTENCEPIECE_MODEL_TYPES, TOKENIZERS, Config
+from gptjax.data import tiktoken_bpe
 from gptjax.errors import GptjaxError
 from gptjax.fileio import as_path, makedirs, write_bytes_atomic
 
@@ -220,6 +221,7 @@ class Gpt2BpeAdapter:
 
 HF_FILE = "hf_tokenizer.json"  # an hf tokenizer's Hugging Face tokenizer.json, kept byte for byte
 HF_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "config.json")
+TIKTOKEN_FILE = "tokenizer.model"  # Llama 3's original release: tiktoken ranks, no tokenizer.json
 EOS_NAMES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")  # tried in order when no file names the EOS
 
 
@@ -291,12 +293,16 @@ class HfTokenizer:
     @classmethod
     def from_dir(cls, directory: str | Path, model_config: dict | None = None) -> "HfTokenizer":
         """From an HF model or tokenizer directory: tokenizer.json, plus (if present) tokenizer_config.json,
-        special_tokens_map.json, generation_config.json and config.json (or `model_config`) for its special tokens."""
+        special_tokens_map.json, generation_config.json and config.json (or `model_config`) for its special tokens;
+        without a tokenizer.json, a tiktoken tokenizer.model (`from_tiktoken_dir`)."""
         directory = Path(directory)
         path = directory / "tokenizer.json"
         if not path.is_file():
-            raise GptjaxError(f"no Hugging Face tokenizer in {directory} (expected {path}); point --tokenizer-dir at "
-                              f"a directory holding the model's tokenizer.json")
+            if (directory / TIKTOKEN_FILE).is_file():
+                return cls.from_tiktoken_dir(directory)
+            raise GptjaxError(f"no Hugging Face tokenizer in {directory} (expected {path}, or a tiktoken "
+                              f"{TIKTOKEN_FILE} as Llama 3's original release ships); point --tokenizer-dir at a "
+                              f"directory holding the model's tokenizer.json")
         side = {name: _json_object(directory / name) for name in HF_SIDE_FILES}
         if model_config is not None:
             side["config.json"] = dict(model_config)
@@ -312,6 +318,30 @@ class HfTokenizer:
         return cls(tokenizer_json, eos, _family_token("bos", tok_config, special_map, side, backend),
                    chat_template(tok_config, directory), tok_config.get("clean_up_tokenization_spaces") is True,
                    str(path))
+
+    @classmethod
+    def from_tiktoken_dir(cls, directory: str | Path, ranks: dict[bytes, int] | None = None) -> "HfTokenizer":
+        """From a tiktoken BPE tokenizer.model (its `ranks`, read from the file when not given), converted to a
+        tokenizer.json in memory (`tiktoken_bpe.tokenizer_json`). Its special tokens follow the ranks:
+        tokenizer_config.json's added_tokens_decoder (id -> content) where it has one, else Llama 3's 256; EOS and
+        BOS are its eos_token and bos_token, else `<|end_of_text|>` and `<|begin_of_text|>` (put before every
+        sequence, as Llama 3 does)."""
+        directory = Path(directory)
+        where = str(directory / TIKTOKEN_FILE)
+        if ranks is None:
+            ranks = tiktoken_bpe.read_ranks((directory / TIKTOKEN_FILE).read_bytes())
+            if ranks is None:
+                raise GptjaxError(f"{where} is not a tiktoken BPE file (one `BASE64_TOKEN RANK` line per token); point "
+                                  f"--tokenizer-dir at a directory holding the model's tokenizer.json, or Llama 3's "
+                                  f"original tiktoken {TIKTOKEN_FILE}")
+        config_path = directory / "tokenizer_config.json"
+        tok_config = _json_object(config_path)
+        specials = _tiktoken_special_tokens(tok_config.get("added_tokens_decoder"), len(ranks), config_path, where)
+        eos = special_token_text(tok_config.get("eos_token")) or tiktoken_bpe.LLAMA3_EOS
+        bos = (special_token_text(tok_config.get("bos_token")) if "bos_token" in tok_config
+               else tiktoken_bpe.LLAMA3_BOS)
+        return cls(tiktoken_bpe.tokenizer_json(ranks, specials, bos, where=where), eos, bos,
+                   chat_template(tok_config, directory), tok_config.get("clean_up_tokenization_spaces") is True, where)
 
     @classmethod
     def from_files(cls, spec: dict, files: dict[str, bytes]) -> "HfTokenizer":
@@ -347,6 +377,11 @@ class HfTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """`encode(text)` and each token's (start, end) character span in `text`."""
+        encoding = self._tok.encode(text, add_special_tokens=False)
+        return encoding.ids, [tuple(span) for span in encoding.offsets]
+
     def decode(self, ids: Iterable[int]) -> str:
         text = self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
         if self.clean_up_tokenization_spaces and type(self._tok.model).__name__ != "BPE":  # as transformers 5
@@ -375,6 +410,23 @@ def _check_ids(backend, tokenizer_json: bytes, where: str) -> None:
         if loaded != added.get("id"):
             raise GptjaxError(f"{where}: the added token {added.get('content')!r} has id {added.get('id')} in the file "
                               f"but {loaded} when loaded (its ids leave a gap); fix the ids of added_tokens")
+
+
+def _tiktoken_special_tokens(added_tokens_decoder: object, n_ranks: int, config_path: Path,
+                             where: str) -> list[str]:
+    """The special tokens after a tiktoken file's `n_ranks` ranks, in id order: tokenizer_config.json's
+    added_tokens_decoder where it has one (its ids must run on from n_ranks), else Llama 3's."""
+    if not added_tokens_decoder:
+        return list(tiktoken_bpe.LLAMA3_SPECIAL_TOKENS)
+    try:
+        by_id = sorted((int(index), entry["content"] if isinstance(entry, dict) else str(entry))
+                       for index, entry in dict(added_tokens_decoder).items())
+    except (TypeError, ValueError, KeyError) as e:
+        raise GptjaxError(f"{config_path}: added_tokens_decoder is not a map of id -> token ({e}); fix it") from None
+    if [index for index, _ in by_id] != list(range(n_ranks, n_ranks + len(by_id))):
+        raise GptjaxError(f"{config_path}: the ids of added_tokens_decoder are not {n_ranks}.. in a row after the "
+                          f"{n_ranks} tiktoken ranks of {where}; fix them")
+    return [content for _, content in by_id]
 
 
 def _json_object(path: Path) -> dict:
@@ -419,10 +471,10 @@ def is_hf_tokenizer_json(path: Path) -> bool:
 
 
 def source_digest(directory: str | Path) -> str:
-    """sha256 over the tokenizer files in `directory` an hf tokenizer is read from (HF's or gptjax's saved form), so
-    a changed file changes every key computed from it."""
+    """sha256 over the tokenizer files in `directory` an hf tokenizer is read from (HF's, a tiktoken file, or
+    gptjax's saved form), so a changed file changes every key computed from it."""
     h = hashlib.sha256()
-    for name in sorted((SPEC_FILE, HF_FILE, "chat_template.jinja") + HF_SIDE_FILES):
+    for name in sorted((SPEC_FILE, HF_FILE, TIKTOKEN_FILE, "chat_template.jinja") + HF_SIDE_FILES):
         path = Path(directory) / name
         if path.is_file():
             h.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())

@@ -70,11 +70,34 @@ def split_tokens(data_dir: str | Path, split: str, vocab_size: int, max_tokens: 
 def evaluate_split(lm, data_dir: Path, split: str, batch_size: int, max_tokens: int = 0) -> dict:
     """Exact loss over a split in consecutive non-overlapping windows of block_size (+1 target)."""
     check_data_matches(data_dir, lm.tokenizer)
-    block = lm.config.block_size
     tokens = split_tokens(data_dir, split, lm.config.vocab_size, max_tokens)
+    return {"split": split, **evaluate_tokens(lm, tokens, batch_size, bytes_per_token(data_dir, split),
+                                              f"the {split} split", progress=f"eval {split}")}
+
+
+def evaluate_components(lm, data_cfg, split: str, batch_size: int, max_tokens: int = 0) -> dict:
+    """`evaluate_split` of each `data.mixture` component of `data_cfg` on its own `split`, keys suffixed with the
+    component's name (tokens/web, loss/web, ppl/web, bpb/web, ...); {} without a mixture."""
+    if not data_cfg.mixture:
+        return {}
+    from gptjax.config import mixture_names
+    from gptjax.data.sources import mixture_entries
+
+    results = {}
+    for name, (path, _) in zip(mixture_names(data_cfg.mixture), mixture_entries(data_cfg)):
+        result = evaluate_split(lm, path, split, batch_size, max_tokens)
+        results.update({f"{key}/{name}": result[key] for key in ("tokens", "loss", "ppl", "bpb")})
+    return results
+
+
+def evaluate_tokens(lm, tokens: np.ndarray, batch_size: int, per_byte: float, what: str,
+                    progress: str | None = None) -> dict:
+    """`lm`'s loss over `tokens` (`what` names them in errors) in consecutive non-overlapping windows of block_size
+    (+1 target); `per_byte` is their UTF-8 bytes per token; `progress` titles a progress bar (None: no bar)."""
+    block = lm.config.block_size
     n_windows = (len(tokens) - 1) // block
     if n_windows == 0:
-        raise GptjaxError(f"the {split} split has {len(tokens)} tokens, fewer than block_size + 1 = {block + 1}")
+        raise GptjaxError(f"{what} has {len(tokens)} tokens, fewer than block_size + 1 = {block + 1}")
 
     def windows(start: int) -> list[list[int]]:
         return [tokens[i * block: i * block + block + 1].astype(np.int32).tolist()
@@ -84,5 +107,7 @@ def evaluate_split(lm, data_dir: Path, split: str, batch_size: int, max_tokens: 
         logprobs = lm.token_logprobs(rows, batch_size)
         return -sum(float(lp.sum()) for lp in logprobs), sum(len(lp) for lp in logprobs)
 
-    batches = (windows(start) for start in tqdm(range(0, n_windows, batch_size), desc=f"eval {split}", unit="batch"))
-    return {"split": split, **evaluate_batches(score, batches, bytes_per_token(data_dir, split))}
+    starts = range(0, n_windows, batch_size)
+    if progress is not None:
+        starts = tqdm(starts, desc=progress, unit="batch")
+    return evaluate_batches(score, (windows(start) for start in starts), per_byte)

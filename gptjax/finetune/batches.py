@@ -1,8 +1,9 @@
 """Finetuning examples: records tokenized into fixed-width rows and served as resumable, deterministic batches.
 
 Every sequence starts with <|endoftext|> (as a pretraining document does), or with BOS for an hf tokenizer whose
-family adds one (`tokenizers.sequence_start_id`). Rows have one width per run (the longest example, rounded up to a
-multiple of 16, at most model.block_size), so one shape compiles. Batch k of a run holds
+family adds one (`tokenizers.sequence_start_id`); an hf_chat sequence is exactly what the family's chat template
+renders (its own BOS, if any, included; gptjax.finetune.hf_chat). Rows have one width per run (the longest
+example, rounded up to a multiple of 16, at most model.block_size), so one shape compiles. Batch k of a run holds
 global rows k·B .. k·B+B-1 of the epoch stream: epoch e is the examples in the order `shuffled_order(n, seed, e)`
 (with `finetune.pack`, SFT records are packed into rows in that order, segment ids keeping them apart). A batch is a
 pure function of (seed, step), so a restored grain iterator continues exactly.
@@ -27,8 +28,9 @@ from gptjax.config import Config
 from gptjax.data import tokenizer as tokenizers
 from gptjax.data.packing import shuffled_order
 from gptjax.errors import GptjaxError, note
+from gptjax.finetune import hf_chat
 from gptjax.finetune import records as records_lib
-from gptjax.finetune.templates import EOT, Piece, prompt_pieces, record_pieces
+from gptjax.finetune.templates import EOT, Piece, conversation, prompt_conversation, prompt_pieces, record_pieces
 
 ROW_MULTIPLE = 16
 
@@ -44,6 +46,39 @@ def encode_pieces(
         ids += piece_ids
         is_target += [piece.target] * len(piece_ids)
     return ids, is_target
+
+
+class RecordEncoder:
+    """A finetuning template applied with the run's tokenizer: a record's whole sequence with per-token target flags
+    (`sequence`) and the prompt its last response is generated after (`prompt`). hf_chat needs an hf tokenizer with a
+    chat template; any other tokenizer is refused here, before a record is read."""
+
+    def __init__(self, template: str, tokenizer: tokenizers.Tokenizer):
+        self.template, self.tokenizer = template, tokenizer
+        self.chat = hf_chat.chat_tokenizer(tokenizer) if template == "hf_chat" else None
+        self.start_id = tokenizers.sequence_start_id(tokenizer)
+
+    def sequence(self, record: dict, response: str | None = None) -> tuple[list[int], list[bool]]:
+        """The ids of `record` (its response replaced by `response` when given) and whether each is a target."""
+        if self.chat is not None:
+            return hf_chat.conversation_tokens(self.chat, conversation(record, response))
+        pieces = record_pieces(record, self.template, response)
+        return encode_pieces(self.tokenizer.encode, self.tokenizer.eot_id, pieces, self.start_id)
+
+    def prompt(self, record: dict) -> list[int]:
+        if self.chat is not None:
+            return hf_chat.prompt_tokens(self.chat, prompt_conversation(record))
+        return encode_pieces(self.tokenizer.encode, self.tokenizer.eot_id, prompt_pieces(record, self.template),
+                             self.start_id)[0]
+
+    def stop_id(self) -> int:
+        """The token a generated response ends with: the chat template's end-of-turn marker, else <|endoftext|>."""
+        return hf_chat.turn_end_id(self.chat) if self.chat is not None else self.tokenizer.eot_id
+
+    def shown_prompt(self, prompt_ids: list[int]) -> str:
+        """A prompt's text as samples.jsonl shows it: without the start token `prompt` puts first (hf_chat's
+        rendering is shown whole, BOS included where the template writes it)."""
+        return self.tokenizer.decode(prompt_ids if self.chat is not None else prompt_ids[1:])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,28 +172,24 @@ def classification_table(records: Sequence[dict], labels: Sequence[str], encode,
     return Table({"labels": np.asarray(kept_labels, np.int32)}, len(kept_ids)), kept_ids
 
 
-def sft_sequences(records: Sequence[dict], template: str, encode, eot_id: int, limit: int, policy: str,
-                  split: str, start_id: int | None = None) -> list[TokenSequence]:
+def sft_sequences(records: Sequence[dict], encoder: RecordEncoder, limit: int, policy: str,
+                  split: str) -> list[TokenSequence]:
     fitted, kept = Fitted(), []
     for record in records:
-        ids_and_targets = encode_pieces(encode, eot_id, record_pieces(record, template), start_id)
-        seq = fit_sequence(_sequence(*ids_and_targets), limit, policy, fitted)
+        seq = fit_sequence(_sequence(*encoder.sequence(record)), limit, policy, fitted)
         if seq is not None:
             kept.append(seq)
     fitted.report(split, len(records), limit, policy)
     return kept
 
 
-def preference_pairs(records: Sequence[dict], template: str, encode, eot_id: int, limit: int, policy: str,
-                     split: str, start_id: int | None = None) -> list[tuple[TokenSequence, TokenSequence]]:
+def preference_pairs(records: Sequence[dict], encoder: RecordEncoder, limit: int, policy: str,
+                     split: str) -> list[tuple[TokenSequence, TokenSequence]]:
     """(chosen, rejected) sequences per record, both after the same prompt; a pair is kept only if both fit."""
     fitted, kept = Fitted(), []
     for record in records:
-        pair = []
-        for field in ("chosen", "rejected"):
-            pieces = record_pieces(record, template, response=record[field])
-            pair.append(fit_sequence(_sequence(*encode_pieces(encode, eot_id, pieces, start_id)), limit, policy,
-                                     fitted))
+        pair = [fit_sequence(_sequence(*encoder.sequence(record, response=record[field])), limit, policy, fitted)
+                for field in ("chosen", "rejected")]
         if pair[0] is not None and pair[1] is not None:
             kept.append((pair[0], pair[1]))
     fitted.report(split, len(records), limit, policy)
@@ -305,7 +336,8 @@ def load_finetune_data(cfg: Config, tokenizer) -> FinetuneData:
                           f"not '{f.task}'")
     path = records_lib.records_path(f.task, f.data)
     splits = records_lib.split_records(f.task, path)
-    encode, eot, start = tokenizer.encode, tokenizer.eot_id, tokenizers.sequence_start_id(tokenizer)
+    encode, eot = tokenizer.encode, tokenizer.eot_id
+    encoder = RecordEncoder(f.template, tokenizer) if objective in ("sft", "dpo") else None
     block = cfg.model.block_size
     if objective == "classify":
         labels = records_lib.label_names([r for s in splits.values() for r in s], f.labels, path)
@@ -323,14 +355,14 @@ def load_finetune_data(cfg: Config, tokenizer) -> FinetuneData:
                                 example_weights=np.ones(table.n, np.float32))
         data = FinetuneData(objective, tables, width, labels, path)
     elif objective == "sft":
-        seqs = {split: sft_sequences(records, f.template, encode, eot, block + 1, f.too_long, split, start)
+        seqs = {split: sft_sequences(records, encoder, block + 1, f.too_long, split)
                 for split, records in splits.items()}
         width = row_width(max(len(s.ids) - 1 for split_seqs in seqs.values() for s in split_seqs), block)
         tables = {split: Table(padded_sequences(s, width), len(s)) for split, s in seqs.items()}
         data = FinetuneData(objective, tables, width, (), path, packed_sft=seqs["train"] if f.pack else None)
         data.bytes_per_token = _target_bytes_per_token(seqs["val"], tokenizer)
     else:
-        pairs = {split: preference_pairs(records, f.template, encode, eot, block + 1, f.too_long, split, start)
+        pairs = {split: preference_pairs(records, encoder, block + 1, f.too_long, split)
                  for split, records in splits.items()}
         width = row_width(max(len(s.ids) - 1 for split_pairs in pairs.values() for p in split_pairs for s in p), block)
         tables = {}
@@ -346,8 +378,7 @@ def load_finetune_data(cfg: Config, tokenizer) -> FinetuneData:
                           f"{f.too_long}); raise the block size or use shorter records")
     if objective in ("sft", "dpo"):
         held_out = splits["test"][: f.samples]
-        data.prompts["test"] = [encode_pieces(encode, eot, prompt_pieces(r, f.template), start)[0]
-                                for r in held_out]
+        data.prompts["test"] = [encoder.prompt(r) for r in held_out]
         data.references["test"] = [r.get("output") or r.get("chosen") or _last_assistant(r) for r in held_out]
     return data
 

@@ -4,6 +4,10 @@ alpaca (rasbt's ch07 / Stanford Alpaca): "Below is an instruction ... ### Instru
 \\n{input}]\\n\\n### Response:\\n" is the prompt, the output the target, then <|endoftext|> (a target, so the model
 learns to stop). chat: "<|system|>\\n…\\n<|user|>\\n…\\n<|assistant|>\\n" role headers, each header one special token
 (CHAT_TOKENS, added to the base's vocabulary for the run), every assistant turn a target ended by <|endoftext|>.
+hf_chat: the base tokenizer's own chat template (gptjax.finetune.hf_chat) renders the same conversations
+(`conversation`, `prompt_conversation`) as the family's instruct models were trained on, adding no token. It is a
+template of its own rather than what `chat` becomes for an hf base: `chat` keeps one meaning (and one vocabulary)
+whatever the base, and a run's tokens never change because its base happens to ship a template.
 """
 from __future__ import annotations
 
@@ -41,14 +45,32 @@ def chat_pieces(messages: list[dict], add_generation_header: bool = False) -> li
     return pieces
 
 
+def alpaca_user_turn(record: dict) -> dict:
+    """An Alpaca record's instruction (and input) as one user message."""
+    text = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+    return {"role": "user", "content": text}
+
+
+def conversation(record: dict, response: str | None = None) -> list[dict]:
+    """A record as chat messages: its own, or an Alpaca record's user turn and `response` (default its output)."""
+    if "messages" in record:
+        return record["messages"]
+    answer = record["output"] if response is None else response
+    return [alpaca_user_turn(record), {"role": "assistant", "content": answer}]
+
+
+def prompt_conversation(record: dict) -> list[dict]:
+    """The messages before a record's last assistant turn (the one generated for held-out samples)."""
+    if "messages" not in record:
+        return [alpaca_user_turn(record)]
+    last_assistant = max(i for i, m in enumerate(record["messages"]) if m["role"] == "assistant")
+    return record["messages"][:last_assistant]
+
+
 def prompt_pieces(record: dict, template: str) -> list[Piece]:
     """The prompt of a record (everything before the response), for generation and preference pairs."""
-    if "messages" in record:
-        last_assistant = max(i for i, m in enumerate(record["messages"]) if m["role"] == "assistant")
-        return chat_pieces(record["messages"][:last_assistant], add_generation_header=True)
-    if template == "chat":
-        user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-        return chat_pieces([{"role": "user", "content": user}], add_generation_header=True)
+    if "messages" in record or template == "chat":
+        return chat_pieces(prompt_conversation(record), add_generation_header=True)
     return [Piece(alpaca_prompt(record), False)]
 
 

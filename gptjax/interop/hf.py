@@ -956,45 +956,17 @@ def _hf_family_tokenizer(src: Path, hf: Mapping[str, Any]) -> tokenizers.HfToken
                           f"--tokenizer-dir DIR with {READABLE_TOKENIZERS})") from None
 
 
-def _tiktoken_tokenizer(src: Path, ranks: dict[bytes, int]) -> tokenizers.HfTokenizer:
-    """The hf tokenizer of a tiktoken BPE tokenizer.model (`ranks`), converted to a tokenizer.json in memory
-    (`tiktoken_bpe.tokenizer_json`). Its special tokens follow the ranks: tokenizer_config.json's
-    added_tokens_decoder (id -> content) where it has one, else Llama 3's 256; EOS and BOS are its eos_token and
-    bos_token, else `<|end_of_text|>` and `<|begin_of_text|>` (put before every sequence, as Llama 3 does)."""
-    where = str(src / "tokenizer.model")
-    config_path = src / "tokenizer_config.json"
-    tok_config = _json_file(config_path) if config_path.is_file() else {}
-    decoder = tok_config.get("added_tokens_decoder")
-    specials = list(tiktoken_bpe.LLAMA3_SPECIAL_TOKENS)
-    if decoder:
-        try:
-            by_id = sorted((int(index), entry["content"] if isinstance(entry, dict) else str(entry))
-                           for index, entry in dict(decoder).items())
-        except (TypeError, ValueError, KeyError) as e:
-            raise GptjaxError(f"{config_path}: added_tokens_decoder is not a map of id -> token ({e}); "
-                              f"fix it") from None
-        if [index for index, _ in by_id] != list(range(len(ranks), len(ranks) + len(by_id))):
-            raise GptjaxError(f"{config_path}: the ids of added_tokens_decoder are not {len(ranks)}.. in a row "
-                              f"after the {len(ranks)} tiktoken ranks of {where}; fix them")
-        specials = [content for _, content in by_id]
-    eos = tokenizers.special_token_text(tok_config.get("eos_token")) or tiktoken_bpe.LLAMA3_EOS
-    bos = (tokenizers.special_token_text(tok_config.get("bos_token")) if "bos_token" in tok_config
-           else tiktoken_bpe.LLAMA3_BOS)
-    tokenizer_json = tiktoken_bpe.tokenizer_json(ranks, specials, bos, where=where)
-    return tokenizers.HfTokenizer(tokenizer_json, eos, bos, tokenizers.chat_template(tok_config, src),
-                                  tok_config.get("clean_up_tokenization_spaces") is True, where)
-
-
 def tokenizer_from_hf_dir(src: Path, hf: Mapping[str, Any]) -> tokenizers.Tokenizer | None:
     """The gptjax tokenizer of an HF model directory, or None when it holds no tokenizer gptjax can use.
 
     vocab.json + merges.txt -> gpt2_bpe; tokenizer.model -> sentencepiece (see `sentencepiece_with_eot`), or hf
-    when it is a tiktoken BPE file (Llama 3's original release; see `_tiktoken_tokenizer`) and no tokenizer.json is
-    beside it; a tokenizer.json written by `char_tokenizer_json` -> char; a gptjax tokenizer directory (its
-    tokenizer.json names a `kind`, as `gptjax.data.tokenizer.save` writes it) -> that tokenizer; any other
-    tokenizer.json -> hf (its special tokens from the directory's tokenizer_config.json, generation_config.json and
-    `hf`). The families after GPT-2 and Llama ship their fast tokenizer.json beside a vocab.json or tokenizer.model
-    (Qwen, Mistral, Gemma): there the tokenizer.json is what `AutoTokenizer` loads, so it is what gptjax reads."""
+    when it is a tiktoken BPE file (Llama 3's original release; see `HfTokenizer.from_tiktoken_dir`) and no
+    tokenizer.json is beside it; a tokenizer.json written by `char_tokenizer_json` -> char; a gptjax tokenizer
+    directory (its tokenizer.json names a `kind`, as `gptjax.data.tokenizer.save` writes it) -> that tokenizer; any
+    other tokenizer.json -> hf (its special tokens from the directory's tokenizer_config.json,
+    generation_config.json and `hf`). The families after GPT-2 and Llama ship their fast tokenizer.json beside a
+    vocab.json or tokenizer.model (Qwen, Mistral, Gemma): there the tokenizer.json is what `AutoTokenizer` loads, so
+    it is what gptjax reads."""
     if hf.get("model_type") not in (GPT2, LLAMA) and (src / "tokenizer.json").is_file():
         spec = _json_file(src / "tokenizer.json")
         if "kind" not in spec and _char_tokenizer_from_json(spec) is None:
@@ -1005,7 +977,7 @@ def tokenizer_from_hf_dir(src: Path, hf: Mapping[str, Any]) -> tokenizers.Tokeni
     ranks = tiktoken_bpe.read_ranks((src / "tokenizer.model").read_bytes()) if (src / "tokenizer.model").is_file() \
         else None
     if ranks is not None and not (src / "tokenizer.json").is_file():
-        return _tiktoken_tokenizer(src, ranks)
+        return tokenizers.HfTokenizer.from_tiktoken_dir(src, ranks)
     if (src / "tokenizer.model").is_file() and ranks is None:
         tok_config = _json_file(src / "tokenizer_config.json") if (src / "tokenizer_config.json").is_file() else {}
         generation = _json_file(src / "generation_config.json") if (src / "generation_config.json").is_file() else {}

@@ -85,6 +85,19 @@ def _repeat_heads(x_BSGK: jax.Array, n_heads: int) -> jax.Array:
     return jnp.repeat(x_BSGK, repeats, axis=2) if repeats > 1 else x_BSGK
 
 
+def scaled_scores(q_BTNK, k_BSNK, scale: float, cap: float) -> jax.Array:
+    """The attention logits q·k [B, N, T, S] (float32) times `scale`, soft-capped at `cap` (0: not), before any
+    position bias or mask."""
+    return softcap(jnp.einsum("btnk,bsnk->bnts", q_BTNK, k_BSNK, preferred_element_type=jnp.float32) * scale, cap)
+
+
+def max_abs_logit(q_BTNK, k_BSGK, mask_BTS, scale: float, cap: float) -> jax.Array:
+    """The largest |attention logit| (`scaled_scores`) over the (query, key) pairs the mask allows: the logit growth
+    that qk-norm and soft-capping guard against (train.stats_every logs it per layer)."""
+    logits_BNTS = scaled_scores(q_BTNK, _repeat_heads(k_BSGK, q_BTNK.shape[2]), scale, cap)
+    return jnp.max(jnp.where(mask_BTS[:, None], jnp.abs(logits_BNTS), 0.0))
+
+
 def xla_attention(q_BTNK, k_BSGK, v_BSGK, mask_BTS, bias_BNTS=None, dropout_rng=None, dropout_rate=0.0,
                   scale: float | None = None, cap: float = 0.0):
     """Reference attention in plain jnp: scores q·k times `scale` (None: 1/sqrt(head_dim)), soft-capped at `cap`
@@ -95,8 +108,7 @@ def xla_attention(q_BTNK, k_BSGK, v_BSGK, mask_BTS, bias_BNTS=None, dropout_rng=
     n, k = q_BTNK.shape[2], q_BTNK.shape[3]
     k_BSNK, v_BSNK = _repeat_heads(k_BSGK, n), _repeat_heads(v_BSGK, n)
     scale = k ** -0.5 if scale is None else scale
-    logits_BNTS = softcap(jnp.einsum("btnk,bsnk->bnts", q_BTNK, k_BSNK, preferred_element_type=jnp.float32) * scale,
-                          cap)
+    logits_BNTS = scaled_scores(q_BTNK, k_BSNK, scale, cap)
     if bias_BNTS is not None:
         logits_BNTS = logits_BNTS + bias_BNTS
     logits_BNTS = jnp.where(mask_BTS[:, None], logits_BNTS, jnp.finfo(jnp.float32).min)
@@ -137,6 +149,10 @@ def decode_attention(q_B1NK, k_B1GK, v_B1GK, cache_k_BGSK, cache_v_BGSK, index, 
     return out_BGRK.reshape(b, 1, n, k).astype(q_B1NK.dtype)
 
 
+# `apply(..., mutable=[INTERMEDIATES])` gets each layer's max |attention logit| under attn/LOGIT_MAX; only the xla
+# kernel, which materialises the scores, sows it (the fused kernels and KV-cache decoding do not)
+INTERMEDIATES = "intermediates"
+LOGIT_MAX = "logit_max"
 KERNEL_PLATFORM = {"cudnn": "gpu", "splash": "tpu"}
 PREFERRED_KERNEL = {platform: impl for impl, platform in KERNEL_PLATFORM.items()}
 SPLASH_BLOCK = 128  # splash's default q/kv block; its blocks must be multiples of the 128 TPU lanes
@@ -359,6 +375,9 @@ class Attention(nn.Module):
             out_BTNK = decode_attention(q_BTNK, k_BTGK, v_BTGK, *layer_cache, ctx.cache_index, ctx.mask_BTS,
                                         ctx.bias_BNTS, score_scale(cfg, k), cfg.attn_softcap)
         else:
+            if self.is_mutable_collection(INTERMEDIATES) and not self.is_initializing():  # only when asked
+                self.sow(INTERMEDIATES, LOGIT_MAX,
+                         max_abs_logit(q_BTNK, k_BSGK, ctx.mask_BTS, score_scale(cfg, k), cfg.attn_softcap))
             out_BTNK = xla_attention(q_BTNK, k_BSGK, v_BSGK, ctx.mask_BTS, ctx.bias_BNTS, dropout_rng, cfg.dropout,
                                      score_scale(cfg, k), cfg.attn_softcap)
         out_BTNK = checkpoint_name(constrain(out_BTNK, ("batch", "act_length", "act_heads", None)), "attn_out")

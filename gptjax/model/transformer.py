@@ -11,6 +11,7 @@ import numpy as np
 
 from gptjax.config import ModelConfig
 from gptjax.model.attention import (
+    INTERMEDIATES,
     Attention,
     AttnContext,
     KVCache,
@@ -192,7 +193,7 @@ class Transformer(nn.Module):
         kv_LBGSK = (cache.k_LBGSK, cache.v_LBGSK) if cache is not None else None
         block_cls = _block_class(cfg)
         if cfg.scan_layers:
-            stack = nn.scan(block_cls, variable_axes={"params": 0, MOE_COLLECTION: 0},
+            stack = nn.scan(block_cls, variable_axes={"params": 0, MOE_COLLECTION: 0, INTERMEDIATES: 0},
                             split_rngs={"params": True, "dropout": True},
                             in_axes=(0, nn.broadcast, 0), length=cfg.n_layer,
                             metadata_params={nn.PARTITION_NAME: "layers"})

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gptjax import config as config_lib
 from gptjax.config import DataConfig
+from gptjax.data import tiktoken_bpe
 from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import GptjaxError
 from gptjax.prepare.stages import langid_config, minhash_config
@@ -25,18 +26,27 @@ def vocab_size(data: DataConfig) -> int:
 
 def _check_tokenizer_dir(directory: Path, kind: str) -> None:
     """A tokenizer_dir must hold a saved gptjax tokenizer, for gpt2_bpe GPT-2's vocab.json + merges.txt, or for hf a
-    Hugging Face tokenizer.json (which has the same name as gptjax's saved tokenizer spec)."""
+    Hugging Face tokenizer.json (which has the same name as gptjax's saved tokenizer spec) or, without one, a
+    tiktoken tokenizer.model (Llama 3's original release) that parses."""
     if (directory / tokenizers.SPEC_FILE).is_file():
         return
     gpt2_files = (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file()
     if kind == "gpt2_bpe" and gpt2_files:
         return
-    expected = f"{tokenizers.SPEC_FILE}" + (" nor vocab.json + merges.txt" if kind == "gpt2_bpe" else "")
+    tiktoken_file = directory / tokenizers.TIKTOKEN_FILE
+    if kind == "hf" and tiktoken_file.is_file():
+        if tiktoken_bpe.read_ranks(tiktoken_file.read_bytes()) is None:
+            raise GptjaxError(f"data.tokenizer_dir (--tokenizer-dir): {tiktoken_file} is not a tiktoken BPE file (one "
+                              f"`BASE64_TOKEN RANK` line per token); point it at a directory holding the model's "
+                              f"tokenizer.json, or Llama 3's original tiktoken {tokenizers.TIKTOKEN_FILE}")
+        return
+    expected = f"{tokenizers.SPEC_FILE}" + {"gpt2_bpe": " nor vocab.json + merges.txt",
+                                            "hf": f" nor a tiktoken {tokenizers.TIKTOKEN_FILE}"}.get(kind, "")
     raise GptjaxError(f"data.tokenizer_dir (--tokenizer-dir) {directory} holds no tokenizer (no {expected}); point it "
                       f"at a prepared dataset's tokenizer/ directory" +
                       (" or at GPT-2's vocab.json + merges.txt" if kind == "gpt2_bpe" else "") +
-                      (" or at a Hugging Face model's directory (its tokenizer.json)" if kind == "hf" else
-                       ", or leave it out to train a new tokenizer"))
+                      (" or at a Hugging Face model's directory (its tokenizer.json, or Llama 3's original "
+                       "tokenizer.model)" if kind == "hf" else ", or leave it out to train a new tokenizer"))
 
 
 def check(data: DataConfig) -> None:
@@ -54,7 +64,7 @@ def check(data: DataConfig) -> None:
                           "merges.txt")
     if data.tokenizer == "hf" and not data.tokenizer_dir:
         raise GptjaxError("the hf tokenizer needs data.tokenizer_dir (--tokenizer-dir): a directory holding a Hugging "
-                          "Face tokenizer.json (and its tokenizer_config.json)")
+                          "Face tokenizer.json (and its tokenizer_config.json) or a tiktoken tokenizer.model")
     if data.tokenizer_dir:
         _check_tokenizer_dir(Path(data.tokenizer_dir), data.tokenizer)
     if data.prepare.dedup == "near":

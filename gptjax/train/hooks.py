@@ -19,6 +19,7 @@ from gptjax.model.transformer import flops_per_token
 from gptjax.train.metrics import peak_flops_per_device
 from gptjax.train.run import Run
 from gptjax.train.state import TrainState
+from gptjax.train.stats import is_stats_key
 
 
 class Hook(Protocol):
@@ -57,6 +58,7 @@ class MetricsLog:
     def _process(self, step: int, metrics: dict) -> None:
         run, t = self.run, self.run.cfg.train
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        step_stats = {k: values.pop(k) for k in [k for k in values if is_stats_key(k)]}  # logged on their step
         if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
             raise non_finite_error(run,
                                    f"loss is {values['loss']} (grad norm {values['grad_norm']}) at step {step + 1}")
@@ -76,8 +78,9 @@ class MetricsLog:
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(1)
         run.summary.update(values)
-        if (step + 1) % t.log_every == 0 or step + 1 == t.steps:
-            run.writer.write(step + 1, values)
+        logged = values if (step + 1) % t.log_every == 0 or step + 1 == t.steps else {}
+        if logged or step_stats:
+            run.writer.write(step + 1, {**logged, **step_stats})
 
     def close(self) -> None:
         self.bar.close()
@@ -179,12 +182,15 @@ class SamplesHook:
 
     def __call__(self, run: Run, done: int, state: TrainState) -> None:
         from gptjax.api import LM
+        from gptjax.finetune.batches import RecordEncoder
 
         f, block = run.cfg.finetune, run.cfg.model.block_size
         lm = LM(run.cfg, state.params, run.tokenizer, step=done)
+        encoder = RecordEncoder(f.template, run.tokenizer)
         prompts = [ids[-max(block - f.max_new_tokens, 1):] for ids in run.finetune.prompts["test"]]
-        responses = lm.generate_ids(prompts, max_new_tokens=min(f.max_new_tokens, block - 1), temperature=0.0)
-        lines = [json.dumps({"prompt": run.tokenizer.decode(p[1:]), "reference": ref,
+        responses = lm.generate_ids(prompts, max_new_tokens=min(f.max_new_tokens, block - 1), temperature=0.0,
+                                    stop_id=encoder.stop_id())
+        lines = [json.dumps({"prompt": encoder.shown_prompt(p), "reference": ref,
                              "response": run.tokenizer.decode(r), "step": done})
                  for p, ref, r in zip(run.finetune.prompts["test"], run.finetune.references["test"], responses)]
         if run.is_main:

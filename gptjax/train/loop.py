@@ -4,7 +4,8 @@ restorable checkpoint in the workdir.
 `train(cfg, workdir, hooks=...)` opens a `Run` (`gptjax.train.run`: data, tokenizer, mesh, the step from
 `build_step`, checkpoints, metric sinks, the workdir lock) and drives it step by step (`gptjax.train.hooks`).
 Evaluation, checkpointing and logging are hooks; extra
-hooks (the fault injection the tests use, a profiler) are passed in and never live in this file. Step n+1 is
+hooks (the fault injection the tests use) are passed in and never live in this file; train.stats_every's steps run
+the step's stats twin, and train.profile_steps's steps run inside a profiler trace. Step n+1 is
 dispatched before step n's metrics are read, so the host never waits on the device between steps.
 """
 from __future__ import annotations
@@ -21,7 +22,9 @@ from gptjax.config import Config
 from gptjax.errors import GptjaxError, RunInterrupted
 from gptjax.model.transformer import count_params
 from gptjax.train.hooks import Hook, MetricsLog, default_hooks, format_eval
+from gptjax.train.profile import StepProfiler, profile_window
 from gptjax.train.run import Run, open_run
+from gptjax.train.stats import stats_due
 
 
 def agreed_stop(run: Run, done: int) -> str | None:
@@ -60,13 +63,16 @@ def fit(run: Run, hooks: Sequence[Hook], show_progress: bool = True) -> dict:
     if run.start_step == 0 and run.finetune is not None:
         evaluate_start(run)
     state = run.state
+    profiler = StepProfiler(profile_window(t.profile_steps, t.steps), run.workdir)
     try:
         for step in range(run.start_step, t.steps):
+            done = step + 1
             batch = run.step.to_global(run.step.format_batch(next(run.iterator)))
-            state, metrics = run.step.train(state, batch)
+            profiler.before_step(done)
+            state, metrics = run.step.train(state, batch, with_stats=stats_due(t.stats_every, done))
+            profiler.after_step(done, state)
             run.state, run.last_batch = state, batch
             log.push(step, metrics)
-            done = step + 1
             run.stopping = agreed_stop(run, done)
             due = [hook for hook in hooks if hook.due(run, done)]
             if due:
@@ -84,6 +90,7 @@ def fit(run: Run, hooks: Sequence[Hook], show_progress: bool = True) -> dict:
         if run.start_step >= t.steps and run.start_step > 0:
             run.summary.update(run.evaluate(state.params))
     finally:
+        profiler.stop()
         log.close()
     run.summary["step"] = int(state.step)
     run.summary["params"] = count_params(state.params)
@@ -94,6 +101,7 @@ def train(cfg: Config, workdir: str | Path, show_progress: bool = True, hooks: S
           allow_data_change: bool = False) -> dict:
     """Trains (or resumes) a run in `workdir`; returns the final metrics. `hooks` run after the default ones;
     `allow_data_change` lets a resumed run continue on data other than its checkpoints were trained on."""
+    profile_window(cfg.train.profile_steps, cfg.train.steps)  # a bad window fails before the run opens
     run = open_run(cfg, workdir, allow_data_change)
     failing = True
     try:

@@ -80,10 +80,12 @@ class MetricWriter:
     On a gs:// workdir both are objects rewritten whole, at most every fileio.APPEND_UPLOAD_S, and metrics.jsonl
     also at every checkpoint (`sync`), so the lines up to the step a run resumes from are always stored."""
 
-    def __init__(self, workdir: Path, tensorboard: bool, start_step: int = 0):
+    def __init__(self, workdir: Path, tensorboard: bool, start_step: int = 0, tracker=None):
         """`start_step`: the step the run starts or resumes from; lines logged for later steps by an earlier,
-        interrupted process are dropped first, since this run logs those steps again."""
+        interrupted process are dropped first, since this run logs those steps again. `tracker` (e.g. a
+        gptjax.train.tracker.WandbTracker) gets the same scalars, and is closed with the writer."""
         self.enabled = jax.process_index() == 0
+        self.tracker = tracker
         if self.enabled:
             drop_steps_after(workdir / "metrics.jsonl", start_step)
         self.jsonl = fileio.open_append(workdir / "metrics.jsonl") if self.enabled else None
@@ -94,11 +96,14 @@ class MetricWriter:
     def write(self, step: int, values: dict) -> None:
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in values.items()}}) + "\n")
+        scalars = {k: float(v) for k, v in values.items()}
+        self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
         self.jsonl.flush()
         if self.tb is not None:
-            for key, value in values.items():
-                self.tb.add_scalar(key, float(value), step)
+            for key, value in scalars.items():
+                self.tb.add_scalar(key, value, step)
+        if self.tracker is not None:
+            self.tracker.log(step, scalars)
 
     def sync(self) -> None:
         """Stores every line written so far (they are already in the file locally; uploaded on object storage)."""
@@ -110,6 +115,8 @@ class MetricWriter:
             self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 def _logged_step(line: str) -> int | None:

@@ -58,12 +58,18 @@ class NextTokenLM:
     z_loss: float = 0.0
     name: str = "lm"
 
+    @staticmethod
+    def model_inputs(batch: Batch) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+        """(input tokens, positions or None, segment ids or None) [B, T] of a batch: what the model is applied to."""
+        inputs_BT = constrain(batch["tokens"][:, :-1], ("batch", "act_length"))
+        segments_BT = batch["segment_ids"][:, :-1] if "segment_ids" in batch else None
+        positions_BT = batch["positions"][:, :-1] if "positions" in batch else None
+        return inputs_BT, positions_BT, segments_BT
+
     def __call__(self, params, frozen, model, batch, rng):
         tokens_BT1 = batch["tokens"]
         weights_BT = batch["loss_weights"].astype(jnp.float32)
-        inputs_BT = constrain(tokens_BT1[:, :-1], ("batch", "act_length"))
-        segments_BT = batch["segment_ids"][:, :-1] if "segment_ids" in batch else None
-        positions_BT = batch["positions"][:, :-1] if "positions" in batch else None
+        inputs_BT, positions_BT, segments_BT = self.model_inputs(batch)
         rngs = {"dropout": rng} if rng is not None else {}
         moe = model.cfg.moe_experts > 0
         out = model.apply({"params": params}, inputs_BT, positions_BT, segments_BT, deterministic=rng is None,

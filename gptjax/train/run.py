@@ -18,10 +18,10 @@ from gptjax.checkpoint import CHECKPOINT_DIR, Checkpoints, checkpoint_meta
 from gptjax.config import Config
 from gptjax.data import loader, store
 from gptjax.data import tokenizer as tokenizers
-from gptjax.data.sources import cache_root
+from gptjax.data.sources import cache_root, mixture_entries
 from gptjax.data.tokenizer import with_vocab
 from gptjax.errors import GptjaxError, note, warn
-from gptjax.eval.perplexity import evaluate_batches
+from gptjax.eval.perplexity import bytes_per_token, evaluate_batches
 from gptjax.export import (
     CONFIG_FILE,
     EXPERIMENT_FILE,
@@ -41,6 +41,7 @@ from gptjax.train.metrics import MetricWriter, reproducibility_record
 from gptjax.train.optim import schedule_horizon
 from gptjax.train.state import TrainState
 from gptjax.train.step import Step, build_step
+from gptjax.train.tracker import open_tracker
 
 
 def field_assignments(path: str, section: Any) -> list[str]:
@@ -163,6 +164,7 @@ def resume_config(cfg: Config, saved: dict, step: int, workdir: Path) -> tuple[C
         more = f" and {len(changes.forbidden) - 1} more" if len(changes.forbidden) > 1 else ""
         raise GptjaxError(f"{workdir} holds a checkpoint (step {step}) of an incompatible config ({key}: {old!r} -> "
                           f"{new!r}{more}); use a new --workdir or the checkpoint's config ({workdir / 'config.json'})")
+    config_lib.check_trained_mixture(saved.get("data", {}), cfg.data, step)
     notes = [f"changed at step {step}: {key} {old!r} -> {new!r}" for key, old, new in changes.recorded]
     if saved_train.get("steps") != cfg.train.steps:
         horizon = schedule_horizon(cfg.train)
@@ -237,14 +239,25 @@ def load_init_source(cfg: Config):
         raise GptjaxError(f"train.init_from={cfg.train.init_from}: {error}") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class DomainVal:
+    """One `data.mixture` component's fixed validation batches, reported as val_loss/<name>, val_ppl/..., val_bpb/..."""
+
+    name: str
+    batches: list
+    bytes_per_token: float
+
+
 @dataclasses.dataclass
 class RunBatches:
-    """Where a run's batches come from: the training iterator, fixed validation batches, and (finetunes) the data."""
+    """Where a run's batches come from: the training iterator, fixed validation batches (overall and, with a
+    mixture, per component), and (finetunes) the data."""
 
     iterator: Any
     val_batches: list
     val_bytes_per_token: float
     finetune: Any = None  # gptjax.finetune.batches.FinetuneData
+    domain_vals: tuple[DomainVal, ...] = ()
 
 
 def lm_batches(cfg: Config, data_dir: Path, manifest: dict) -> RunBatches:
@@ -254,7 +267,20 @@ def lm_batches(cfg: Config, data_dir: Path, manifest: dict) -> RunBatches:
     val_batches = loader.eval_batches(data_dir, cfg.model.block_size, t.batch_size // t.grad_accum, t.eval_batches,
                                       data=cfg.data)
     val = manifest["splits"]["val"]
-    return RunBatches(iterator, val_batches, val["n_bytes"] / max(val["n_tokens"], 1))
+    return RunBatches(iterator, val_batches, val["n_bytes"] / max(val["n_tokens"], 1), domain_vals=domain_vals(cfg))
+
+
+def domain_vals(cfg: Config) -> tuple[DomainVal, ...]:
+    """With `data.mixture`, each component's own validation batches (as many as the overall ones, train.eval_batches)
+    and its bytes per token; otherwise none."""
+    if not cfg.data.mixture:
+        return ()
+    t = cfg.train
+    alone = dataclasses.replace(cfg.data, mixture=(), mixture_stages=())
+    paths = [path for path, _ in mixture_entries(cfg.data)]
+    return tuple(DomainVal(name, loader.eval_batches(path, cfg.model.block_size, t.batch_size // t.grad_accum,
+                                                     t.eval_batches, data=alone), bytes_per_token(path, "val"))
+                 for name, path in zip(config_lib.mixture_names(cfg.data.mixture), paths))
 
 
 def finetune_batches(cfg: Config, data) -> RunBatches:
@@ -320,6 +346,7 @@ class Run:
     last_batch: Any = None
     stopping: str | None = None  # the stop signal as seen at the current step (hooks and the loop agree on it)
     finetune: Any = None  # the finetuning data (gptjax.finetune.batches.FinetuneData), for finetune objectives
+    domain_vals: tuple[DomainVal, ...] = ()  # with data.mixture: each component's validation batches
 
     @property
     def is_main(self) -> bool:
@@ -327,30 +354,35 @@ class Run:
 
     def evaluate(self, params) -> dict:
         """The objective's metrics over the fixed validation batches, with the sharded eval step: val loss / ppl /
-        bpb for next-token objectives (SFT: over response tokens), val_<metric> (loss, acc, rewards, ...) per
-        example otherwise."""
+        bpb for next-token objectives (SFT: over response tokens), and with a mixture those of each component
+        (val_loss/<name>, ...); val_<metric> (loss, acc, rewards, ...) per example otherwise."""
         frozen = self.state.frozen
 
         def sums_of(host_batch) -> dict:
             sums = self.step.evaluate(params, frozen, self.step.to_global(local_rows(host_batch)))
             return {k: float(v) for k, v in sums.items()}
 
-        batches = (self.step.format_batch(b) for b in self.val_batches)
         if self.cfg.train.objective in ("lm", "sft"):
             def score(host_batch):
                 sums = sums_of(host_batch)
                 return sums["loss"], sums["weight"]
 
-            result = evaluate_batches(score, batches, self.val_bytes_per_token)
-            return {"val_loss": result["loss"], "val_ppl": result["ppl"], "val_bpb": result["bpb"]}
-        return per_example_means([sums_of(b) for b in batches], "val_")
+            def metrics(host_batches: list, per_byte: float, suffix: str = "") -> dict:
+                result = evaluate_batches(score, (self.step.format_batch(b) for b in host_batches), per_byte)
+                return {f"val_{key}{suffix}": result[key] for key in ("loss", "ppl", "bpb")}
+
+            result = metrics(self.val_batches, self.val_bytes_per_token)
+            for domain in self.domain_vals:
+                result.update(metrics(domain.batches, domain.bytes_per_token, f"/{domain.name}"))
+            return result
+        return per_example_means([sums_of(self.step.format_batch(b)) for b in self.val_batches], "val_")
 
     def evaluate_state(self, state: TrainState) -> dict:
         """`evaluate` of the params and, when the state keeps one, of their moving average (keys suffixed _ema:
-        val_loss_ema, ...)."""
+        val_loss_ema, val_loss_ema/<name>, ...)."""
         result = self.evaluate(state.params)
         if state.ema_params is not None:
-            result.update({f"{key}_ema": value for key, value in self.evaluate(state.ema_params).items()})
+            result.update({ema_key(key): value for key, value in self.evaluate(state.ema_params).items()})
         return result
 
     def save(self, state: TrainState) -> None:
@@ -377,6 +409,12 @@ class Run:
             warn(str(problem))
         if problems and not failing:
             raise problems[0]
+
+
+def ema_key(key: str) -> str:
+    """The moving average's metric key: val_loss -> val_loss_ema, val_loss/web -> val_loss_ema/web."""
+    head, sep, domain = key.partition("/")
+    return f"{head}_ema{sep}{domain}"
 
 
 def per_example_means(batch_sums: Sequence[dict], prefix: str) -> dict:
@@ -554,10 +592,10 @@ def _open_with_checkpoints(inputs: RunInputs, lock, checkpoints: Checkpoints) ->
         batches.iterator.set_state(data_state["grain"])
     return Run(cfg=cfg, workdir=workdir, data_dir=data_dir, tokenizer=tok, step=step, state=state,
                iterator=batches.iterator, checkpoints=checkpoints,
-               writer=MetricWriter(workdir, cfg.train.tensorboard, int(state.step)),
+               writer=MetricWriter(workdir, cfg.train.tensorboard, int(state.step), open_tracker(cfg, workdir)),
                meta=meta, start_step=int(state.step), val_batches=batches.val_batches,
                val_bytes_per_token=batches.val_bytes_per_token, stop=StopSignals(), lock=lock,
-               finetune=batches.finetune)
+               finetune=batches.finetune, domain_vals=batches.domain_vals)
 
 
 def _data_change(inputs: RunInputs, saved_meta: dict, step: int) -> str | None:

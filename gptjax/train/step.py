@@ -19,7 +19,8 @@ from jax.sharding import Mesh, NamedSharding
 from gptjax.config import FINETUNE_OBJECTIVES, Config, check_experts_divide
 from gptjax.model.transformer import Transformer
 from gptjax.parallel.rules import batch_sharding, use_rules
-from gptjax.train.objectives import Objective, batch_format, make_objective
+from gptjax.train import stats
+from gptjax.train.objectives import NextTokenLM, Objective, batch_format, make_objective
 from gptjax.train.optim import lr_schedule, run_optimizer
 from gptjax.train.state import TrainState, create_state, state_shardings
 
@@ -76,6 +77,27 @@ def train_step(state: TrainState, batch: dict, *, model: Transformer, optimizer:
     as one batch k times larger. With `train.spike_factor`, an update whose loss exceeds that many times the running
     mean is skipped (params and optimizer state kept) and counted. With `train.ema_decay`, the moving average of the
     params moves toward the new params (the kept ones after a skipped update)."""
+    new_state, metrics, _, _ = _step_with_terms(state, batch, model=model, optimizer=optimizer, objective=objective,
+                                                cfg=cfg, trainable=trainable)
+    return new_state, metrics
+
+
+def stats_step(state: TrainState, batch: dict, *, model: Transformer, optimizer: optax.GradientTransformation,
+               objective: Objective, cfg: Config, trainable=None) -> tuple[TrainState, dict]:
+    """`train_step` (the same new state, bit for bit) with the per-layer statistics of `gptjax.train.stats` added to
+    its metrics: for train.stats_every's steps only, so the plain step never computes them."""
+    new_state, metrics, grads, updates = _step_with_terms(state, batch, model=model, optimizer=optimizer,
+                                                          objective=objective, cfg=cfg, trainable=trainable)
+    metrics.update(stats.layer_stats(state.params, grads, updates))
+    if isinstance(objective, NextTokenLM):  # the first microbatch's rows, the most one forward pass is sized for
+        first_micro = jax.tree_util.tree_map(lambda x_B: x_B[::cfg.train.grad_accum], batch)
+        metrics.update(stats.attention_logit_max(model, state.params, objective.model_inputs(first_micro)))
+    return new_state, metrics
+
+
+def _step_with_terms(state: TrainState, batch: dict, *, model: Transformer, optimizer: optax.GradientTransformation,
+                     objective: Objective, cfg: Config, trainable=None) -> tuple[TrainState, dict, Any, Any]:
+    """`train_step`'s (new state, metrics), and the batch-mean gradients and the optimizer's updates it applied."""
     t = cfg.train
     grads, sums = _summed_grads(state, batch, model=model, objective=objective, cfg=cfg, trainable=trainable)
     weight = jnp.maximum(sums["weight"], 1e-9)
@@ -100,7 +122,7 @@ def train_step(state: TrainState, batch: dict, *, model: Transformer, optimizer:
     if t.ema_decay:
         new_state = new_state.replace(ema_params=jax.tree_util.tree_map(
             lambda ema, p: t.ema_decay * ema + (1 - t.ema_decay) * p, state.ema_params, new_state.params))
-    return new_state, metrics
+    return new_state, metrics, grads, updates
 
 
 def eval_step(params, frozen, batch: dict, *, model: Transformer, objective: Objective) -> dict:
@@ -137,10 +159,12 @@ class Step:
     train_jit: Callable
     eval_jit: Callable
     healthy_jit: Callable
+    stats_jit: Callable  # compiled on first use: train_jit with the per-layer statistics (train.stats_every)
 
-    def train(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def train(self, state: TrainState, batch: dict, with_stats: bool = False) -> tuple[TrainState, dict]:
+        """One step; `with_stats` adds the per-layer statistics (`stats/...`) to its metrics, the state the same."""
         with use_rules(self.mesh):
-            return self.train_jit(state, batch)
+            return (self.stats_jit if with_stats else self.train_jit)(state, batch)
 
     def evaluate(self, params, frozen, batch: dict) -> dict:
         with use_rules(self.mesh):
@@ -192,15 +216,19 @@ def build_step(cfg: Config, mesh: Mesh, *, objective: Objective | None = None, t
     objective = objective or make_objective(cfg)
     shardings, abstract_state = state_shardings(model, optimizer, cfg, mesh, frozen_example)
     in_sharding = batch_sharding(mesh)
-    train_fn = functools.partial(train_step, model=model, optimizer=optimizer, objective=objective, cfg=cfg,
-                                 trainable=trainable)
-    train_jit = jax.jit(train_fn, in_shardings=(shardings, in_sharding), out_shardings=(shardings, None),
-                        donate_argnums=0)
+
+    def jit_step(step_fn):
+        bound = functools.partial(step_fn, model=model, optimizer=optimizer, objective=objective, cfg=cfg,
+                                  trainable=trainable)
+        return jax.jit(bound, in_shardings=(shardings, in_sharding), out_shardings=(shardings, None),
+                       donate_argnums=0)
+
+    train_jit, stats_jit = jit_step(train_step), jit_step(stats_step)
     eval_jit = jax.jit(functools.partial(eval_step, model=model, objective=objective),
                        in_shardings=(shardings.params, shardings.frozen, in_sharding))
     healthy_jit = jax.jit(functools.partial(healthy, model=model, objective=objective),
                           in_shardings=(shardings.params, shardings.frozen, in_sharding))
     return Step(cfg=cfg, mesh=mesh, model=model, optimizer=optimizer, objective=objective, shardings=shardings,
                 abstract_state=abstract_state, batch_sharding=in_sharding, format_batch=batch_format(cfg.train),
-                train_jit=train_jit, eval_jit=eval_jit, healthy_jit=healthy_jit)
+                train_jit=train_jit, eval_jit=eval_jit, healthy_jit=healthy_jit, stats_jit=stats_jit)
 

@@ -1,6 +1,6 @@
 """Phase 3: the run's tokenizer, reused from a saved one (or a Hugging Face tokenizer.json, which `tokenizers.load`
-reads as hf), read from GPT-2 files, or trained on the survivors (char: every character seen; sentencepiece: a sample
-of the train documents)."""
+reads as hf), read from GPT-2 files or a tiktoken tokenizer.model (hf), or trained on the survivors (char: every
+character seen; sentencepiece: a sample of the train documents)."""
 from __future__ import annotations
 
 import os
@@ -70,6 +70,8 @@ def tokenizer_phase(work: Path, starts: np.ndarray, keep: np.ndarray, dedup: Ded
                               f"{data.tokenizer}; pass --tokenizer {tok.kind}")
     elif data.tokenizer == "gpt2_bpe":
         tok = tokenizers.Gpt2BpeAdapter.from_dir(data.tokenizer_dir)
+    elif data.tokenizer == "hf":
+        tok = tokenizers.HfTokenizer.from_dir(data.tokenizer_dir)
     elif data.tokenizer == "char":
         tok = _char_tokenizer(work, len(starts) - 1, dedup.char_cut)
     else:
