@@ -153,6 +153,10 @@ def test_val_loss_and_bpb_are_reported_per_component(straight_run, web_and_code)
         assert np.isfinite(loss) and final[f"val_ppl/{name}"] == pytest.approx(np.exp(loss))
         assert bpb == pytest.approx(loss / np.log(2) / bytes_per_token(path, "val"))
     assert {"val_loss", "val_ppl", "val_bpb"} <= final.keys()
+    # the overall bpb divides by the bytes per token of the rows it scored: 3 of every 4 from web (weight 0.75)
+    web, code = (bytes_per_token(path, "val") for path in web_and_code)
+    assert web != code
+    assert final["val_bpb"] == pytest.approx(final["val_loss"] / np.log(2) / (0.75 * web + 0.25 * code), rel=1e-9)
 
 
 def test_resume_across_a_stage_boundary_is_bit_identical(straight_run, tmp_path, cache_dir, web_and_code):

@@ -113,6 +113,11 @@ def _rows_before(step: int, global_batch: int, schedule: tuple[MixtureStage, ...
     return total
 
 
+def rows_per_component(steps: int, global_batch: int, schedule: tuple[MixtureStage, ...]) -> list[int]:
+    """How many of the rows of steps [0, steps) each mixture component gives (eval_batches: its batches as steps)."""
+    return _rows_before(steps, global_batch, schedule)
+
+
 def mixture_rows(step: int, global_batch: int, schedule: tuple[MixtureStage, ...],
                  seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(component, row index within that component) of every row of the global batch of `step`.

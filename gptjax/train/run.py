@@ -267,7 +267,18 @@ def lm_batches(cfg: Config, data_dir: Path, manifest: dict) -> RunBatches:
     val_batches = loader.eval_batches(data_dir, cfg.model.block_size, t.batch_size // t.grad_accum, t.eval_batches,
                                       data=cfg.data)
     val = manifest["splits"]["val"]
-    return RunBatches(iterator, val_batches, val["n_bytes"] / max(val["n_tokens"], 1), domain_vals=domain_vals(cfg))
+    per_byte = mixture_bytes_per_token(cfg) if cfg.data.mixture else val["n_bytes"] / max(val["n_tokens"], 1)
+    return RunBatches(iterator, val_batches, per_byte, domain_vals=domain_vals(cfg))
+
+
+def mixture_bytes_per_token(cfg: Config) -> float:
+    """Bytes per token of a mixture's overall validation batches: each component's own, weighted by the rows it
+    gives them (data.mixture's weights, as `loader.eval_batches` draws them)."""
+    t = cfg.train
+    rows = loader.rows_per_component(t.eval_batches, t.batch_size // t.grad_accum,
+                                     config_lib.mixture_schedule(cfg.data.mixture))
+    per_token = [bytes_per_token(path, "val") for path, _ in mixture_entries(cfg.data)]
+    return sum(n * b for n, b in zip(rows, per_token)) / max(sum(rows), 1)
 
 
 def domain_vals(cfg: Config) -> tuple[DomainVal, ...]:
