@@ -27,6 +27,10 @@ DEDUP_REF = ["datatrove>=0.4"]  # near-dedup comparison (benchmarks/prepare.py, 
 GCS = ["gcsfs>=2024.2"]  # gs:// workdirs and data (fsspec; orbax writes checkpoints through tensorstore)
 GCS_EMULATOR = ["gcp-storage-emulator>=2024.8"]  # a local GCS stand-in for the gs:// tests
 WANDB = ["wandb>=0.19"]  # the optional Weights & Biases tracker (train.wandb_project)
+BEAM = ["apache-beam>=2.60"]  # gptjax prepare --runner beam (Dataflow, Flink, Spark; DirectRunner in the tests)
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29"]  # gptjax serve, the OpenAI-compatible server
+SERVE_CLIENTS = ["openai>=1.30", "httpx>=0.27", "tenacity>=8"]  # real clients the server tests use (tenacity: lm-eval's
+# local-completions model)
 
 setup(
     name="gptjax",
@@ -34,7 +38,7 @@ setup(
     description=("Build GPT-style language models from scratch in JAX/Flax: data, pretraining, eval, finetuning, "
                  "export."),
     packages=find_packages(include=["gptjax", "gptjax.*"]),
-    package_data={"gptjax": ["data/bundled/*", "data/bundled/english/*/*"]},
+    package_data={"gptjax": ["data/bundled/*", "data/bundled/english/*/*", "eval/tasks/*.json", "eval/tasks/*.md"]},
     python_requires=">=3.10",
     install_requires=CORE + DATA,
     extras_require={
@@ -44,9 +48,11 @@ setup(
         "plots": PLOTS,
         "gcs": GCS,
         "wandb": WANDB,
+        "beam": BEAM,
+        "serve": SERVE,
         # libtpu: compile-check AOT-compiles for TPU here
         "test": (TEST + HF + EVAL + LM_EVAL_HF + FINETUNE_REFS + PLOTS + DEDUP_REF + GCS + GCS_EMULATOR + WANDB
-                 + ["jax[tpu]"]),
+                 + BEAM + SERVE + SERVE_CLIENTS + ["jax[tpu]"]),
         "tpu": ["jax[tpu]"] + GCS,
         "gpu": ["jax[cuda12]"],
     },

@@ -319,6 +319,10 @@ class DataConfig:
     # (checked by `check_trained_mixture`)
     mixture_stages: tuple[str, ...] = setting((), resume=Resume.RECORDED)
     prepare: PrepareConfig = PrepareConfig()  # how `inputs` are cleaned, deduplicated and sharded
+    # gs:// data is read by byte ranges, never copied whole: the in-memory block cache of each reading process holds at
+    # most this many GiB (divided among grain workers), and the next steps' windows are read this many steps ahead
+    remote_cache_gb: float = bounded(2.0, lo=0, lo_open=True, resume=Resume.FREE)
+    remote_readahead_steps: int = bounded(4, lo=0, resume=Resume.FREE)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,8 +6,8 @@ directories, JSON reads that turn a corrupt file into one clear error, and the w
 Workdirs may also be `gs://` URLs (object storage, through fsspec/gcsfs; paths are `etils.epath.Path`, which orbax
 uses too): an object write is one upload, which GCS makes atomic, so no temp file or rename is involved; the lock
 is an object created with a generation precondition; appended files (metrics) are rewritten whole, throttled; a
-prepared dataset is copied once into a local cache, since grain and memory maps read local files. Local paths keep
-exactly the local behaviour.
+prepared dataset's small files are copied once into a local cache while its token shards stay remote
+(`gptjax.data.remote` reads byte ranges of them). Local paths keep exactly the local behaviour.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from gptjax.errors import GptjaxError, note
 
@@ -480,9 +480,15 @@ def _listing_version(info: dict) -> str:
     return str(info.get("generation") or info.get("etag") or info.get("mtime") or info.get("created") or "")
 
 
-def cached_copy(url: str, cache_dir: Path) -> Path:
+REMOTE_SOURCE = ".gptjax-remote.json"  # in a partial cache copy: the URL and (size, generation) of what stayed remote
+
+
+def cached_copy(url: str, cache_dir: Path, leave_remote: Callable[[str], bool] | None = None) -> Path:
     """A local copy of every object under `url`, downloaded once into `cache_dir` and reused while no object
-    changed (the copy's name is keyed by the URL and every object's name, size and generation)."""
+    changed (the copy's name is keyed by the URL and every object's name, size and generation).
+
+    With `leave_remote`, the objects whose relative names it accepts are not downloaded: the copy's REMOTE_SOURCE
+    file records the URL and each such object's size and generation, for readers that fetch byte ranges of them."""
     fs, root = _remote_fs(url)
     root = root.rstrip("/")
     listing = fs.find(root, detail=True)
@@ -490,19 +496,25 @@ def cached_copy(url: str, cache_dir: Path) -> Path:
         raise GptjaxError(f"{url} holds no files; point it at a directory `gptjax prepare` wrote (copied with "
                           f"`gcloud storage cp -r`)")
     entries = sorted((name[len(root) + 1:], info.get("size"), _listing_version(info)) for name, info in listing.items())
-    key = hashlib.sha256(json.dumps([url, entries]).encode()).hexdigest()[:16]
+    remote = [entry for entry in entries if leave_remote is not None and leave_remote(entry[0])]
+    key = hashlib.sha256(json.dumps([url, entries] + ([len(remote)] if leave_remote else [])).encode()).hexdigest()[:16]
     local = Path(cache_dir) / f"{root.rsplit('/', 1)[-1]}-{key}"
     if local.is_dir():
         return local
     local.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(local.with_name(local.name + ".lock"), f"the cache copy {local}", wait=True):
         if not local.is_dir():  # another process may have finished it while this one waited
-            note(f"copying {url} ({len(entries)} files) to the local cache {local}")
+            copied = [entry for entry in entries if entry not in remote]
+            note(f"copying {url} ({len(copied)} files{f', {len(remote)} left remote' if remote else ''}) to the "
+                 f"local cache {local}")
             with staged_directory(local, "cache copy") as staging:
-                for name, _, _ in entries:
+                for name, _, _ in copied:
                     target = staging / name
                     target.parent.mkdir(parents=True, exist_ok=True)
                     fs.get_file(f"{root}/{name}", str(target))
+                if leave_remote is not None:
+                    objects = {name: {"size": size, "generation": version} for name, size, version in remote}
+                    write_json_atomic(staging / REMOTE_SOURCE, {"url": url.rstrip("/"), "objects": objects})
     return local
 
 

@@ -71,13 +71,19 @@ def sample(logits_BV: jax.Array, rng: jax.Array, sp: SamplingParams) -> jax.Arra
         kth_B1 = jax.lax.top_k(logits_BV, min(sp.top_k, logits_BV.shape[-1]))[0][:, -1:]
         logits_BV = jnp.where(logits_BV < kth_B1, PADDED_LOGIT, logits_BV)
     if sp.top_p < 1.0:
-        sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
-        cum_BV = jnp.cumsum(jax.nn.softmax(sorted_BV, axis=-1), axis=-1)
-        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
-        cutoff_index_B = jnp.sum(cum_BV < sp.top_p, axis=-1)
-        cutoff_B1 = jnp.take_along_axis(sorted_BV, cutoff_index_B[:, None], axis=-1)
-        logits_BV = jnp.where(logits_BV < cutoff_B1, PADDED_LOGIT, logits_BV)
+        logits_BV = top_p_filter(logits_BV, sp.top_p)
     return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
+
+
+def top_p_filter(logits_BV: jax.Array, top_p) -> jax.Array:
+    """Nucleus filtering: logits outside the smallest prefix (by probability) whose mass reaches `top_p` set to
+    PADDED_LOGIT; the top token always stays. `top_p` is a float or a per-row [B, 1] array (callers skip the
+    filter where it is 1)."""
+    sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+    cum_BV = jnp.cumsum(jax.nn.softmax(sorted_BV, axis=-1), axis=-1)
+    cutoff_index_B = jnp.minimum(jnp.sum(cum_BV < top_p, axis=-1), logits_BV.shape[-1] - 1)
+    cutoff_B1 = jnp.take_along_axis(sorted_BV, cutoff_index_B[:, None], axis=-1)
+    return jnp.where(logits_BV < cutoff_B1, PADDED_LOGIT, logits_BV)
 
 
 class DecodeState(NamedTuple):

@@ -242,7 +242,8 @@ def test_experiment_without_a_usable_get_config(tmp_path, source, expected):
 
 FREE_KEYS = {"name", "train.steps", "train.eval_every", "train.eval_batches", "train.log_every",
              "train.checkpoint_every", "train.keep_checkpoints", "train.tensorboard", "train.compilation_cache",
-             "train.peak_flops", "train.cpu_devices", "data.prefetch_threads", "data.cache_dir", "mesh.data",
+             "train.peak_flops", "train.cpu_devices", "data.prefetch_threads", "data.cache_dir", "data.remote_cache_gb",
+             "data.remote_readahead_steps", "mesh.data",
              "mesh.fsdp", "mesh.tensor", "train.eval_tasks", "train.eval_data", "finetune.samples",
              "finetune.max_new_tokens", "train.stats_every", "train.profile_steps", "train.wandb_project",
              "train.wandb_group", "train.wandb_name"}

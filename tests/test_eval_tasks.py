@@ -229,7 +229,9 @@ def test_unknown_task_lists_known_ones():
 
 @pytest.mark.parametrize("args, env, message", [
     (["--tasks", "piqa,bogus"], {}, "unknown task bogus"),
-    (["--tasks", "piqa"], {}, "pass --data-dir PATH or set GPTJAX_EVAL_DATA"),
+    (["--tasks", "piqa"], {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": "{empty}"},
+     "task piqa: dataset baber/piqa@refs/convert/parquet: HF_HUB_OFFLINE=1 and it is not in the Hub cache {empty}; "
+     "download it once online (`hf download baber/piqa --repo-type dataset`)"),
     (["--tasks", "piqa", "--data-dir", "{empty}"], {}, "task piqa: data file {empty}/llm_foundry_evals/piqa.jsonl not "
                                                        "found; point --data-dir"),
     (["--tasks", "mmlu", "--shots", "6"], {"GPTJAX_EVAL_DATA": str(FIXTURES)}, "--shots 6 is more than the 5 dev "
@@ -241,10 +243,10 @@ def test_unknown_task_lists_known_ones():
 ])
 def test_cli_bad_task_input_is_one_line_exit_2(args, env, message, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("GPTJAX_EVAL_DATA", raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
     empty = tmp_path / "empty"
     empty.mkdir()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value.replace("{empty}", str(empty)))
     args = [a.replace("{empty}", str(empty)) for a in args]
     assert cli_main(["eval", "--workdir", str(tmp_path / "no-model"), *args]) == 2
     err = capsys.readouterr().err.strip()

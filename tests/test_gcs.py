@@ -1,6 +1,7 @@
 """gs:// workdirs and data against a local GCS emulator (gcp-storage-emulator through tests/gcs_emulator.py, in memory,
 on a free localhost port): gcsfs reaches it through STORAGE_EMULATOR_HOST, orbax's tensorstore through
-TENSORSTORE_GCS_HTTP_URL. Training, bit-identical resume, a corrupt checkpoint, eval, load and export run on it.
+TENSORSTORE_GCS_HTTP_URL. Training, bit-identical resume, a corrupt checkpoint, eval, load and export run on it
+(how gs:// data is streamed: tests/test_gcs_streaming.py).
 Authentication, which the emulator does not ask for, is tested with a stub raising the real exception types; the
 lock's heartbeat and take-over on fsspec's memory:// filesystem, where they run in milliseconds.
 """
@@ -60,8 +61,8 @@ def straight_gcs(gcs, gcs_data, cache_dir) -> str:
     return workdir
 
 
-def test_a_gs_run_writes_its_files_and_reads_its_data_from_a_local_cache_copy(gcs, gcs_data, straight_gcs, cache_dir,
-                                                                              shakespeare_dir):
+def test_a_gs_run_writes_its_files_and_reads_its_data_through_a_local_view(gcs, gcs_data, straight_gcs, cache_dir,
+                                                                           shakespeare_dir):
     from gptjax.data import loader
     from gptjax.data.sources import local_data_dir
 
@@ -73,7 +74,8 @@ def test_a_gs_run_writes_its_files_and_reads_its_data_from_a_local_cache_copy(gc
     assert json.loads(gcs.cat_file(f"{straight_gcs}/config.json"))["data"]["path"] == gcs_data
     assert max(gcs_losses(gcs, straight_gcs)) == 20
     local = local_data_dir(gcs_data)
-    assert local.parent == cache_dir / "remote" and local == local_data_dir(gcs_data), "one copy, reused"
+    assert local.parent == cache_dir / "remote" and local == local_data_dir(gcs_data), "one view, reused"
+    assert not list(local.rglob("*.bin")), "the token shards are read from gs://, never copied"
     np.testing.assert_array_equal(loader.eval_batches(local, 16, 8, 2), loader.eval_batches(shakespeare_dir, 16, 8, 2))
 
 
@@ -157,8 +159,8 @@ def test_workdir_files_and_tensorboard_events_are_objects_written_through_fileio
         "one upload per write, no temp objects"
 
 
-def test_a_gs_dataset_is_copied_once_to_a_local_cache_keyed_by_its_generations(gcs, gcs_data, cache_dir,
-                                                                               shakespeare_dir, capfd):
+def test_a_gs_datasets_view_is_made_once_in_the_local_cache_keyed_by_its_generations(gcs, gcs_data, cache_dir,
+                                                                                    shakespeare_dir, capfd):
     from gptjax.config import DataConfig
     from gptjax.data import loader
     from gptjax.data.sources import local_data_dir

@@ -23,6 +23,7 @@ VERBS = {
     "compile-check": "compile_check",
     "scaling": "scaling",
     "ablate": "ablate",
+    "serve": "serve",
 }
 
 

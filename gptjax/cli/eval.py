@@ -25,18 +25,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tasks = p.add_argument_group("benchmark tasks")
     tasks.add_argument("--tasks", help="comma-separated: hellaswag,mmlu,lambada,arc_easy,arc_challenge,piqa,"
                                        "winogrande,wikitext2")
-    tasks.add_argument("--data-dir", help=f"benchmark data laid out as shared/data (default: ${DATA_ENV})")
+    tasks.add_argument("--data-dir", help=f"benchmark data laid out as shared/data (default: ${DATA_ENV}; neither: "
+                                          "each task's Hugging Face dataset, as lm-eval reads it, through the Hub "
+                                          "cache)")
     tasks.add_argument("--limit", type=int, help="score only the first N items of each task (MMLU: of each subject)")
     tasks.add_argument("--shots", type=int, help="few-shot examples (MMLU, from its dev split; default 0)")
     p.add_argument("--out", help="write the results as JSON here (results.json with --tasks)")
     tasks.add_argument("--log-samples", help="write one JSON line per item here")
 
 
-def benchmark_data_dir(flag: str | None) -> Path:
+def benchmark_data_dir(flag: str | None) -> Path | None:
+    """The local benchmark data folder (--data-dir, else $GPTJAX_EVAL_DATA); None: read each task's Hugging Face
+    dataset, as lm-eval does."""
     value = flag or os.environ.get(DATA_ENV)
     if not value:
-        raise GptjaxError(f"--tasks needs the benchmark data: pass --data-dir PATH or set {DATA_ENV} to a folder "
-                          "laid out as shared/data (hellaswag/, mmlu/, lambada/, llm_foundry_evals/, wikitext2/)")
+        return None
     path = Path(value)
     if not path.is_dir():
         raise GptjaxError(f"benchmark data dir {path} does not exist; pass --data-dir PATH or set {DATA_ENV}")

@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from pathlib import Path
 
 from gptjax import config as config_lib
 from gptjax.config import DataConfig, PrepareConfig
+from gptjax.errors import GptjaxError
 
 HELP = "raw text -> filtered, deduplicated token shards + tokenizer + report"
 # The command line cleans by default (a config's data.prepare defaults are raw, see PrepareConfig).
@@ -70,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tok.add_argument("--shard-tokens", type=int, default=defaults.shard_tokens, help="tokens per shard (at most)")
     tok.add_argument("--tfds", action="store_true", help="also write a TFDS array_record copy under OUT/tfds")
     run_group = parser.add_argument_group("execution")
+    run_group.add_argument("--runner", default="local", choices=("local", "beam"),
+                           help="local: a process pool on this machine; beam: Apache Beam pipelines, with Beam's "
+                                "pipeline options after `--` (default: the DirectRunner with --workers processes), "
+                                "e.g. -- --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp")
+    run_group.add_argument("pipeline_options", nargs="*", metavar="-- BEAM_OPTION",
+                           help="Apache Beam pipeline options (with --runner beam), after `--`")
     run_group.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
     run_group.add_argument("--chunk-mb", type=float, default=defaults.chunk_bytes / _MB,
                            help="text per work chunk (the unit of parallelism and of resume)")
@@ -106,7 +112,16 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     data = config_from_args(args)
     check_destination(args.decisions, "--decisions")
     check_destination(args.out, "--out", directory=True)
-    manifest = run_pipeline(data.inputs, args.out, data, show_progress=not args.quiet, decisions=args.decisions)
+    runner = None
+    if args.runner == "beam":
+        from gptjax.prepare.pipeline.beam import BeamRunner, pipeline_options
+
+        runner = BeamRunner(pipeline_options(args.pipeline_options, args.workers))
+    elif args.pipeline_options:
+        raise GptjaxError(f"unexpected arguments {' '.join(args.pipeline_options)}: Beam pipeline options after `--` "
+                          f"need --runner beam")
+    manifest = run_pipeline(data.inputs, args.out, data, show_progress=not args.quiet, decisions=args.decisions,
+                            runner=runner)
     splits = manifest["splits"]
     if not args.quiet:
         print("\n".join(read_report(args.out)["table"]))
@@ -114,5 +129,5 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     tokenizer = manifest["tokenizer"]
     print(f"prepared {args.out}: tokenizer {tokenizer['kind']} (vocab {tokenizer['vocab_size']}), "
           f"train {splits['train']['n_tokens']:,} tokens in {len(splits['train']['shards'])} shards, "
-          f"val {splits['val']['n_tokens']:,} tokens; report in {Path(args.out) / REPORT}{decisions}")
+          f"val {splits['val']['n_tokens']:,} tokens; report in {str(args.out).rstrip('/')}/{REPORT}{decisions}")
     return 0

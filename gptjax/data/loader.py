@@ -9,6 +9,10 @@ by a hash of (seed, step). `data.mixture_stages` changes the weights from given 
 such counts over its steps, so a component's rows before any step stay a pure function of the config. Each JAX
 process builds only its own rows of the global batch; with `data.workers > 0` grain builds batches in that many
 worker processes (same batches, same state). The grain iterator state goes into every checkpoint.
+
+Shards are read through `gptjax.data.remote`: memory maps of local files, or byte ranges of a gs:// dataset's shards
+through a bounded block cache, each step's batch function reading ahead this process's rows of the next
+`data.remote_readahead_steps` steps; the batches are the same either way.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import grain
 import numpy as np
 
 from gptjax.config import MixtureStage, mixture_schedule
-from gptjax.data import store
+from gptjax.data import remote
 from gptjax.data.hashing import splitmix64
 from gptjax.data.packing import DocumentTable, PackedSampler, shuffled_order
 from gptjax.errors import GptjaxError
@@ -31,57 +35,73 @@ __all__ = ["WindowSampler", "PackedSampler", "eval_batches", "mixture_rows", "st
 class WindowSampler:
     """Uniform random windows over all shards of a split: window k of seed s starts at hash(s, k) mod #starts.
 
-    Shards are memory-mapped on first use; pickling drops the maps, so a sampler can go to grain workers.
+    Tokens come from `shards` (`remote.LocalShards` or `remote.RemoteShards`; a list of shard paths is opened as
+    local shards), which pickle without their maps or caches, so a sampler can go to grain workers.
     """
 
-    def __init__(self, shard_paths: list[Path], window: int, seed: int):
+    def __init__(self, shards: list[Path] | remote.LocalShards | remote.RemoteShards, window: int, seed: int):
         self.window = window
         self.seed = seed
-        self.shard_paths = list(shard_paths)
-        lengths = [store.read_header(p).n_tokens for p in self.shard_paths]
+        self.shards = remote.LocalShards(shards) if isinstance(shards, list) else shards
+        lengths = self.shards.lengths
         starts = np.array([max(n - window + 1, 0) for n in lengths], dtype=np.int64)
         if starts.sum() == 0:
             longest = max(lengths, default=0)
             raise GptjaxError(f"the split has {longest} tokens, fewer than block_size + 1 = {window}; "
                               f"lower model.block_size or add data")
         self.cum_starts = np.cumsum(starts)
-        self._shards: list[np.ndarray] | None = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_shards": None}
 
     @property
-    def shards(self) -> list[np.ndarray]:
-        if self._shards is None:
-            self._shards = [store.read_tokens(p) for p in self.shard_paths]
-        return self._shards
+    def readahead_steps(self) -> int:
+        return self.shards.readahead_steps
 
-    def windows(self, indices: np.ndarray) -> np.ndarray:
-        """int32 [len(indices), window]."""
+    def spans(self, indices: np.ndarray) -> list[remote.Span]:
+        """(shard, start, end) of the windows `indices`."""
         keys = splitmix64(splitmix64(np.uint64(self.seed)) ^ np.asarray(indices).astype(np.uint64))
         flat = (keys % np.uint64(self.cum_starts[-1])).astype(np.int64)
         shard_ids = np.searchsorted(self.cum_starts, flat, side="right")
         offsets = flat - np.concatenate([[0], self.cum_starts[:-1]])[shard_ids]
-        shards = self.shards
-        if len(flat) == 0:
+        return [(int(s), int(o), int(o) + self.window) for s, o in zip(shard_ids, offsets)]
+
+    def windows(self, indices: np.ndarray) -> np.ndarray:
+        """int32 [len(indices), window]."""
+        if len(indices) == 0:
             return np.zeros((0, self.window), np.int32)
-        return np.stack([shards[s][o:o + self.window] for s, o in zip(shard_ids, offsets)]).astype(np.int32)
+        return np.stack(self.shards.read_many(self.spans(indices))).astype(np.int32)
 
     rows = windows
 
+    def prefetch(self, indices: np.ndarray) -> None:
+        """Starts reading the windows `indices` (remote shards), to be asked for by a later step."""
+        self.shards.prefetch(self.spans(indices))
+
+
+def _steps_ahead(step: int, depth: int, queued: int) -> range:
+    """The steps after `step`, at most `depth` ahead, after `queued` (the last step already read ahead)."""
+    return range(max(step, queued) + 1, step + depth + 1)
+
 
 class _StepBatches:
-    """grain map function: step -> this process's rows [local_batch, window] of that step's global batch."""
+    """grain map function: step -> this process's rows [local_batch, window] of that step's global batch; it then
+    reads ahead this process's rows of the next steps (remote shards)."""
 
     def __init__(self, sampler: WindowSampler, global_batch: int, process_index: int, process_count: int):
         self.sampler = sampler
         self.global_batch = global_batch
         self.local_batch = global_batch // process_count
         self.first_row = process_index * self.local_batch
+        self.queued = -1
+
+    def _indices(self, step: int) -> np.ndarray:
+        rows = np.arange(self.first_row, self.first_row + self.local_batch, dtype=np.int64)
+        return np.int64(step) * self.global_batch + rows
 
     def __call__(self, step: int) -> np.ndarray:
-        rows = np.arange(self.first_row, self.first_row + self.local_batch, dtype=np.int64)
-        return self.sampler.windows(np.int64(step) * self.global_batch + rows)
+        windows = self.sampler.windows(self._indices(step))
+        for ahead in _steps_ahead(int(step), self.sampler.readahead_steps, self.queued):
+            self.sampler.prefetch(self._indices(ahead))
+            self.queued = ahead
+        return windows
 
 
 def _cumulative_shares(weights: list[float]) -> list[Fraction]:
@@ -144,7 +164,8 @@ def _stack(parts: list, order: np.ndarray):
 
 
 class _MixtureStepBatches:
-    """grain map function for packed rows and/or mixtures: step -> this process's rows of the global batch."""
+    """grain map function for packed rows and/or mixtures: step -> this process's rows of the global batch; it then
+    reads ahead this process's rows of the next steps (remote shards)."""
 
     def __init__(self, samplers: list, schedule: tuple[MixtureStage, ...], global_batch: int, seed: int,
                  process_index: int, process_count: int):
@@ -154,18 +175,30 @@ class _MixtureStepBatches:
         self.seed = seed
         self.local_batch = global_batch // process_count
         self.first_row = process_index * self.local_batch
+        self.queued = -1
+
+    def _mine(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(component, row index within it) of this process's rows of `step`."""
+        components, indices = mixture_rows(step, self.global_batch, self.schedule, self.seed)
+        mine = slice(self.first_row, self.first_row + self.local_batch)
+        return components[mine], indices[mine]
 
     def __call__(self, step: int):
-        components, indices = mixture_rows(int(step), self.global_batch, self.schedule, self.seed)
-        mine = slice(self.first_row, self.first_row + self.local_batch)
-        components, indices = components[mine], indices[mine]
+        components, indices = self._mine(int(step))
         parts, positions = [], []
         for c, sampler in enumerate(self.samplers):
             chosen = np.flatnonzero(components == c)
             if chosen.size:
                 parts.append(sampler.rows(indices[chosen]))
                 positions.append(chosen)
-        return _stack(parts, np.argsort(np.concatenate(positions), kind="stable"))
+        rows = _stack(parts, np.argsort(np.concatenate(positions), kind="stable"))
+        depth = max(sampler.readahead_steps for sampler in self.samplers)
+        for ahead in _steps_ahead(int(step), depth, self.queued):
+            components, indices = self._mine(ahead)
+            for c, sampler in enumerate(self.samplers):
+                sampler.prefetch(indices[components == c])
+            self.queued = ahead
+        return rows
 
 
 def _sources(data_dir: str | Path, data) -> list[tuple[Path, float]]:
@@ -177,10 +210,11 @@ def _sources(data_dir: str | Path, data) -> list[tuple[Path, float]]:
     return [(Path(data_dir), 1.0)]
 
 
-def _sampler(data_dir: Path, split: str, window: int, seed: int, packing: bool):
+def _sampler(data_dir: Path, split: str, window: int, seed: int, packing: bool, data=None):
+    shards = remote.open_split(data_dir, split, data)
     if packing:
-        return PackedSampler(DocumentTable(data_dir, split), window, seed)
-    return WindowSampler(store.split_shards(data_dir, split), window, seed)
+        return PackedSampler(DocumentTable(data_dir, split, shards), window, seed)
+    return WindowSampler(shards, window, seed)
 
 
 def _component_seed(seed: int, component: int) -> int:
@@ -192,9 +226,10 @@ def _batch_fn(data_dir, split: str, window: int, global_batch: int, seed: int, p
     packing = bool(data is not None and data.packing)
     sources = _sources(data_dir, data)
     if len(sources) == 1 and not packing:
-        return _StepBatches(WindowSampler(store.split_shards(sources[0][0], split), window, seed), global_batch,
-                            process_index, process_count)
-    samplers = [_sampler(path, split, window, _component_seed(seed, c), packing) for c, (path, _) in enumerate(sources)]
+        return _StepBatches(_sampler(sources[0][0], split, window, seed, False, data), global_batch, process_index,
+                            process_count)
+    samplers = [_sampler(path, split, window, _component_seed(seed, c), packing, data)
+                for c, (path, _) in enumerate(sources)]
     schedule = (mixture_schedule(data.mixture, data.mixture_stages) if data is not None and data.mixture
                 else (MixtureStage(0, (1.0,)),))
     return _MixtureStepBatches(samplers, schedule, global_batch, seed, process_index, process_count)
@@ -244,8 +279,8 @@ def eval_batches(data_dir: str | Path, block_size: int, batch_size: int, n_batch
     if data is not None and data.mixture_stages:
         data = dataclasses.replace(data, mixture_stages=())
     if data is None or not (data.packing or data.mixture):
-        sampler = WindowSampler(store.split_shards(data_dir, split), block_size + 1, seed)
-        return [sampler.windows(np.arange(i * batch_size, (i + 1) * batch_size, dtype=np.int64))
-                for i in range(n_batches)]
+        sampler = _sampler(Path(data_dir), split, block_size + 1, seed, False, data)
+        rows = sampler.windows(np.arange(n_batches * batch_size, dtype=np.int64))  # remote shards: read at once
+        return list(rows.reshape(n_batches, batch_size, block_size + 1))
     batches = _batch_fn(data_dir, split, block_size + 1, batch_size, seed, 0, 1, data)
     return [batches(i) for i in range(n_batches)]

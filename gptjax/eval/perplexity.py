@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from gptjax.data import store
 from gptjax.data import tokenizer as tokenizers
+from gptjax.data.remote import read_split
 from gptjax.errors import GptjaxError
 
 Scorer = Callable[[object], tuple[float, float]]  # a batch -> (summed NLL in nats, number of scored targets)
@@ -58,7 +59,7 @@ def check_data_matches(data_dir: str | Path, tokenizer: tokenizers.Tokenizer | N
 
 def split_tokens(data_dir: str | Path, split: str, vocab_size: int, max_tokens: int = 0) -> np.ndarray:
     """A split's tokens in order (the first `max_tokens` + 1 when given), checked to lie in [0, vocab_size)."""
-    tokens = np.concatenate([np.asarray(store.read_tokens(p)) for p in store.split_shards(data_dir, split)])
+    tokens = read_split(data_dir, split)
     tokens = tokens[: max_tokens + 1] if max_tokens else tokens
     if tokens.size and int(tokens.max()) >= vocab_size:
         where = int(np.argmax(tokens >= vocab_size))

@@ -263,8 +263,10 @@ def write_samples(path: str | Path, runs: Sequence[TaskRun]) -> None:
                 f.write(json.dumps(sample, ensure_ascii=False) + "\n")
 
 
-def load_tasks(task_names: Sequence[str], data_dir: Path, shots: int = 0, limit: int | None = None) -> list[LoadedTask]:
-    """Every task's items, so bad data fails before a model is loaded or anything is scored."""
+def load_tasks(task_names: Sequence[str], data_dir: Path | None, shots: int = 0,
+               limit: int | None = None) -> list[LoadedTask]:
+    """Every task's items (from the Hub when `data_dir` is None), so bad data fails before a model is loaded or
+    anything is scored."""
     tasks = [load_task(name, data_dir, shots, limit) for name in task_names]
     for task in tasks:
         if not task.items:

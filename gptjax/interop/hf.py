@@ -1164,21 +1164,24 @@ def next_steps(tokenizer: tokenizers.Tokenizer | None, workdir: Path) -> str:
 
 
 def import_hf(src: str | Path, workdir: str | Path, block_size: int | None = None,
-              tokenizer_dir: str | Path | None = None) -> tuple[Config, HfModel]:
+              tokenizer_dir: str | Path | None = None, hub_source: str | None = None) -> tuple[Config, HfModel]:
     """Imports an HF model directory into a new gptjax workdir (step-0 checkpoint); returns (config, model read).
 
-    The tokenizer is `tokenizer_dir`'s when given, else `src`'s; a weights-only `src` imports without one."""
+    The tokenizer is `tokenizer_dir`'s when given, else `src`'s; a weights-only `src` imports without one.
+    `hub_source`: the pinned Hub id (`ORG/NAME@COMMIT`) `src` is the cached snapshot of, recorded instead of the
+    cache path."""
     src = Path(src)
     workdir = Path(workdir).absolute()
     fileio.require_empty_destination(workdir, "--workdir")
     hf_model = read_hf_dir(src, block_size, tokenizer_dir)
-    cfg = imported_config(hf_model.model, hf_model.tokenizer, f"{hf_model.family}-{src.absolute().name}", workdir)
-    provenance = {"format": "hf", "src": str(src.absolute()), "model_type": hf_model.family,
+    name = hub_source.split("@")[0].split("/")[-1] if hub_source else src.absolute().name
+    cfg = imported_config(hf_model.model, hf_model.tokenizer, f"{hf_model.family}-{name}", workdir)
+    provenance = {"format": "hf", "src": hub_source or str(src.absolute()), "model_type": hf_model.family,
                   "architectures": hf_model.hf_config.get("architectures"),
                   "transformers_version": hf_model.hf_config.get("transformers_version"),
                   "tokenizer_dir": None if tokenizer_dir is None else str(Path(tokenizer_dir).absolute())}
     advice = next_steps(hf_model.tokenizer, workdir)
-    header = (f"Imported from {src.absolute()} ({ARCHITECTURES[hf_model.family]}).\n\n"
+    header = (f"Imported from {hub_source or src.absolute()} ({ARCHITECTURES[hf_model.family]}).\n\n"
               f"{advice[0].upper()}{advice[1:]}.\n"
               f"Only the fields gptjax lets a resumed run change (e.g. train.steps) may differ from this file.\n")
     run_lib.write_workdir(cfg, hf_model.params, hf_model.tokenizer, workdir, provenance, header)

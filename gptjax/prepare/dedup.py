@@ -271,26 +271,29 @@ def candidate_groups(band_column: np.ndarray, alive: np.ndarray) -> Iterable[np.
         yield alive_index[order[start:end]]
 
 
-def cluster_band_group(group: np.ndarray, clusters: UnionFind, similar: Callable[[int, int], bool]) -> int:
-    """Merges the near-duplicates among one band group (ascending indices); returns the comparisons made.
+def group_candidate_pairs(group: np.ndarray) -> Iterable[tuple[int, int]]:
+    """The pairs of one band group (ascending indices) that near dedup verifies: every member with the group's
+    first (a star) and with the member before it (a path), so a flood of copies costs linear work.
 
-    In corpus order, each member is compared with the group's members that represent other clusters; one that
-    joined a cluster represents nothing new, so a flood of copies keeps the comparisons linear.
-    """
-    representatives = [int(group[0])]
+    Near-duplicates are the connected components of the verified pairs over all bands, a pure function of the
+    corpus: any runner (union-find here, label propagation in Beam) that verifies these pairs finds the same
+    clusters. Pairs are (smaller, larger)."""
+    members = [int(member) for member in group]
+    for position in range(1, len(members)):
+        yield members[0], members[position]
+        if position > 1:
+            yield members[position - 1], members[position]
+
+
+def cluster_band_group(group: np.ndarray, clusters: UnionFind, similar: Callable[[int, int], bool]) -> int:
+    """Merges the verified pairs of one band group into `clusters`; returns the comparisons made (a pair whose
+    documents are already in one cluster is skipped: it cannot change the components)."""
     comparisons = 0
-    for member in map(int, group[1:]):
-        represented = False
-        for other in representatives:
-            if clusters.find(other) == clusters.find(member):
-                represented = True
-            else:
-                comparisons += 1
-                if similar(member, other):
-                    clusters.union(member, other)
-                    represented = True
-        if not represented:
-            representatives.append(member)
+    for first, second in group_candidate_pairs(group):
+        if clusters.find(first) != clusters.find(second):
+            comparisons += 1
+            if similar(first, second):
+                clusters.union(first, second)
     return comparisons
 
 

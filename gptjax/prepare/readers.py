@@ -143,7 +143,8 @@ def _expand_folder(folder: Path, unsupported: set[Path]) -> list[Path]:
 def resolve_inputs(
     inputs: str | os.PathLike | Iterable[str | os.PathLike], stats: ReadStats | None = None
 ) -> list[Path]:
-    """Expand files, folders (recursively) and glob patterns into a sorted, de-duplicated file list.
+    """Expand files, folders (recursively), glob patterns and Hugging Face datasets (`hf://datasets/ORG/NAME[/PATH]`)
+    into a sorted, de-duplicated file list.
 
     Raises InputPathError for an input that does not exist, a glob or folder with no readable
     file, or a named file with an unsupported suffix.
@@ -156,7 +157,9 @@ def resolve_inputs(
     unsupported: set[Path] = set()
     for spec in map(os.fspath, specs):
         path = Path(spec)
-        if path.is_dir():
+        if spec.startswith("hf://"):
+            found = _hub_dataset_files(spec, unsupported)
+        elif path.is_dir():
             found = _expand_folder(path, unsupported)
             if not found:
                 raise _missing_path_error(spec, "folder")
@@ -185,6 +188,22 @@ def resolve_inputs(
     for path in sorted(unsupported, key=str):
         stats.add("unsupported_file", str(path))
     return sorted(files, key=str)
+
+
+def _hub_dataset_files(spec: str, unsupported: set) -> list:
+    """The supported files of a Hub dataset `hf://datasets/ORG/NAME[@REVISION][/PATH]`, each downloaded only when
+    the reader opens it (gptjax.hub.HubFile)."""
+    from gptjax import hub
+
+    if not spec.startswith(hub.DATASET_SCHEME):
+        raise InputPathError(f"input {spec!r}: a Hub input is hf://datasets/ORG/NAME[@REVISION][/PATH]")
+    listed = hub.dataset_files(spec)
+    found = [file for file in listed if has_supported_suffix(Path(file.name))]
+    unsupported.update(file for file in listed if not has_supported_suffix(Path(file.name)))
+    if not found:
+        raise InputPathError(f"input {spec!r} holds no {', '.join(SUPPORTED_SUFFIXES)} file "
+                             f"({len(listed)} files listed); check the path inside the dataset")
+    return found
 
 
 class TruncatedStreamError(EOFError):

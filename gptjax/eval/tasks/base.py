@@ -1,6 +1,7 @@
 """What every task module produces: items that are pure data (prompts already built), plus what was read and skipped.
 
-A task module turns local data files into one of three item kinds, each matching an lm-eval output type:
+A task module turns local data files, or the rows of the Hugging Face dataset lm-eval's task reads (`hub_rows`), into
+one of three item kinds, each matching an lm-eval output type:
 - `ChoiceItem` (multiple_choice): one log-likelihood request per choice; acc / acc_norm over them.
 - `ContinuationItem` (loglikelihood): one request; its log-likelihood (perplexity) and is-greedy flag (acc).
 - `RollingItem` (loglikelihood_rolling): a whole document's log-likelihood over rolling windows.
@@ -70,6 +71,41 @@ class LoadedTask:
     files: dict[str, str]
     shots: int
     group_categories: dict[str, str] = dataclasses.field(default_factory=dict)  # MMLU: subject -> category
+
+
+PARQUET_REVISION = "refs/convert/parquet"  # the Hub's parquet conversion of every dataset with a viewer
+
+
+def hub_config_rows(task: str, repo_id: str, configs: tuple[str, ...], splits: tuple[str, ...]
+                    ) -> tuple[dict[tuple[str, str], list[dict]], list[Path]]:
+    """The rows of every (config, split) of `repo_id` (the dataset, configs and splits of lm-eval's task YAML),
+    read from the Hub's parquet conversion through huggingface_hub's cache (one snapshot), in dataset order; and
+    the files read."""
+    import pyarrow.parquet as pq
+
+    from gptjax import hub
+
+    patterns = tuple(f"{config}/{prefix}{split}/*.parquet" for config in configs for split in splits
+                     for prefix in ("", "partial-"))
+    snapshot = hub.snapshot(f"{repo_id}@{PARQUET_REVISION}", f"task {task}: dataset", patterns, repo_type="dataset")
+    rows, paths = {}, []
+    for config in configs:
+        for split in splits:
+            files = (sorted((snapshot.path / config / split).glob("*.parquet"))
+                     or sorted((snapshot.path / config / f"partial-{split}").glob("*.parquet")))
+            if not files:
+                raise GptjaxError(f"task {task}: the Hub dataset {repo_id} has no {config}/{split} parquet files at "
+                                  f"{snapshot.pinned_id} (in {snapshot.path}); download them online once or point "
+                                  f"--data-dir at local data")
+            rows[config, split] = [row for path in files for row in pq.read_table(path).to_pylist()]
+            paths += files
+    return rows, paths
+
+
+def hub_rows(task: str, repo_id: str, config: str, split: str) -> tuple[list[dict], list[Path]]:
+    """The rows of one split of one config of a Hub dataset (see `hub_config_rows`)."""
+    rows, paths = hub_config_rows(task, repo_id, (config,), (split,))
+    return rows[config, split], paths
 
 
 def task_file(task: str, data_dir: Path, relative: str) -> Path:

@@ -21,12 +21,14 @@ from gptjax.eval.tasks.base import (
     Skipped,
     assemble,
     checked_gold,
+    hub_rows,
     jsonl_built,
     string_list_problem,
     task_file,
 )
 
 FILE = "hellaswag/hellaswag_val.jsonl"
+HUB = ("Rowan/hellaswag", "default", "validation")  # lm-eval's dataset_path, dataset_name, validation_split
 N_CHOICES = 4
 
 
@@ -61,3 +63,24 @@ def load(data_dir: Path, shots: int, limit: int | None) -> LoadedTask:
     path = task_file("hellaswag", data_dir, FILE)
     return assemble("hellaswag", "multiple_choice", ("acc", "acc_norm"), jsonl_built("hellaswag", path, build_item),
                     [path], 0, limit)
+
+
+def build_hub_item(index: int, row: dict) -> ChoiceItem | Skipped:
+    """An item from a Rowan/hellaswag row, exactly as lm-eval's process_docs builds query, choices and gold."""
+    fields = ("activity_label", "ctx_a", "ctx_b")
+    if not all(isinstance(row.get(field), str) for field in fields):
+        return Skipped(index, f"{', '.join(fields)} must be strings")
+    label = row.get("label")
+    gold = int(label) if isinstance(label, (str, int)) and str(label).isdigit() else None
+    why = string_list_problem("endings", row.get("endings"), N_CHOICES) or checked_gold(gold, N_CHOICES)
+    if why:
+        return Skipped(index, why)
+    query = preprocess(row["activity_label"] + ": " + row["ctx_a"] + " " + row["ctx_b"].capitalize())
+    choices = tuple(preprocess(ending) for ending in row["endings"])
+    return ChoiceItem(index, (query,) * N_CHOICES, tuple(TARGET_DELIMITER + c for c in choices), choices, gold)
+
+
+def load_hub(shots: int, limit: int | None) -> LoadedTask:
+    rows, paths = hub_rows("hellaswag", *HUB)
+    built = [build_hub_item(i, row) for i, row in enumerate(rows)]
+    return assemble("hellaswag", "multiple_choice", ("acc", "acc_norm"), built, paths, 0, limit)

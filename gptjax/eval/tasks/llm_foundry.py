@@ -20,6 +20,7 @@ from gptjax.eval.tasks.base import (
     Skipped,
     assemble,
     checked_gold,
+    hub_rows,
     jsonl_built,
     string_list_problem,
     task_file,
@@ -30,6 +31,11 @@ FILES = {"arc_easy": "llm_foundry_evals/arc_easy.jsonl", "arc_challenge": "llm_f
 QUESTION_PREFIX = "Question: "
 ANSWER_CUE = "\nAnswer:"
 N_CHOICES = {"arc_easy": None, "arc_challenge": None, "piqa": 2, "winogrande": 2}
+# lm-eval's dataset_path, dataset_name and evaluated split of each task
+HUB = {"arc_easy": ("allenai/ai2_arc", "ARC-Easy", "test"),
+       "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge", "test"),
+       "piqa": ("baber/piqa", "default", "validation"),
+       "winogrande": ("allenai/winogrande", "winogrande_xl", "validation")}
 
 
 def question_prompt(query: str) -> str:
@@ -67,3 +73,33 @@ def load(task: str, data_dir: Path, shots: int, limit: int | None) -> LoadedTask
                         0, limit)
     build = lambda index, row: build_question_item(task, index, row)
     return assemble(task, "multiple_choice", ("acc", "acc_norm"), jsonl_built(task, path, build), [path], 0, limit)
+
+
+def hub_row(task: str, row: dict) -> dict:
+    """A row of the task's Hub dataset in the layout the builders read (lm-eval's prompts come out unchanged):
+    ARC's question and labelled choices, PIQA's goal and two solutions, WinoGrande's sentence with its "_" blank."""
+    try:
+        if task == "winogrande":
+            sentence = row["sentence"]
+            blank = sentence.index("_")
+            return {"context_options": [sentence[:blank] + row["option1"], sentence[:blank] + row["option2"]],
+                    "continuation": sentence[blank + 1:], "gold": {"1": 0, "2": 1}.get(row["answer"])}
+        if task == "piqa":
+            return {"query": QUESTION_PREFIX + row["goal"] + "\n", "choices": [row["sol1"], row["sol2"]],
+                    "gold": row["label"]}
+        choices = row["choices"]
+        return {"query": QUESTION_PREFIX + row["question"], "choices": choices["text"],
+                "gold": list(choices["label"]).index(row["answerKey"])}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return {}
+
+
+def load_hub(task: str, shots: int, limit: int | None) -> LoadedTask:
+    repo_id, config, split = HUB[task]
+    rows, paths = hub_rows(task, repo_id, config, split)
+    converted = [hub_row(task, row) for row in rows]
+    if task == "winogrande":
+        return assemble(task, "multiple_choice", ("acc",),
+                        [build_winogrande_item(i, row) for i, row in enumerate(converted)], paths, 0, limit)
+    built = [build_question_item(task, i, row) for i, row in enumerate(converted)]
+    return assemble(task, "multiple_choice", ("acc", "acc_norm"), built, paths, 0, limit)

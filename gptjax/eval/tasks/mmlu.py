@@ -23,12 +23,15 @@ from gptjax.eval.tasks.base import (
     LoadedTask,
     Skipped,
     assemble,
+    hub_config_rows,
     read_text,
     task_file,
 )
 
 LETTERS = ("A", "B", "C", "D")
 CATEGORIES_FILE = "mmlu/subject_categories.json"
+HUB_REPO = "cais/mmlu"  # lm-eval's mmlu dataset_path; dataset_name = the subject
+BUNDLED_CATEGORIES = Path(__file__).with_name("mmlu_subject_categories.json")  # SOURCE: see mmlu_SOURCE.md
 CATEGORY_KEYS = {"STEM": "stem", "humanities": "humanities", "social sciences": "social_sciences",
                  "other (business, health, misc.)": "other"}
 
@@ -96,25 +99,58 @@ def subject_items(subject: str, test_rows: list[list[str]], prefix: str, limit: 
     return built
 
 
+def subject_task(categories: dict[str, str], rows: dict[str, tuple[list[list[str]], list[list[str]]]],
+                 paths: list[Path], shots: int, limit: int | None, where: str) -> LoadedTask:
+    """The task over each subject's (test rows, dev rows): `shots` dev examples before every question."""
+    built = []
+    for subject, (test_rows, dev_rows) in sorted(rows.items()):
+        if subject not in categories:
+            raise GptjaxError(f"task mmlu: subject {subject} has no category in {where}; use the shared data's "
+                              "subject_categories.json")
+        dev_rows = [row for row in dev_rows if not row_problem(row)]
+        if shots > len(dev_rows):
+            raise GptjaxError(f"task mmlu: --shots {shots} is more than the {len(dev_rows)} dev examples of "
+                              f"{subject} ({where}); use --shots {len(dev_rows)} or fewer")
+        built += subject_items(subject, test_rows, fewshot_prefix(subject, dev_rows, shots), limit)
+    subjects = {item.group for item in built if isinstance(item, ChoiceItem)}
+    return assemble("mmlu", "multiple_choice", ("acc",), built, paths, shots, None,
+                    {subject: categories[subject] for subject in sorted(subjects)})
+
+
 def load(data_dir: Path, shots: int, limit: int | None) -> LoadedTask:
     categories = subject_categories(data_dir)
-    built, paths = [], [data_dir / CATEGORIES_FILE]
+    rows, paths = {}, [data_dir / CATEGORIES_FILE]
     for subject in subjects_in(data_dir):
-        if subject not in categories:
-            raise GptjaxError(f"task mmlu: subject {subject} has no category in {data_dir / CATEGORIES_FILE}; "
-                              "use the shared data's subject_categories.json")
         test_path = task_file("mmlu", data_dir, f"mmlu/test/{subject}_test.csv")
         paths.append(test_path)
         dev_rows = []
         if shots:
             dev_path = task_file("mmlu", data_dir, f"mmlu/dev/{subject}_dev.csv")
             paths.append(dev_path)
-            dev_rows = [row for row in csv_rows("mmlu", dev_path) if not row_problem(row)]
-            if shots > len(dev_rows):
-                raise GptjaxError(f"task mmlu: --shots {shots} is more than the {len(dev_rows)} dev examples of "
-                                  f"{subject} ({dev_path}); use --shots {len(dev_rows)} or fewer")
-        prefix = fewshot_prefix(subject, dev_rows, shots)
-        built += subject_items(subject, csv_rows("mmlu", test_path), prefix, limit)
-    subjects = {item.group for item in built if isinstance(item, ChoiceItem)}
-    return assemble("mmlu", "multiple_choice", ("acc",), built, paths, shots, None,
-                    {subject: categories[subject] for subject in sorted(subjects)})
+            dev_rows = csv_rows("mmlu", dev_path)
+        rows[subject] = (csv_rows("mmlu", test_path), dev_rows)
+    return subject_task(categories, rows, paths, shots, limit, str(data_dir / CATEGORIES_FILE))
+
+
+def hub_row(row: dict) -> list[str]:
+    """A cais/mmlu row as the CSV columns: question, A-D, answer letter."""
+    answer = row.get("answer")
+    letter = LETTERS[answer] if isinstance(answer, int) and 0 <= answer < len(LETTERS) else str(answer)
+    return [row.get("question"), *list(row.get("choices") or []), letter]
+
+
+def load_hub(shots: int, limit: int | None) -> LoadedTask:
+    """MMLU from cais/mmlu (lm-eval's dataset: one config per subject, test split, few-shot from dev), subjects and
+    categories from the bundled copy of hendrycks/test's categories."""
+    categories = bundled_categories()
+    subjects = tuple(sorted(categories))
+    splits = ("test", "dev") if shots else ("test",)
+    split_rows, paths = hub_config_rows("mmlu", HUB_REPO, subjects, splits)
+    rows = {subject: ([hub_row(r) for r in split_rows[subject, "test"]],
+                      [hub_row(r) for r in split_rows.get((subject, "dev"), [])]) for subject in subjects}
+    return subject_task(categories, rows, paths, shots, limit, BUNDLED_CATEGORIES.name)
+
+
+def bundled_categories() -> dict[str, str]:
+    raw = json.loads(BUNDLED_CATEGORIES.read_text(encoding="utf-8"))["subject_to_category"]
+    return {subject: CATEGORY_KEYS[name] for subject, name in raw.items()}

@@ -16,9 +16,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gptjax.eval.tasks.base import LoadedTask, RollingItem, assemble, read_text, task_file
+from gptjax.eval.tasks.base import LoadedTask, RollingItem, assemble, hub_rows, read_text, task_file
 
 FILE = "wikitext2/test.txt"
+HUB = ("EleutherAI/wikitext_document_level", "wikitext-2-raw-v1", "test")  # lm-eval's wikitext dataset
 
 
 def is_title_line(line: str) -> bool:
@@ -60,9 +61,20 @@ def detokenize(text: str) -> str:
     return text
 
 
+def page_items(pages: list[str], paths: list[Path], limit: int | None) -> LoadedTask:
+    """The task over WikiText pages: each detokenized, its words and bytes counted before, as lm-eval does."""
+    items = [RollingItem(i, detokenize(page), len(re.split(r"\s+", page)), len(page.encode("utf-8")))
+             for i, page in enumerate(pages)]
+    return assemble("wikitext2", "loglikelihood_rolling", ("word_perplexity", "byte_perplexity", "bits_per_byte"),
+                    items, paths, 0, limit)
+
+
 def load(data_dir: Path, shots: int, limit: int | None) -> LoadedTask:
     path = task_file("wikitext2", data_dir, FILE)
-    items = [RollingItem(i, detokenize(page), len(re.split(r"\s+", page)), len(page.encode("utf-8")))
-             for i, page in enumerate(documents(read_text("wikitext2", path)))]
-    return assemble("wikitext2", "loglikelihood_rolling", ("word_perplexity", "byte_perplexity", "bits_per_byte"),
-                    items, [path], 0, limit)
+    return page_items(documents(read_text("wikitext2", path)), [path], limit)
+
+
+def load_hub(shots: int, limit: int | None) -> LoadedTask:
+    rows, paths = hub_rows("wikitext2", *HUB)
+    pages = [row["page"] for row in rows if isinstance(row.get("page"), str)]
+    return page_items(pages, paths, limit)

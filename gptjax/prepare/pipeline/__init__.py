@@ -4,8 +4,10 @@ tokenizer -> tokenize -> shards, resumable, with a report.
 Every stage is a pure function over a chunk of documents (gptjax.prepare.stages) or over per-document keys
 (gptjax.prepare.dedup), run with the settings `gptjax.prepare.settings` checks and keys; this package only moves their
 inputs and outputs through a work directory beside the output
-(`.<out>.work/`), running the per-chunk tasks on an `Executor`. Modules:
+(`.<out>.work/`); a `PhaseRunner` decides where each phase's work runs. Modules:
 
+- `runner`: the `PhaseRunner` interface and `LocalRunner` (per-chunk tasks on an `Executor`, corpus-wide work in
+  this process); `beam`: `BeamRunner`, every phase as Apache Beam pipelines, with the same output byte for byte;
 - `executor`: the `Executor` interface (`map`, `shutdown`) and `LocalExecutor`, the process pool;
 - `chunk_files`: the work directory's files (cleaned chunks, token parts, dedup arrays, done markers);
 - phases, in order: `clean`, `corpus_dedup`, `tokenizer`, `tokenize`, `shards` (`survivors` reads what dedup

@@ -19,12 +19,18 @@ _READ_REPAIR_REASONS = ("files", "documents", "invalid_utf8_bytes", "invalid_utf
 _FILE_LEVEL_DROPS = ("binary_file", "empty_file", "unsupported_file", "corrupt_file", "missing_text_column")
 
 
+def reader_config_for(data: DataConfig) -> readers.ReaderConfig:
+    prepare = data.prepare
+    return readers.ReaderConfig(txt_mode=prepare.txt_mode, text_field=prepare.text_field,
+                                text_column=prepare.text_field, max_record_bytes=prepare.max_doc_bytes)
+
+
 def clean_task(clean_dir: str, chunk: int, documents: list[Document], data: DataConfig) -> None:
     """Cleans one chunk and writes its files (runs in a worker: module level, pure over its arguments)."""
     chunk_files.write_clean_chunk(Path(clean_dir), chunk, stages.clean_chunk(documents, data))
 
 
-def _chunks(documents: Iterable[Document], chunk_bytes: int, stats: StageStats) -> Iterator[list[Document]]:
+def document_chunks(documents: Iterable[Document], chunk_bytes: int, stats: StageStats) -> Iterator[list[Document]]:
     """Consecutive runs of documents of about `chunk_bytes` of text each; counts what the reader let through."""
     chunk: list[Document] = []
     size = 0
@@ -45,7 +51,7 @@ def _chunks(documents: Iterable[Document], chunk_bytes: int, stats: StageStats) 
         yield chunk
 
 
-def _read_stage(read_stats: readers.ReadStats, chunk_stats: StageStats, files: list[Path]) -> StageStats:
+def read_stage(read_stats: readers.ReadStats, chunk_stats: StageStats, files: list[Path]) -> StageStats:
     """The read stage's report entry: documents out, records and files dropped by reason, repairs as notes."""
     stats = StageStats(docs_out=chunk_stats.docs_out, bytes_out=chunk_stats.bytes_out, seconds=chunk_stats.seconds)
     stats.bytes_in = sum(path.stat().st_size for path in files)
@@ -65,8 +71,7 @@ def clean_phase(files: list[Path], work: Path, data: DataConfig, executor: Execu
     prepare = data.prepare
     clean_dir = work / "clean"
     read_stats = readers.ReadStats()
-    reader_config = readers.ReaderConfig(txt_mode=prepare.txt_mode, text_field=prepare.text_field,
-                                         text_column=prepare.text_field, max_record_bytes=prepare.max_doc_bytes)
+    reader_config = reader_config_for(data)
     chunk_stats = StageStats()
     documents = readers.read_documents(files, reader_config, read_stats)
     reused = computed = n_chunks = 0
@@ -74,7 +79,7 @@ def clean_phase(files: list[Path], work: Path, data: DataConfig, executor: Execu
 
     def pending_tasks() -> Iterator[tuple]:
         nonlocal n_chunks, reused
-        for index, chunk in enumerate(_chunks(documents, prepare.chunk_bytes, chunk_stats)):
+        for index, chunk in enumerate(document_chunks(documents, prepare.chunk_bytes, chunk_stats)):
             n_chunks = index + 1
             if chunk_files.read_done(chunk_files.clean_paths(clean_dir, index)["done.json"]) is not None:
                 reused += 1
@@ -86,10 +91,15 @@ def clean_phase(files: list[Path], work: Path, data: DataConfig, executor: Execu
         computed += 1
         bar.update(1)
     bar.close()
-    done = [chunk_files.read_done(chunk_files.clean_paths(clean_dir, i)["done.json"]) for i in range(n_chunks)]
-    stage_stats = merge_stage_maps([stages_from_json(d["stats"]) for d in done])
-    stage_stats["read"] = _read_stage(read_stats, chunk_stats, files)
+    stage_stats = chunk_stage_stats(clean_dir, n_chunks)
+    stage_stats["read"] = read_stage(read_stats, chunk_stats, files)
     return CleanResult(n_chunks, stage_stats, ResumeCounts(reused, computed))
+
+
+def chunk_stage_stats(clean_dir: Path, n_chunks: int) -> dict[str, StageStats]:
+    """The cleaning stages' report entries, summed over the cleaned chunks' done markers in corpus order."""
+    done = [chunk_files.read_done(chunk_files.clean_paths(clean_dir, i)["done.json"]) for i in range(n_chunks)]
+    return merge_stage_maps([stages_from_json(d["stats"]) for d in done])
 
 
 def n_clean_documents(work: Path, n_chunks: int) -> int:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,19 @@ def _near_roots(index: CorpusIndex, alive: np.ndarray, clean_dir: Path, data: Da
     return dedup.near_duplicate_roots(index.n_docs, band_columns(), alive, similar)
 
 
-_DEDUP_STAGES = (("dedup_exact", ("exact", "near"), _exact_roots), ("dedup_near", ("near",), _near_roots))
+Clustering = Callable[[CorpusIndex, np.ndarray, Path, DataConfig, bool], tuple[np.ndarray, dict]]
+
+
+@dataclass(frozen=True)
+class DedupKernels:
+    """The corpus-wide computations of this phase, which a runner may distribute: exact and near clustering (each
+    document's root: the first member of its cluster) and the frequent boilerplate unit keys."""
+
+    exact: Clustering
+    near: Clustering
+    frequent_units: Callable[[Path, CorpusIndex, np.ndarray, int], np.ndarray]
+
+
 
 
 def frequent_unit_keys(clean_dir: Path, index: CorpusIndex, alive: np.ndarray, max_count: int) -> np.ndarray:
@@ -103,7 +116,11 @@ def frequent_unit_keys(clean_dir: Path, index: CorpusIndex, alive: np.ndarray, m
     return np.sort(np.concatenate(frequent)) if frequent else np.zeros(0, np.uint64)
 
 
-def dedup_phase(work: Path, n_chunks: int, data: DataConfig, show_progress: bool) -> DedupResult:
+LOCAL_KERNELS = DedupKernels(exact=_exact_roots, near=_near_roots, frequent_units=frequent_unit_keys)
+
+
+def dedup_phase(work: Path, n_chunks: int, data: DataConfig, show_progress: bool,
+                kernels: DedupKernels = LOCAL_KERNELS) -> DedupResult:
     """Corpus-wide exact/near dedup, boilerplate counting and the split decision (reused when cached)."""
     marker = work / "dedup.json"
     cached = chunk_files.read_done(marker)
@@ -117,7 +134,8 @@ def dedup_phase(work: Path, n_chunks: int, data: DataConfig, show_progress: bool
     duplicate_of = np.full(index.n_docs, -1, dtype=np.int64)
     duplicate_stage = np.zeros(index.n_docs, dtype=np.int8)
     stage_stats: dict[str, StageStats] = {}
-    for stage, modes, cluster in _DEDUP_STAGES:
+    for stage, modes, cluster in (("dedup_exact", ("exact", "near"), kernels.exact),
+                                  ("dedup_near", ("near",), kernels.near)):
         if prepare.dedup not in modes:
             continue
         started = time.perf_counter()
@@ -132,7 +150,7 @@ def dedup_phase(work: Path, n_chunks: int, data: DataConfig, show_progress: bool
         alive = keep
     if prepare.boilerplate != "none":
         started = time.perf_counter()
-        frequent = frequent_unit_keys(clean_dir, index, alive, prepare.boilerplate_max_count)
+        frequent = kernels.frequent_units(clean_dir, index, alive, prepare.boilerplate_max_count)
         chunk_files.save_npy_atomic(work / chunk_files.BOILERPLATE, frequent)
         stage_stats["boilerplate"] = StageStats(seconds=time.perf_counter() - started)
         stage_stats["boilerplate"].notes["frequent_units"] = int(frequent.size)

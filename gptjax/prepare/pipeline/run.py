@@ -2,6 +2,7 @@
 write the report and manifest, and move the finished output into place with one rename."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -11,20 +12,20 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from gptjax import fileio
 from gptjax.config import DataConfig
 from gptjax.data import store
 from gptjax.data import tokenizer as tokenizers
+from gptjax.data.sources import cache_root
 from gptjax.errors import GptjaxError
 from gptjax.fileio import exclusive_lock, read_json, write_json_atomic
 from gptjax.prepare import readers, settings
 from gptjax.prepare.pipeline import chunk_files
-from gptjax.prepare.pipeline.clean import clean_phase, n_clean_documents
-from gptjax.prepare.pipeline.corpus_dedup import dedup_phase
+from gptjax.prepare.pipeline.clean import n_clean_documents
 from gptjax.prepare.pipeline.decisions import write_decisions
 from gptjax.prepare.pipeline.executor import Executor, LocalExecutor
 from gptjax.prepare.pipeline.results import DedupResult, ShardResult, TokenizerInfo
-from gptjax.prepare.pipeline.shards import shard_phase
-from gptjax.prepare.pipeline.tokenize import tokenize_phase
+from gptjax.prepare.pipeline.runner import LocalRunner, PhaseRunner
 from gptjax.prepare.pipeline.tokenizer import tokenizer_phase
 from gptjax.prepare.report import (
     StageStats,
@@ -46,7 +47,7 @@ def work_dir_for(out_dir: Path) -> Path:
 
 def read_report(data_dir: str | Path) -> dict:
     """The stage report of a prepared directory."""
-    return read_json(Path(data_dir) / REPORT, "prepare report", "prepare the data again with gptjax prepare")
+    return read_json(fileio.as_path(data_dir) / REPORT, "prepare report", "prepare the data again with gptjax prepare")
 
 
 def _work_settings(files: list[Path], data: DataConfig) -> dict:
@@ -105,30 +106,34 @@ def _nothing_left(stage_stats: dict[str, StageStats], where: str) -> GptjaxError
 
 
 def run_pipeline(inputs: str | Iterable[str], out_dir: str | Path, data: DataConfig, show_progress: bool = True,
-                 decisions: str | Path | None = None, executor: Executor | None = None) -> dict:
+                 decisions: str | Path | None = None, executor: Executor | None = None,
+                 runner: PhaseRunner | None = None) -> dict:
     """Prepares `inputs` into the new directory `out_dir` and returns its manifest (resuming an interrupted run).
 
     `data` gives the tokenizer (`tokenizer`, `tokenizer_dir`, `vocab_size`), `val_fraction` and every stage
     setting (`prepare`); its `inputs` field is not read. `decisions`: also write the per-document decisions file
-    there. `executor`: where the per-chunk tasks run (default: a local pool of `data.prepare.workers` processes).
+    there. `runner`: who runs the phases (default: this machine, per-chunk tasks on `executor`, by default a local
+    pool of `data.prepare.workers` processes; gptjax.prepare.pipeline.beam.BeamRunner runs them on Apache Beam).
     """
     settings.check(data)
+    if fileio.is_remote(out_dir):
+        return _run_to_remote(inputs, str(out_dir).rstrip("/"), data, show_progress, decisions, executor, runner)
     out_dir = Path(out_dir).absolute()
     _check_new_output(out_dir)
-    files = readers.resolve_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
+    files = readers.resolve_inputs(_input_list(inputs))
     with exclusive_lock(out_dir.parent / f".{out_dir.name}.lock", f"the prepare of {out_dir}", wait=True):
         if (out_dir / store.MANIFEST).exists():  # a concurrent prepare finished it while this one waited
             return _same_output(out_dir, files, data)
         _check_new_output(out_dir)
-        executor = executor or LocalExecutor(data.prepare.workers)
+        runner = runner or LocalRunner(executor or LocalExecutor(data.prepare.workers))
         try:
-            return _run_locked(files, out_dir, data, executor, show_progress,
+            return _run_locked(files, out_dir, data, runner, show_progress,
                                Path(decisions).absolute() if decisions else None)
         finally:
-            executor.shutdown()
+            runner.shutdown()
 
 
-def _run_locked(files: list[Path], out_dir: Path, data: DataConfig, executor: Executor, show_progress: bool,
+def _run_locked(files: list[Path], out_dir: Path, data: DataConfig, runner: PhaseRunner, show_progress: bool,
                 decisions: Path | None) -> dict:
     started = time.perf_counter()
     work = work_dir_for(out_dir)
@@ -141,26 +146,26 @@ def _run_locked(files: list[Path], out_dir: Path, data: DataConfig, executor: Ex
         wall[phase] = time.perf_counter() - phase_start
         return result
 
-    cleaned = timed("read+clean", clean_phase, files, work, data, executor, show_progress)
+    cleaned = timed("read+clean", runner.clean, files, work, data, show_progress)
     stage_stats = cleaned.stats
     if n_clean_documents(work, cleaned.n_chunks) == 0:
         shutil.rmtree(work, ignore_errors=True)
         raise _nothing_left(stage_stats, "cleaning")
-    deduped = timed("dedup", dedup_phase, work, cleaned.n_chunks, data, show_progress)
+    deduped = timed("dedup", runner.dedup, work, cleaned.n_chunks, data, show_progress)
     stage_stats = merge_stage_maps([stage_stats, deduped.stats])
     keep = np.load(work / chunk_files.KEEP)
     index = chunk_files.load_corpus_index(work / "clean", cleaned.n_chunks)
     stage_stats["split"] = _split_stage(deduped, int(index.n_bytes[keep].sum()))
     tok = timed("tokenizer", tokenizer_phase, work, index.chunk_starts, keep, deduped, data, show_progress)
-    tokenized = timed("tokenize", tokenize_phase, work, index.chunk_starts, keep, deduped, tok.fingerprint, data,
-                      executor, show_progress)
+    tokenized = timed("tokenize", runner.tokenize, work, index.chunk_starts, keep, deduped, tok.fingerprint, data,
+                      show_progress)
     part_done = [chunk_files.read_done(chunk_files.part_paths(work / "parts", p)["done.json"])
                  for p in range(tokenized.n_parts)]
     stage_stats = merge_stage_maps([stage_stats] + [stages_from_json(d["stats"]) for d in part_done])
     if sum(d["n_docs"]["train"] + d["n_docs"]["val"] for d in part_done) == 0:
         shutil.rmtree(work, ignore_errors=True)
         raise _nothing_left(stage_stats, "tokenization")
-    sharded = timed("shard", shard_phase, work, tokenized.n_parts, tok, data.prepare.shard_tokens, show_progress)
+    sharded = timed("shard", runner.shard, work, tokenized.n_parts, tok, data.prepare.shard_tokens, show_progress)
     stage_stats["shard"] = sharded.stats
     wall["total"] = time.perf_counter() - started
 
@@ -172,6 +177,7 @@ def _run_locked(files: list[Path], out_dir: Path, data: DataConfig, executor: Ex
         "tokenizer": tok.to_json(),
         "resume": {"clean_chunks": cleaned.counts.to_json(), "token_parts": tokenized.counts.to_json(),
                    "shards": sharded.counts.to_json()},
+        "runner": runner.name,
         "workers": data.prepare.workers,
         "table": render_table(stage_stats, wall).splitlines(),
     }
@@ -191,6 +197,39 @@ def _run_locked(files: list[Path], out_dir: Path, data: DataConfig, executor: Ex
     os.rename(final, out_dir)
     shutil.rmtree(work, ignore_errors=True)
     return manifest
+
+
+def _run_to_remote(inputs: str | Iterable[str], url: str, data: DataConfig, show_progress: bool,
+                   decisions: str | Path | None, executor: Executor | None, runner: PhaseRunner | None) -> dict:
+    """Prepares into a local staging directory (under the cache, so an interrupted run resumes), then uploads it to
+    `url`: every file but the manifest, the manifest last, so the output counts as prepared only when complete."""
+    fileio.check_remote_root(url, "--out")
+    remote = fileio.as_path(url)
+    if (remote / store.MANIFEST).exists():
+        raise GptjaxError(f"{url} already holds prepared data; choose another --out (nothing was changed)")
+    staging = cache_root(DataConfig()) / "prepare" / hashlib.sha256(url.encode()).hexdigest()[:16] / "out"
+    manifest = None
+    if (staging / store.MANIFEST).exists():  # prepared before, its upload interrupted: reuse unless stale
+        try:
+            manifest = _same_output(staging, readers.resolve_inputs(_input_list(inputs)), data)
+        except GptjaxError:
+            shutil.rmtree(staging)
+    if manifest is None and remote.exists() and any(remote.iterdir()):
+        raise GptjaxError(f"{url} exists and is not empty; choose a new --out (nothing was changed)")
+    if manifest is None:
+        manifest = run_pipeline(inputs, staging, data, show_progress, decisions, executor, runner)
+    uploads = [path for path in sorted(staging.rglob("*")) if path.is_file() and path != staging / store.MANIFEST]
+    for path in tqdm(uploads + [staging / store.MANIFEST], desc=f"upload to {url}", unit="file",
+                     disable=not show_progress, leave=False):
+        target = remote / str(path.relative_to(staging))
+        with open(path, "rb") as source, target.open("wb") as destination:
+            shutil.copyfileobj(source, destination, 16 << 20)
+    shutil.rmtree(staging.parent, ignore_errors=True)
+    return manifest
+
+
+def _input_list(inputs: str | Iterable[str]) -> list:
+    return [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
 
 
 def _manifest(files: list[Path], data: DataConfig, tok: TokenizerInfo, sharded: ShardResult,

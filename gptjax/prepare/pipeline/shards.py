@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from gptjax.data import store
 from gptjax.errors import GptjaxError
 from gptjax.prepare.pipeline import chunk_files
+from gptjax.prepare.pipeline.executor import Executor, LocalExecutor
 from gptjax.prepare.pipeline.results import ResumeCounts, ShardResult, TokenizerInfo
 from gptjax.prepare.report import StageStats
 from gptjax.prepare.stages import SPLITS
@@ -44,7 +45,7 @@ def plan_shards(lengths_per_part: list[np.ndarray], shard_tokens: int) -> list[l
 
 
 def _write_shard(path: Path, pieces: list[Piece], part_tokens: Callable[[int], np.ndarray],
-                 part_lengths: list[np.ndarray], eot: int, dtype: np.dtype, fingerprint: str) -> None:
+                 part_lengths: dict[int, np.ndarray], eot: int, dtype: np.dtype, fingerprint: str) -> None:
     """Writes one shard (documents separated by `eot`) and its document index."""
     starts: list[np.ndarray] = []
     with store.TokenFileWriter(path, dtype, fingerprint) as writer:
@@ -69,11 +70,28 @@ def _shard_complete(path: Path, n_docs: int) -> bool:
         return False
 
 
-def shard_phase(work: Path, n_parts: int, tok: TokenizerInfo, shard_tokens: int, show_progress: bool) -> ShardResult:
-    """Merges the parts into `work/final` (finished shards of an earlier run are kept)."""
+def write_shard_task(work_dir: str, split: str, number: int, pieces: list[Piece], eot: int, dtype: str,
+                     fingerprint: str) -> bool:
+    """Writes shard `number` of `split` into `work/final` unless an earlier run finished it; True when written
+    (runs in a worker: module level, pure over its arguments and the part files)."""
+    parts_dir = Path(work_dir) / "parts"
+    path = Path(work_dir) / "final" / f"{split}-{number:05d}.bin"
+    if _shard_complete(path, sum(end - first for _, first, end in pieces)):
+        return False
+    lengths = {part: np.load(chunk_files.part_paths(parts_dir, part)[f"{split}.len.npy"]) for part, _, _ in pieces}
+    _write_shard(path, pieces, lambda p: store.read_tokens(chunk_files.part_paths(parts_dir, p)[f"{split}.bin"]),
+                 lengths, eot, np.dtype(dtype), fingerprint)
+    return True
+
+
+def shard_phase(work: Path, n_parts: int, tok: TokenizerInfo, shard_tokens: int, show_progress: bool,
+                executor: Executor | None = None) -> ShardResult:
+    """Merges the parts into `work/final` (finished shards of an earlier run are kept), writing the shards on
+    `executor` (default: one after another in this process)."""
     final = work / "final"
     final.mkdir(exist_ok=True)
     parts_dir = work / "parts"
+    executor = executor or LocalExecutor(1)
     dtype = store.token_dtype(tok.vocab_size)
     stats = StageStats()
     reused = computed = 0
@@ -83,19 +101,19 @@ def shard_phase(work: Path, n_parts: int, tok: TokenizerInfo, shard_tokens: int,
         part_files = [chunk_files.part_paths(parts_dir, p) for p in range(n_parts)]
         lengths = [np.load(paths[f"{split}.len.npy"]) for paths in part_files]
         n_bytes = sum(chunk_files.read_done(paths["done.json"])["n_bytes"][split] for paths in part_files)
+        plans = plan_shards(lengths, shard_tokens)
+        tasks = [(str(work), split, number, pieces, tok.eot_id, dtype.name, tok.fingerprint)
+                 for number, pieces in enumerate(plans)]
+        for written in tqdm(executor.map(write_shard_task, tasks), total=len(tasks), desc=f"shards {split}",
+                            unit="shard", disable=not show_progress, leave=False):
+            computed += int(written)
+            reused += int(not written)
         entries = []
-        for number, pieces in enumerate(tqdm(plan_shards(lengths, shard_tokens), desc=f"shards {split}",
-                                             unit="shard", disable=not show_progress, leave=False)):
+        for number, pieces in enumerate(plans):
             path = final / f"{split}-{number:05d}.bin"
-            n_docs = sum(end - first for _, first, end in pieces)
-            if _shard_complete(path, n_docs):
-                reused += 1
-            else:
-                _write_shard(path, pieces, lambda p: store.read_tokens(part_files[p][f"{split}.bin"]), lengths,
-                             tok.eot_id, dtype, tok.fingerprint)
-                computed += 1
             entries.append({"file": path.name, "index": store.index_path(path).name,
-                            "n_tokens": store.read_header(path).n_tokens, "n_documents": n_docs})
+                            "n_tokens": store.read_header(path).n_tokens,
+                            "n_documents": sum(end - first for _, first, end in pieces)})
         n_docs_split = sum(e["n_documents"] for e in entries)
         splits[split] = {"shards": entries, "n_tokens": sum(e["n_tokens"] for e in entries), "n_bytes": n_bytes,
                          "n_documents": n_docs_split}

@@ -35,13 +35,14 @@ def _load_tokenizer(path: str, fingerprint: str) -> tokenizers.Tokenizer:
 
 
 def tokenize_task(work_dir: str, chunk: int, chunk_start: int, keep: np.ndarray, fingerprint: str,
-                  data: DataConfig) -> dict:
-    """Tokenizes one chunk's surviving documents into its part files; returns its done marker."""
+                  data: DataConfig, tokenizer_dir: str | None = None) -> dict:
+    """Tokenizes one chunk's surviving documents into its part files; returns its done marker. The tokenizer is
+    read from `tokenizer_dir` (default: the work directory's)."""
     if os.environ.get(FAULT_KILL_WORKER_AT_PART) == str(chunk):
         os.kill(os.getpid(), signal.SIGKILL)
     work = Path(work_dir)
     unit = data.prepare.boilerplate
-    tok = _load_tokenizer(str(work / "tokenizer"), fingerprint)
+    tok = _load_tokenizer(tokenizer_dir or str(work / "tokenizer"), fingerprint)
     reader = chunk_files.CleanChunkReader(work / "clean", chunk)
     names = chunk_files.read_chunk_sources(work / "clean", chunk)
     positions = np.flatnonzero(keep).tolist()
