@@ -27,7 +27,9 @@ DEDUP_REF = ["datatrove>=0.4"]  # near-dedup comparison (benchmarks/prepare.py, 
 GCS = ["gcsfs>=2024.2"]  # gs:// workdirs and data (fsspec; orbax writes checkpoints through tensorstore)
 GCS_EMULATOR = ["gcp-storage-emulator>=2024.8"]  # a local GCS stand-in for the gs:// tests
 WANDB = ["wandb>=0.19"]  # the optional Weights & Biases tracker (train.wandb_project)
-BEAM = ["apache-beam>=2.60"]  # gptjax prepare --runner beam (Dataflow, Flink, Spark; DirectRunner in the tests)
+# gptjax prepare --runner beam (Dataflow, Flink, Spark; DirectRunner in the tests). Beam needs protobuf<7, and
+# sentencepiece 0.2.3's model proto (read by transformers' tokenizer conversion) refuses a protobuf older than 7.36
+BEAM = ["apache-beam>=2.60", "sentencepiece>=0.2,<0.2.3"]
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29"]  # gptjax serve, the OpenAI-compatible server
 SERVE_CLIENTS = ["openai>=1.30", "httpx>=0.27", "tenacity>=8"]  # real clients the server tests use (tenacity: lm-eval's
 # local-completions model)

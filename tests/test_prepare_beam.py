@@ -94,6 +94,18 @@ def test_beam_run_killed_midway_resumes_to_the_same_output(corpus_dir, local_out
     assert_same_output(local_out, beam_out)
 
 
+def test_a_local_run_killed_midway_is_not_resumed_by_the_beam_runner(corpus_dir, local_out, tmp_path):
+    """The runners cut the corpus into different chunks, so switching runners starts the work over."""
+    out = tmp_path / "out"
+    killed = prepare(corpus_dir, out, "--workers", "1", env={FAULT_KILL_AFTER_PARTS: "2"})
+    assert killed.returncode != 0 and not out.exists()
+    switched = prepare(corpus_dir, out, *BEAM_OPTIONS)
+    assert switched.returncode == 0, switched.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["resume"]["clean_chunks"]["reused"] == 0 and report["resume"]["token_parts"]["reused"] == 0
+    assert_same_output(local_out, out)
+
+
 def test_local_near_dedup_is_the_components_of_the_verified_candidate_pairs():
     """Any runner that verifies `group_candidate_pairs` of every band group finds the local runner's clusters."""
     corpus = planted.plant_corpus(fixture_bases(), copies_per_kind=8, negatives_per_kind=8, seed=5)

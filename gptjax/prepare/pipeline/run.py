@@ -50,12 +50,15 @@ def read_report(data_dir: str | Path) -> dict:
     return read_json(fileio.as_path(data_dir) / REPORT, "prepare report", "prepare the data again with gptjax prepare")
 
 
-def _work_settings(files: list[Path], data: DataConfig) -> dict:
+def _work_settings(files: list[Path], data: DataConfig, runner: str) -> dict:
+    """What an unfinished work directory must have been started with to be reused: the format, the settings, each
+    input's size and modification time, and the runner (the runners cut the corpus into different chunks)."""
     inputs = []
     for path in files:
         stat = path.stat()
         inputs.append([str(path), stat.st_size, stat.st_mtime_ns])
-    return {"format_version": FORMAT_VERSION, "config": settings.settings_key(data), "inputs": inputs}
+    return {"format_version": FORMAT_VERSION, "config": settings.settings_key(data), "inputs": inputs,
+            "runner": runner}
 
 
 def _open_work_dir(work: Path, work_settings: dict, show_progress: bool) -> None:
@@ -63,7 +66,8 @@ def _open_work_dir(work: Path, work_settings: dict, show_progress: bool) -> None
     existing = chunk_files.read_done(work / "settings.json")
     if existing is not None and existing != work_settings:
         if show_progress:
-            tqdm.write(f"gptjax prepare: settings or inputs changed since the unfinished run in {work}; starting over")
+            tqdm.write(f"gptjax prepare: settings, inputs or runner changed since the unfinished run in {work}; "
+                       f"starting over")
         shutil.rmtree(work)
     elif existing is None and work.exists():
         shutil.rmtree(work)
@@ -137,7 +141,7 @@ def _run_locked(files: list[Path], out_dir: Path, data: DataConfig, runner: Phas
                 decisions: Path | None) -> dict:
     started = time.perf_counter()
     work = work_dir_for(out_dir)
-    _open_work_dir(work, _work_settings(files, data), show_progress)
+    _open_work_dir(work, _work_settings(files, data, runner.name), show_progress)
     wall: dict[str, float] = {}
 
     def timed(phase: str, run, *args):
