@@ -56,15 +56,26 @@ def hub_cache(tmp_path_factory) -> tuple[Path, Path]:
     return cache, exported
 
 
+def test_a_revision_resolves_to_its_commit(hub_cache, monkeypatch):
+    from gptjax import hub
+
+    cache, exported = hub_cache
+    for key, value in offline(cache).items():
+        monkeypatch.setenv(key, value)
+    for hub_id in ("org/tiny-gpt2", "org/tiny-gpt2@main", f"org/tiny-gpt2@{COMMIT}"):
+        snapshot = hub.snapshot(hub_id, "--src")
+        assert (snapshot.commit, snapshot.pinned_id) == (COMMIT, f"org/tiny-gpt2@{COMMIT}")
+        assert (snapshot.path / "model.safetensors").read_bytes() == (exported / "model.safetensors").read_bytes()
+
+
 def offline(cache: Path) -> dict:
     return {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache.parent / "home")}
 
 
-@pytest.mark.parametrize("revision", ["", f"@{COMMIT}"])
-def test_import_by_hub_id_reads_the_cached_snapshot(hub_cache, tmp_path, revision):
+def test_import_by_hub_id_reads_the_cached_snapshot(hub_cache, tmp_path):
     cache, exported = hub_cache
     workdir = tmp_path / "imported"
-    proc = run_cli(["import", "--format", "hf", "--src", f"org/tiny-gpt2{revision}", "--workdir", str(workdir)],
+    proc = run_cli(["import", "--format", "hf", "--src", "org/tiny-gpt2", "--workdir", str(workdir)],
                    env_extra=offline(cache))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"from org/tiny-gpt2@{COMMIT} into" in proc.stdout

@@ -94,16 +94,20 @@ def test_beam_run_killed_midway_resumes_to_the_same_output(corpus_dir, local_out
     assert_same_output(local_out, beam_out)
 
 
-def test_a_local_run_killed_midway_is_not_resumed_by_the_beam_runner(corpus_dir, local_out, tmp_path):
-    """The runners cut the corpus into different chunks, so switching runners starts the work over."""
+def test_a_run_started_by_one_runner_is_started_over_by_the_other(corpus_dir, tmp_path):
+    """The runners cut the corpus into different chunks, so the runner is part of the work directory's settings: a
+    local run killed midway leaves a work directory the Beam runner does not reuse."""
+    from gptjax.prepare.pipeline import run as pipeline_run
+
     out = tmp_path / "out"
     killed = prepare(corpus_dir, out, "--workers", "1", env={FAULT_KILL_AFTER_PARTS: "2"})
     assert killed.returncode != 0 and not out.exists()
-    switched = prepare(corpus_dir, out, *BEAM_OPTIONS)
-    assert switched.returncode == 0, switched.stderr[-2000:]
-    report = json.loads((out / "report.json").read_text())
-    assert report["resume"]["clean_chunks"]["reused"] == 0 and report["resume"]["token_parts"]["reused"] == 0
-    assert_same_output(local_out, out)
+    work = pipeline_run.work_dir_for(out)
+    started = json.loads((work / "settings.json").read_text())
+    assert started["runner"] == "local" and any((work / "parts").iterdir())
+    pipeline_run._open_work_dir(work, {**started, "runner": "beam"}, show_progress=False)
+    assert not any((work / "parts").iterdir()) and not any((work / "clean").iterdir())
+    assert json.loads((work / "settings.json").read_text())["runner"] == "beam"
 
 
 def test_local_near_dedup_is_the_components_of_the_verified_candidate_pairs():
