@@ -24,7 +24,6 @@ import dataclasses
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from gptjax.testing import gcs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "input_gcs.md"
@@ -41,32 +42,13 @@ VOCAB = 50304
 FINGERPRINT = "00" * 32
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_emulator() -> subprocess.Popen:
-    """tests/gcs_emulator.py on a free port, this process's environment pointed at it (as tests/conftest.py does)."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "gcs_emulator.py"), "start", "--host",
-                             "127.0.0.1", "--port", str(port), "--in-memory", "--default-bucket", BUCKET, "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise SystemExit("the GCS emulator did not start")
-            time.sleep(0.1)
-    url = f"http://127.0.0.1:{port}"
-    os.environ.update({"STORAGE_EMULATOR_HOST": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test", "FSSPEC_GS_TOKEN": "anon",
-                       "NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9",
-                       "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"})
+    """The GCS emulator on a free port, this process's environment pointed at it (as the gs:// tests do)."""
+    try:
+        proc, url = gcs.start_emulator(BUCKET)
+    except RuntimeError as error:
+        raise SystemExit(str(error)) from None
+    os.environ.update(gcs.emulator_env(url))
     return proc
 
 

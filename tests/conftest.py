@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from gptjax.testing.gcs import emulator_env, free_port, start_emulator  # noqa: F401  (free_port: for the tests)
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Read when gcsfs is imported: its experimental bucket-type lookup goes over gRPC, which the emulator does not serve
@@ -118,41 +118,18 @@ def gpt2_bpe_model(tmp_path_factory) -> dict:
     return {"gptjax": root / "gptjax", "hf": root / "hf", "config": cfg}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _emulator_env(url: str) -> dict:
-    """Everything pointed at the emulator, and every credential lookup kept on this machine (no metadata server)."""
-    return {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
-            "FSSPEC_GS_TOKEN": "anon", "NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:9",
-            "GCE_METADATA_IP": "127.0.0.1:9", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
-
-
 @pytest.fixture(scope="session")
 def gcs(tmp_path_factory):
     """A GCS emulator holding bucket GCS_BUCKET, this process's environment (and so its subprocesses') pointed at
     it; yields the fsspec filesystem."""
     pytest.importorskip("gcsfs")
     pytest.importorskip("gcp_storage_emulator")
-    port = free_port()
     log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "w")
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "gcs_emulator.py"), "start", "--host", "127.0.0.1",
-                             "--port", str(port), "--in-memory", "--default-bucket", GCS_BUCKET, "-q"],
-                            stdout=log, stderr=log)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("the GCS emulator did not start")
-            time.sleep(0.1)
-    env = _emulator_env(f"http://127.0.0.1:{port}")
+    try:
+        proc, url = start_emulator(GCS_BUCKET, log)
+    except RuntimeError as error:
+        pytest.fail(str(error))
+    env = emulator_env(url)
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     import fsspec
